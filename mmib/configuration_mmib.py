@@ -1,0 +1,133 @@
+"""MMIB model configuration."""
+
+from typing import Literal
+
+from transformers import PreTrainedConfig
+from transformers.models.auto import CONFIG_MAPPING, AutoConfig
+
+
+class MMIBConfig(PreTrainedConfig):
+    r"""
+    Configuration of an MMIB model (Cui et al., "Enhancing Multimodal Entity and Relation Extraction with Variational
+    Information Bottleneck"): a text tower and a vision tower, variational attentive propagation encoders (APEnc) that
+    turn both modalities into Gaussian latents, a discriminator that aligns them, two cross-modal APEnc layers that
+    fuse them, and a task head ([`MMIBForTokenClassification`] for MNER, [`MMIBForRelationClassification`] for MRE).
+
+    Args:
+        text_config (`dict` or `PreTrainedConfig`, *optional*):
+            Configuration of the text tower: any BERT-like encoder known to `AutoModel`. Defaults to `BertConfig()`
+            (the shape of `bert-base-cased`).
+        vision_config (`dict` or `PreTrainedConfig`, *optional*):
+            Configuration of the vision tower: any `AutoModel` vision model whose output has a `pooler_output`.
+            Defaults to `ResNetConfig()` (the shape of `microsoft/resnet-50`).
+        latent_size (`int`, *optional*):
+            Size d of every latent variable and fused representation. Defaults to the text tower's hidden size; when
+            it differs, the text states are projected to it.
+        apenc_num_attention_heads (`int`, *optional*, defaults to 12):
+            Attention heads of every APEnc layer. Must divide `latent_size`.
+        apenc_intermediate_size (`int`, *optional*):
+            Width of the APEnc feed-forward network (Linear, GELU, Linear). Defaults to `4 * latent_size`.
+        apenc_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout on attention probabilities, APEnc sub-layer outputs and the features fed to the task head.
+        num_crops (`int`, *optional*, defaults to 4):
+            Object crops m per post; the model sees 1 + m image slots (slot 0 is the whole image).
+        beta_text (`float`, *optional*, defaults to 0.1):
+            Weight beta_1 of the text minimality term KL(q(Z^T|X^T) || N(0, I)) in the total loss (paper eq. 29).
+        beta_vision (`float`, *optional*, defaults to 0.1):
+            Weight beta_2 of the vision minimality term KL(q(Z^V|X^V) || N(0, I)).
+        alignment_weight (`float`, *optional*, defaults to 1.0):
+            Weight lambda_ar of the alignment regularizer (paper eq. 25-26).
+        kl_reduction (`str`, *optional*, defaults to `"mean"`):
+            `"mean"`: KL averaged over latent dimensions and over valid positions (tokens or image slots) of the
+            batch. `"sum"`: KL summed over latent dimensions and valid positions of each post, averaged over posts
+            (the paper's sum over items).
+        alignment_pooling (`str`, *optional*, defaults to `"mean"`):
+            How Z^T and Z^V are pooled for the discriminator: `"mean"` over valid tokens / image slots, or `"first"`
+            (the first token and the whole-image slot, as in the authors' code).
+        num_negatives (`int`, *optional*, defaults to 1):
+            In-batch negatives per post for the alignment regularizer: post i is paired with the images of posts
+            i+1, ..., i+k (cyclically) among the posts that have an image. Capped at that number minus one.
+        freeze_vision_encoder (`bool`, *optional*, defaults to `True`):
+            Keep the vision tower frozen and in eval mode (BatchNorm statistics do not drift), which also makes its
+            features cacheable. `False` trains it.
+        entity_pooling (`str`, *optional*, defaults to `"start"`):
+            Relation head only. `"start"`: the fused states at the `<s>` and `<o>` entity start markers.
+            `"span_mean"`: the mean of the fused states strictly between each entity's markers.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-12):
+            Epsilon of the APEnc layer norms.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialisation of the MMIB layers (the towers use their own).
+
+    Example:
+
+    ```python
+    >>> from transformers import BertConfig, ResNetConfig
+    >>> from mmib import MMIBConfig, MMIBForTokenClassification
+
+    >>> config = MMIBConfig(text_config=BertConfig(), vision_config=ResNetConfig(), num_crops=4)
+    >>> model = MMIBForTokenClassification(config)
+    ```
+    """
+
+    model_type = "mmib"
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    latent_size: int | None = None
+    apenc_num_attention_heads: int = 12
+    apenc_intermediate_size: int | None = None
+    apenc_dropout: float = 0.1
+    num_crops: int = 4
+    beta_text: float = 0.1
+    beta_vision: float = 0.1
+    alignment_weight: float = 1.0
+    kl_reduction: Literal["mean", "sum"] = "mean"
+    alignment_pooling: Literal["mean", "first"] = "mean"
+    num_negatives: int = 1
+    freeze_vision_encoder: bool = True
+    entity_pooling: Literal["start", "span_mean"] = "start"
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        self.text_config = _build_sub_config(self.text_config, "bert")
+        self.vision_config = _build_sub_config(self.vision_config, "resnet")
+        if self.latent_size is None:
+            self.latent_size = self.text_config.hidden_size
+        if self.apenc_intermediate_size is None:
+            self.apenc_intermediate_size = 4 * self.latent_size
+        if self.latent_size % self.apenc_num_attention_heads:
+            raise ValueError(
+                f"latent_size ({self.latent_size}) must be divisible by apenc_num_attention_heads "
+                f"({self.apenc_num_attention_heads})."
+            )
+        _check_choice("kl_reduction", self.kl_reduction, ("mean", "sum"))
+        _check_choice("alignment_pooling", self.alignment_pooling, ("mean", "first"))
+        _check_choice("entity_pooling", self.entity_pooling, ("start", "span_mean"))
+        if self.num_crops < 0 or self.num_negatives < 0:
+            raise ValueError("num_crops and num_negatives must be >= 0.")
+        super().__post_init__(**kwargs)
+
+    @property
+    def vision_feature_size(self) -> int:
+        """Size of the pooled vision-tower output: the last stage width for CNNs, `hidden_size` otherwise."""
+        hidden_sizes = getattr(self.vision_config, "hidden_sizes", None)
+        return hidden_sizes[-1] if hidden_sizes else self.vision_config.hidden_size
+
+
+def _build_sub_config(value: dict | PreTrainedConfig | None, default_model_type: str) -> PreTrainedConfig:
+    if value is None:
+        return CONFIG_MAPPING[default_model_type]()
+    if isinstance(value, dict):
+        value = dict(value)
+        return CONFIG_MAPPING[value.pop("model_type", default_model_type)](**value)
+    return value
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+
+
+__all__ = ["MMIBConfig"]

@@ -1,0 +1,655 @@
+"""PyTorch MMIB: multimodal entity and relation extraction with a variational information bottleneck."""
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import MODEL_MAPPING, AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_mmib import MMIBConfig
+
+
+@dataclass
+class MMIBModelOutput(ModelOutput):
+    r"""
+    Output of [`MMIBModel`]. B = batch, L = text tokens, N = 1 + num_crops image slots, d = latent size.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(B, L, d)`):
+            Image-aware text states C = APEnc_T2V(Z^T, APEnc_V2T(Z^V, Z^T)) (paper eq. 16-17).
+        text_latent_mean (`torch.FloatTensor` of shape `(B, L, d)`):
+            Mean of q(Z^T | X^T).
+        text_latent_logvar (`torch.FloatTensor` of shape `(B, L, d)`):
+            Log-variance of q(Z^T | X^T).
+        vision_latent_mean (`torch.FloatTensor` of shape `(B, N, d)`):
+            Mean of q(Z^V | X^V).
+        vision_latent_logvar (`torch.FloatTensor` of shape `(B, N, d)`):
+            Log-variance of q(Z^V | X^V).
+        kl_text (`torch.FloatTensor` of shape `()`):
+            KL(q(Z^T | X^T) || N(0, I)) over valid tokens, reduced as `config.kl_reduction` says.
+        kl_vision (`torch.FloatTensor` of shape `()`):
+            KL(q(Z^V | X^V) || N(0, I)) over present image slots; 0 when the batch has no image.
+        alignment_loss (`torch.FloatTensor` of shape `()`):
+            Discriminator binary cross-entropy of the alignment regularizer; 0 when no post has an image.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    text_latent_mean: torch.FloatTensor | None = None
+    text_latent_logvar: torch.FloatTensor | None = None
+    vision_latent_mean: torch.FloatTensor | None = None
+    vision_latent_logvar: torch.FloatTensor | None = None
+    kl_text: torch.FloatTensor | None = None
+    kl_vision: torch.FloatTensor | None = None
+    alignment_loss: torch.FloatTensor | None = None
+
+
+@dataclass
+class MMIBTokenClassifierOutput(ModelOutput):
+    r"""
+    Output of [`MMIBForTokenClassification`]. B = batch, W = words, K = labels.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            Task loss only: CRF negative log-likelihood, mean over posts. The regularizers are separate fields;
+            `MMIBTrainer.compute_loss` adds them with the config's weights.
+        logits (`torch.FloatTensor` of shape `(B, W, K)`):
+            CRF emission scores at the first sub-word of each word.
+        predictions (`torch.LongTensor` of shape `(B, W)`, *optional*, returned in eval mode):
+            Viterbi label ids per word, -100 at padded word positions.
+        kl_text, kl_vision, alignment_loss (`torch.FloatTensor` of shape `()`):
+            As in [`MMIBModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    predictions: torch.LongTensor | None = None
+    kl_text: torch.FloatTensor | None = None
+    kl_vision: torch.FloatTensor | None = None
+    alignment_loss: torch.FloatTensor | None = None
+
+
+@dataclass
+class MMIBRelationClassifierOutput(ModelOutput):
+    r"""
+    Output of [`MMIBForRelationClassification`]. B = batch, R = relation labels.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            Task loss only: cross-entropy, mean over posts.
+        logits (`torch.FloatTensor` of shape `(B, R)`):
+            Relation scores (before softmax).
+        kl_text, kl_vision, alignment_loss (`torch.FloatTensor` of shape `()`):
+            As in [`MMIBModelOutput`].
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    kl_text: torch.FloatTensor | None = None
+    kl_vision: torch.FloatTensor | None = None
+    alignment_loss: torch.FloatTensor | None = None
+
+
+class MMIBAttention(nn.Module):
+    """Multi-head attention of a query sequence over a key/value sequence with a key padding mask (paper eq. 4)."""
+
+    def __init__(self, config: MMIBConfig):
+        super().__init__()
+        self.num_heads = config.apenc_num_attention_heads
+        self.head_dim = config.latent_size // self.num_heads
+        self.dropout = config.apenc_dropout
+        self.q_proj = nn.Linear(config.latent_size, config.latent_size)
+        self.k_proj = nn.Linear(config.latent_size, config.latent_size)
+        self.v_proj = nn.Linear(config.latent_size, config.latent_size)
+        self.out_proj = nn.Linear(config.latent_size, config.latent_size)
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        batch_size, length, _ = states.shape
+        return states.view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            queries (`torch.Tensor` of shape `(B, Lq, d)`): query states.
+            keys (`torch.Tensor` of shape `(B, Lk, d)`): key and value states.
+            key_mask (`torch.BoolTensor` of shape `(B, Lk)`): True where a key exists.
+
+        Returns:
+            `torch.Tensor` of shape `(B, Lq, d)`; all zeros for a post whose keys are all masked (e.g. a post
+            without any image), so that its queries pass through the residual unchanged.
+        """
+        has_key = key_mask.any(dim=1)
+        # A row with no valid key would softmax over nothing (NaN); let it attend anywhere and zero it below.
+        attend = (key_mask | ~has_key[:, None])[:, None, None, :]
+        attended = F.scaled_dot_product_attention(
+            self._split_heads(self.q_proj(queries)),
+            self._split_heads(self.k_proj(keys)),
+            self._split_heads(self.v_proj(keys)),
+            attn_mask=attend,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        attended = attended.transpose(1, 2).reshape(queries.shape)
+        return self.out_proj(attended) * has_key[:, None, None].to(queries.dtype)
+
+
+class MMIBFeedForward(nn.Module):
+    """Position-wise feed-forward network: Linear, GELU, Linear."""
+
+    def __init__(self, config: MMIBConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.latent_size, config.apenc_intermediate_size)
+        self.fc2 = nn.Linear(config.apenc_intermediate_size, config.latent_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(hidden_states)))
+
+
+class MMIBAttentivePropagationEncoder(nn.Module):
+    """APEnc(Q, K): attention, residual + LayerNorm, feed-forward, residual + LayerNorm (paper eq. 4-5)."""
+
+    def __init__(self, config: MMIBConfig):
+        super().__init__()
+        self.attention = MMIBAttention(config)
+        self.attention_layer_norm = nn.LayerNorm(config.latent_size, eps=config.layer_norm_eps)
+        self.feed_forward = MMIBFeedForward(config)
+        self.output_layer_norm = nn.LayerNorm(config.latent_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.apenc_dropout)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            queries (`torch.Tensor` of shape `(B, Lq, d)`), keys (`torch.Tensor` of shape `(B, Lk, d)`),
+            key_mask (`torch.BoolTensor` of shape `(B, Lk)`): as in [`MMIBAttention`].
+
+        Returns:
+            `torch.Tensor` of shape `(B, Lq, d)`.
+        """
+        hidden = self.attention_layer_norm(queries + self.dropout(self.attention(queries, keys, key_mask)))
+        return self.output_layer_norm(hidden + self.dropout(self.feed_forward(hidden)))
+
+
+class MMIBVariationalEncoder(nn.Module):
+    """Gaussian latent of one modality: separate APEnc layers for the mean and the log-variance (paper eq. 6-9)."""
+
+    def __init__(self, config: MMIBConfig):
+        super().__init__()
+        self.mean_encoder = MMIBAttentivePropagationEncoder(config)
+        self.logvar_encoder = MMIBAttentivePropagationEncoder(config)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            states (`torch.Tensor` of shape `(B, L, d)`): the modality's projected features X.
+            mask (`torch.BoolTensor` of shape `(B, L)`): True at valid positions.
+
+        Returns:
+            `(latents, mean, logvar)`, each of shape `(B, L, d)`. `latents` is a reparameterised sample
+            mean + exp(logvar / 2) * eps in training mode and the mean in eval mode.
+        """
+        mean = self.mean_encoder(states, states, mask)
+        logvar = self.logvar_encoder(states, states, mask)
+        if not self.training:
+            return mean, mean, logvar
+        return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean), mean, logvar
+
+
+class MMIBDiscriminator(nn.Module):
+    """D(Z^T, Z^V) = MLP(pool(Z^T) ⊕ pool(Z^V)) as a logit; the sigmoid is applied in the loss (paper eq. 26)."""
+
+    def __init__(self, config: MMIBConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(2 * config.latent_size, config.latent_size)
+        self.fc2 = nn.Linear(config.latent_size, 1)
+
+    def forward(self, text_pooled: torch.Tensor, vision_pooled: torch.Tensor) -> torch.Tensor:
+        """Maps `(P, d)` and `(P, d)` to `(P,)` logits."""
+        return self.fc2(F.gelu(self.fc1(torch.cat([text_pooled, vision_pooled], dim=-1)))).squeeze(-1)
+
+
+class MMIBCRF(nn.Module):
+    """
+    Linear-chain CRF over word positions, vectorised over the batch.
+
+    Every method takes `mask` of shape `(B, W)`, True for the words of each post: a non-empty prefix of each row.
+    """
+
+    def __init__(self, num_labels: int):
+        super().__init__()
+        self.start_transitions = nn.Parameter(torch.zeros(num_labels))
+        self.end_transitions = nn.Parameter(torch.zeros(num_labels))
+        self.transitions = nn.Parameter(torch.zeros(num_labels, num_labels))
+
+    @staticmethod
+    def _check_mask(mask: torch.Tensor) -> None:
+        if not mask[:, 0].all():
+            raise ValueError("Every post needs at least one word: a row of the word mask is empty.")
+        if (mask[:, 1:] & ~mask[:, :-1]).any():
+            raise ValueError("The word mask must be a prefix of each row (words padded at the end only).")
+
+    def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """log Z of each post by the forward algorithm. `emissions` (B, W, K) -> `(B,)`."""
+        scores = self.start_transitions + emissions[:, 0]
+        for position in range(1, emissions.shape[1]):
+            step = torch.logsumexp(scores[:, :, None] + self.transitions + emissions[:, position, None, :], dim=1)
+            scores = torch.where(mask[:, position, None], step, scores)
+        return torch.logsumexp(scores + self.end_transitions, dim=1)
+
+    def path_score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Unnormalised score of the label path `tags` (B, W) (values at masked positions are ignored) -> `(B,)`."""
+        tags = tags.masked_fill(~mask, 0)
+        weights = mask.to(emissions.dtype)
+        emission_scores = (emissions.gather(2, tags[:, :, None]).squeeze(2) * weights).sum(dim=1)
+        transition_scores = (self.transitions[tags[:, :-1], tags[:, 1:]] * weights[:, 1:]).sum(dim=1)
+        last_tags = tags.gather(1, (mask.sum(dim=1) - 1)[:, None]).squeeze(1)
+        return self.start_transitions[tags[:, 0]] + emission_scores + transition_scores + self.end_transitions[last_tags]
+
+    def negative_log_likelihood(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """-log p(tags | emissions) of each post, `(B,)` (paper eq. 27)."""
+        self._check_mask(mask)
+        return self.log_partition(emissions, mask) - self.path_score(emissions, tags, mask)
+
+    def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.LongTensor:
+        """Viterbi decoding: the best label path of each post, `(B, W)`, -100 at masked positions."""
+        self._check_mask(mask)
+        batch_size, num_words, _ = emissions.shape
+        scores = self.start_transitions + emissions[:, 0]
+        backpointers = []
+        for position in range(1, num_words):
+            best, best_previous = (scores[:, :, None] + self.transitions).max(dim=1)
+            backpointers.append(best_previous)
+            scores = torch.where(mask[:, position, None], best + emissions[:, position], scores)
+        lengths = mask.sum(dim=1)
+        best_last = (scores + self.end_transitions).argmax(dim=1)
+        path = torch.full((batch_size, num_words), -100, dtype=torch.long, device=emissions.device)
+        current = best_last
+        for position in range(num_words - 1, -1, -1):
+            # Rows shorter than position + 1 keep their last tag in `current` until their last word is reached.
+            is_last = lengths - 1 == position
+            inside = lengths - 1 > position
+            if position < num_words - 1:
+                previous = backpointers[position].gather(1, current[:, None]).squeeze(1)
+                current = torch.where(inside, previous, current)
+            path[:, position] = torch.where(is_last | inside, current, path[:, position])
+        return path
+
+
+def _text_tower_kwargs(text_config: PreTrainedConfig) -> dict:
+    """Drop the text tower's pooler where its class allows it: MMIB never uses it, and unused weights break DDP."""
+    parameters = inspect.signature(MODEL_MAPPING[type(text_config)].__init__).parameters
+    return {"add_pooling_layer": False} if "add_pooling_layer" in parameters else {}
+
+
+class MMIBPreTrainedModel(PreTrainedModel):
+    """Weight initialisation, the Auto-class config binding and the two-tower constructor shared by MMIB models."""
+
+    config_class = MMIBConfig
+    base_model_prefix = "mmib"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, MMIBCRF):
+            init.uniform_(module.start_transitions, -0.1, 0.1)
+            init.uniform_(module.end_transitions, -0.1, 0.1)
+            init.uniform_(module.transitions, -0.1, 0.1)
+
+    @classmethod
+    def from_text_vision_pretrained(
+        cls, text_model_name_or_path: str, vision_model_name_or_path: str, **config_kwargs
+    ) -> "MMIBPreTrainedModel":
+        """
+        Build a fresh MMIB model around two pretrained towers, keeping their weights.
+
+        Args:
+            text_model_name_or_path (`str`): Hub id or folder of a BERT-like encoder (e.g. `bert-base-cased`).
+            vision_model_name_or_path (`str`): Hub id or folder of a vision model (e.g. `microsoft/resnet-50`).
+            config_kwargs: other [`MMIBConfig`] fields (`num_crops`, `id2label`, ...).
+
+        Returns:
+            The model, in train mode, with the MMIB layers and the head freshly initialised.
+        """
+        text_config = AutoConfig.from_pretrained(text_model_name_or_path)
+        text_model = AutoModel.from_pretrained(text_model_name_or_path, **_text_tower_kwargs(text_config))
+        vision_model = AutoModel.from_pretrained(vision_model_name_or_path)
+        config = MMIBConfig(text_config=text_model.config, vision_config=vision_model.config, **config_kwargs)
+        model = cls(config)
+        # Loaded after construction: post_init() would re-initialise towers passed into __init__.
+        base = getattr(model, cls.base_model_prefix, model)
+        base.text_model.load_state_dict(text_model.state_dict())
+        base.vision_model.load_state_dict(vision_model.state_dict())
+        model.train()
+        return model
+
+
+class MMIBModel(MMIBPreTrainedModel):
+    """
+    The MMIB encoder: text and vision towers, the variational encoders of both modalities with the refinement
+    (KL) and alignment (discriminator) regularizers, and the two cross-modal fusion APEnc layers.
+    """
+
+    def __init__(self, config: MMIBConfig):
+        super().__init__(config)
+        self.text_model = AutoModel.from_config(config.text_config, **_text_tower_kwargs(config.text_config))
+        self.vision_model = AutoModel.from_config(config.vision_config)
+        text_size = config.text_config.hidden_size
+        self.text_projection = (
+            nn.Identity() if text_size == config.latent_size else nn.Linear(text_size, config.latent_size)
+        )
+        self.vision_projection = nn.Linear(config.vision_feature_size, config.latent_size)
+        self.text_variational_encoder = MMIBVariationalEncoder(config)
+        self.vision_variational_encoder = MMIBVariationalEncoder(config)
+        self.discriminator = MMIBDiscriminator(config)
+        self.vision_to_text_encoder = MMIBAttentivePropagationEncoder(config)
+        self.text_to_vision_encoder = MMIBAttentivePropagationEncoder(config)
+        if config.freeze_vision_encoder:
+            self.vision_model.requires_grad_(False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
+    def train(self, mode: bool = True) -> "MMIBModel":
+        super().train(mode)
+        if self.config.freeze_vision_encoder:
+            self.vision_model.eval()
+        return self
+
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        """
+        Pooled vision-tower features, the inputs that `image_features` caches.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(..., 3, H, W)`): images or crops.
+
+        Returns:
+            `torch.FloatTensor` of shape `(..., config.vision_feature_size)`.
+        """
+        leading_shape = pixel_values.shape[:-3]
+        flat = pixel_values.reshape(-1, *pixel_values.shape[-3:])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision_encoder):
+            pooled = self.vision_model(pixel_values=flat).pooler_output
+        return pooled.reshape(*leading_shape, -1)
+
+    def _image_inputs(
+        self,
+        pixel_values: torch.FloatTensor | None,
+        image_features: torch.FloatTensor | None,
+        image_mask: torch.Tensor | None,
+        batch_size: int,
+    ) -> tuple[torch.FloatTensor, torch.BoolTensor]:
+        if pixel_values is not None and image_features is not None:
+            raise ValueError("Pass either pixel_values or image_features, not both.")
+        if pixel_values is None and image_features is None:
+            features = torch.zeros(batch_size, 1, self.config.vision_feature_size, device=self.device)
+            return features, torch.zeros(batch_size, 1, dtype=torch.bool, device=self.device)
+        slots = (pixel_values if pixel_values is not None else image_features).shape[:2]
+        if slots[0] != batch_size:
+            raise ValueError(f"The image inputs hold {slots[0]} posts but input_ids holds {batch_size}.")
+        image_mask = torch.ones(slots, dtype=torch.bool, device=self.device) if image_mask is None else image_mask.bool()
+        if image_mask.shape != slots:
+            raise ValueError(f"image_mask has shape {tuple(image_mask.shape)}, expected {tuple(slots)}.")
+        if image_features is None:
+            # Only present slots go through the tower: absent crops cost nothing.
+            image_features = pixel_values.new_zeros(*slots, self.config.vision_feature_size)
+            if image_mask.any():
+                image_features[image_mask] = self.get_image_features(pixel_values[image_mask]).to(image_features.dtype)
+        elif image_features.shape[-1] != self.config.vision_feature_size:
+            raise ValueError(
+                f"image_features has size {image_features.shape[-1]} in its last dimension, expected "
+                f"config.vision_feature_size = {self.config.vision_feature_size}."
+            )
+        return image_features, image_mask
+
+    def _kl_divergence(self, mean: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """KL(N(mean, exp(logvar)) || N(0, I)) over the valid positions, reduced by `config.kl_reduction`."""
+        per_position = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=-1)
+        total = (per_position * mask.to(per_position.dtype)).sum()
+        if self.config.kl_reduction == "sum":
+            return total / mask.shape[0]
+        return total / (mask.sum().clamp(min=1) * mean.shape[-1])
+
+    def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.config.alignment_pooling == "first":
+            return states[:, 0]
+        weights = mask.to(states.dtype)[:, :, None]
+        return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def _alignment_loss(
+        self, text_latents: torch.Tensor, text_mask: torch.Tensor, vision_latents: torch.Tensor, image_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """-[mean log D(Z^T, Z^V+) + mean log(1 - D(Z^T, Z^V-))] over posts with an image (paper eq. 25)."""
+        with_image = image_mask.any(dim=1)
+        text_pooled = self._pool(text_latents, text_mask)[with_image]
+        vision_pooled = self._pool(vision_latents, image_mask)[with_image]
+        num_posts = text_pooled.shape[0]
+        if num_posts == 0:
+            return text_latents.new_zeros(())
+        positives = self.discriminator(text_pooled, vision_pooled)
+        loss = F.binary_cross_entropy_with_logits(positives, torch.ones_like(positives))
+        num_negatives = min(self.config.num_negatives, num_posts - 1)
+        if num_negatives > 0:
+            negatives = torch.cat(
+                [self.discriminator(text_pooled, vision_pooled.roll(shift, 0)) for shift in range(1, num_negatives + 1)]
+            )
+            loss = loss + F.binary_cross_entropy_with_logits(negatives, torch.zeros_like(negatives))
+        return loss
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        image_mask: torch.Tensor | None = None,
+    ) -> MMIBModelOutput:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(B, L)`): token ids from [`MMIBProcessor`].
+            attention_mask (`torch.Tensor` of shape `(B, L)`, *optional*): 1 for real tokens, 0 for padding.
+            token_type_ids (`torch.LongTensor` of shape `(B, L)`, *optional*): passed to the text tower.
+            pixel_values (`torch.FloatTensor` of shape `(B, N, 3, H, W)`, *optional*): the whole image (slot 0)
+                and N - 1 crops per post.
+            image_features (`torch.FloatTensor` of shape `(B, N, config.vision_feature_size)`, *optional*):
+                precomputed [`~MMIBModel.get_image_features`] outputs, instead of `pixel_values`.
+            image_mask (`torch.Tensor` of shape `(B, N)`, *optional*): True (1) where the slot holds an image.
+                Defaults to all slots present. With neither images nor features, every post is text-only.
+
+        Returns:
+            [`MMIBModelOutput`].
+        """
+        batch_size = input_ids.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text_mask = attention_mask.bool()
+        text_states = self.text_model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+        image_features, image_mask = self._image_inputs(pixel_values, image_features, image_mask, batch_size)
+        text_inputs = self.text_projection(text_states)
+        vision_inputs = self.vision_projection(image_features.to(text_inputs.dtype))
+
+        text_latents, text_mean, text_logvar = self.text_variational_encoder(text_inputs, text_mask)
+        vision_latents, vision_mean, vision_logvar = self.vision_variational_encoder(vision_inputs, image_mask)
+
+        text_attended_vision = self.vision_to_text_encoder(vision_latents, text_latents, text_mask)
+        fused = self.text_to_vision_encoder(text_latents, text_attended_vision, image_mask)
+
+        return MMIBModelOutput(
+            last_hidden_state=fused,
+            text_latent_mean=text_mean,
+            text_latent_logvar=text_logvar,
+            vision_latent_mean=vision_mean,
+            vision_latent_logvar=vision_logvar,
+            kl_text=self._kl_divergence(text_mean, text_logvar, text_mask),
+            kl_vision=self._kl_divergence(vision_mean, vision_logvar, image_mask),
+            alignment_loss=self._alignment_loss(text_latents, text_mask, vision_latents, image_mask),
+        )
+
+
+class MMIBForTokenClassification(MMIBPreTrainedModel):
+    """MMIB for multimodal NER: emissions at the first sub-word of each word and a linear-chain CRF (eq. 18, 27)."""
+
+    def __init__(self, config: MMIBConfig):
+        super().__init__(config)
+        self.mmib = MMIBModel(config)
+        self.dropout = nn.Dropout(config.apenc_dropout)
+        self.classifier = nn.Linear(config.latent_size, config.num_labels)
+        self.crf = MMIBCRF(config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.mmib.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.mmib.set_input_embeddings(value)
+
+    def decode(self, logits: torch.Tensor, word_index: torch.LongTensor) -> torch.LongTensor:
+        """
+        Viterbi label path per word.
+
+        Args:
+            logits (`torch.Tensor` of shape `(B, W, K)`): emissions from `forward`.
+            word_index (`torch.LongTensor` of shape `(B, W)`): as given to `forward` (-1 at padding).
+
+        Returns:
+            `torch.LongTensor` of shape `(B, W)`, label ids, -100 at padded word positions.
+        """
+        return self.crf.decode(logits.float(), word_index >= 0)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        word_index: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+    ) -> MMIBTokenClassifierOutput:
+        r"""
+        Args:
+            word_index (`torch.LongTensor` of shape `(B, W)`): position of the first sub-word of each word, -1 for
+                padded words (from [`MMIBProcessor`]).
+            labels (`torch.LongTensor` of shape `(B, W)`, *optional*): word-level label ids, -100 at padding.
+            Other arguments: as in [`MMIBModel.forward`].
+
+        Returns:
+            [`MMIBTokenClassifierOutput`]; `predictions` is filled in eval mode.
+        """
+        outputs = self.mmib(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            pixel_values=pixel_values,
+            image_features=image_features,
+            image_mask=image_mask,
+        )
+        word_mask = word_index >= 0
+        word_states = outputs.last_hidden_state.gather(
+            1, word_index.clamp(min=0)[:, :, None].expand(-1, -1, outputs.last_hidden_state.shape[-1])
+        )
+        logits = self.classifier(self.dropout(word_states))
+        loss = None
+        if labels is not None:
+            if (word_mask & (labels < 0)).any():
+                raise ValueError("labels hold -100 at a word position: every word needs a label.")
+            loss = self.crf.negative_log_likelihood(logits.float(), labels, word_mask).mean()
+        predictions = None if self.training else self.decode(logits, word_index)
+        return MMIBTokenClassifierOutput(
+            loss=loss,
+            logits=logits,
+            predictions=predictions,
+            kl_text=outputs.kl_text,
+            kl_vision=outputs.kl_vision,
+            alignment_loss=outputs.alignment_loss,
+        )
+
+
+class MMIBForRelationClassification(MMIBPreTrainedModel):
+    """MMIB for multimodal relation extraction: two entity vectors from the fused states, concatenated, linear."""
+
+    def __init__(self, config: MMIBConfig):
+        super().__init__(config)
+        self.mmib = MMIBModel(config)
+        self.dropout = nn.Dropout(config.apenc_dropout)
+        self.classifier = nn.Linear(2 * config.latent_size, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.mmib.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.mmib.set_input_embeddings(value)
+
+    def _entity_vectors(self, states: torch.Tensor, entity_positions: torch.LongTensor) -> torch.Tensor:
+        """`(B, L, d)` states and `(B, 2, 2)` marker positions -> `(B, 2 * d)` head ⊕ tail vectors."""
+        batch = torch.arange(states.shape[0], device=states.device)
+        if self.config.entity_pooling == "start":
+            return torch.cat([states[batch, entity_positions[:, 0, 0]], states[batch, entity_positions[:, 1, 0]]], -1)
+        positions = torch.arange(states.shape[1], device=states.device)
+        vectors = []
+        for entity in range(2):
+            start, end = entity_positions[:, entity, 0], entity_positions[:, entity, 1]
+            inside = ((positions > start[:, None]) & (positions < end[:, None])).to(states.dtype)
+            vectors.append((states * inside[:, :, None]).sum(1) / inside.sum(1, keepdim=True).clamp(min=1.0))
+        return torch.cat(vectors, dim=-1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        entity_positions: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+    ) -> MMIBRelationClassifierOutput:
+        r"""
+        Args:
+            entity_positions (`torch.LongTensor` of shape `(B, 2, 2)`): token positions of the markers
+                `[[<s>, </s>], [<o>, </o>]]` around the head and tail entities (from [`MMIBProcessor`]).
+            labels (`torch.LongTensor` of shape `(B,)`, *optional*): relation ids.
+            Other arguments: as in [`MMIBModel.forward`].
+
+        Returns:
+            [`MMIBRelationClassifierOutput`].
+        """
+        outputs = self.mmib(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            pixel_values=pixel_values,
+            image_features=image_features,
+            image_mask=image_mask,
+        )
+        entity_vectors = self._entity_vectors(outputs.last_hidden_state, entity_positions)
+        logits = self.classifier(self.dropout(entity_vectors))
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return MMIBRelationClassifierOutput(
+            loss=loss,
+            logits=logits,
+            kl_text=outputs.kl_text,
+            kl_vision=outputs.kl_vision,
+            alignment_loss=outputs.alignment_loss,
+        )
+
+
+__all__ = [
+    "MMIBPreTrainedModel",
+    "MMIBModel",
+    "MMIBForTokenClassification",
+    "MMIBForRelationClassification",
+]
