@@ -45,8 +45,9 @@ class MMIBConfig(PreTrainedConfig):
             How Z^T and Z^V are pooled for the discriminator: `"mean"` over valid tokens / image slots, or `"first"`
             (the first token and the whole-image slot, as in the authors' code).
         num_negatives (`int`, *optional*, defaults to 1):
-            In-batch negatives per post for the alignment regularizer: post i is paired with the images of posts
-            i+1, ..., i+k (cyclically) among the posts that have an image. Capped at that number minus one.
+            In-batch negatives per post for the alignment regularizer: among the posts that have an image, post i
+            is paired with the images of posts i-1, ..., i-k (the batch rolled by 1..k). Capped at that number
+            minus one, so a batch with a single image has no negative term.
         freeze_vision_encoder (`bool`, *optional*, defaults to `True`):
             Keep the vision tower frozen and in eval mode (BatchNorm statistics do not drift), which also makes its
             features cacheable. `False` trains it.
@@ -129,5 +130,7 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
 
+
+MMIBConfig.register_for_auto_class()
 
 __all__ = ["MMIBConfig"]

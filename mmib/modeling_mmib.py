@@ -276,6 +276,14 @@ class MMIBCRF(nn.Module):
         return path
 
 
+_AUTO_MAP = {
+    "AutoConfig": "configuration_mmib.MMIBConfig",
+    "AutoModel": "modeling_mmib.MMIBModel",
+    "AutoModelForTokenClassification": "modeling_mmib.MMIBForTokenClassification",
+    "AutoModelForSequenceClassification": "modeling_mmib.MMIBForRelationClassification",
+}
+
+
 def _text_tower_kwargs(text_config: PreTrainedConfig) -> dict:
     """Drop the text tower's pooler where its class allows it: MMIB never uses it, and unused weights break DDP."""
     parameters = inspect.signature(MODEL_MAPPING[type(text_config)].__init__).parameters
@@ -291,6 +299,12 @@ class MMIBPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = False
     _supports_sdpa = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, with every MMIB Auto class in `auto_map` so that any head checkpoint
+        also loads as `AutoModel` (and the other heads' classes) with `trust_remote_code=True`."""
+        self.config.auto_map = {**(self.config.auto_map or {}), **_AUTO_MAP}
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -646,6 +660,10 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
             alignment_loss=outputs.alignment_loss,
         )
 
+
+MMIBModel.register_for_auto_class("AutoModel")
+MMIBForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+MMIBForRelationClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 __all__ = [
     "MMIBPreTrainedModel",

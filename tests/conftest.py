@@ -1,0 +1,76 @@
+"""Tiny offline building blocks shared by the tests: random towers, a word-level vocabulary, small images."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest
+import torch
+from PIL import Image
+from transformers import BertConfig, BertTokenizer, ConvNextImageProcessor, ResNetConfig
+
+from mmib import MMIBConfig
+
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+VOCAB_WORDS = (
+    "rt new post blackburn festival of voice 2017 i love the city london paris john smith visits met meets "
+    "at in and a to is @ # : . , ! ? - 's"
+).split()
+IMAGE_SIZE = 32
+
+
+def tiny_text_config(vocab_size: int = 64) -> BertConfig:
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=128,
+    )
+
+
+def tiny_vision_config() -> ResNetConfig:
+    return ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+
+
+def tiny_config(**kwargs) -> MMIBConfig:
+    defaults = dict(
+        text_config=tiny_text_config(),
+        vision_config=tiny_vision_config(),
+        apenc_num_attention_heads=4,
+        apenc_intermediate_size=48,
+        num_crops=2,
+        id2label=dict(enumerate(NER_LABELS)),
+    )
+    defaults.update(kwargs)
+    return MMIBConfig(**defaults)
+
+
+def make_tokenizer() -> BertTokenizer:
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces = ["##s", "##ing", "##ed", "##er"]
+    vocab = {token: index for index, token in enumerate(specials + VOCAB_WORDS + pieces)}
+    return BertTokenizer(vocab=vocab, do_lower_case=True)
+
+
+def make_image_processor() -> ConvNextImageProcessor:
+    return ConvNextImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_pct=0.875)
+
+
+def make_image(seed: int, size: tuple[int, int] = (40, 30)) -> Image.Image:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy(), mode="RGB")
+
+
+@pytest.fixture
+def tokenizer() -> BertTokenizer:
+    return make_tokenizer()
+
+
+@pytest.fixture
+def image_processor() -> ConvNextImageProcessor:
+    return make_image_processor()

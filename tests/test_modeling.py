@@ -1,0 +1,333 @@
+"""MMIB model behaviour on tiny random towers: CRF, regularizers, masking, modes, gradients, image paths."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import IMAGE_SIZE, tiny_config, tiny_text_config
+from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBModel
+from mmib.modeling_mmib import MMIBCRF
+
+NUM_SLOTS = 3  # 1 image + num_crops=2
+
+
+def make_batch(seed: int = 0, vocab_size: int = 64) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, vocab_size, (3, 8), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0
+    attention_mask[2, 7:] = 0
+    input_ids[attention_mask == 0] = 0
+    word_index = torch.tensor([[1, 2, 4, 6], [1, 3, -1, -1], [1, 2, 3, 5]])
+    labels = torch.randint(0, 9, (3, 4), generator=generator)
+    labels[word_index < 0] = -100
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "word_index": word_index,
+        "labels": labels,
+        "pixel_values": torch.randn(3, NUM_SLOTS, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
+        "image_mask": torch.tensor([[True, True, False], [False, False, False], [True, False, True]]),
+    }
+
+
+@pytest.fixture
+def model() -> MMIBForTokenClassification:
+    torch.manual_seed(0)
+    return MMIBForTokenClassification(tiny_config()).eval()
+
+
+# --- CRF against brute force -------------------------------------------------------------------------------------
+
+
+def brute_force(crf: MMIBCRF, emissions: torch.Tensor, length: int) -> tuple[torch.Tensor, list[int], dict]:
+    num_labels = emissions.shape[-1]
+    scores = {}
+    for path in itertools.product(range(num_labels), repeat=length):
+        score = crf.start_transitions[path[0]] + crf.end_transitions[path[-1]]
+        score = score + sum(emissions[i, tag] for i, tag in enumerate(path))
+        score = score + sum(crf.transitions[a, b] for a, b in zip(path[:-1], path[1:]))
+        scores[path] = score
+    log_partition = torch.logsumexp(torch.stack(list(scores.values())), dim=0)
+    best = max(scores, key=lambda path: scores[path].item())
+    return log_partition, list(best), scores
+
+
+def test_crf_matches_brute_force_with_padding():
+    torch.manual_seed(3)
+    crf = MMIBCRF(3)
+    for parameter in crf.parameters():
+        parameter.data.normal_()
+    emissions = torch.randn(3, 4, 3)
+    lengths = torch.tensor([4, 2, 1])
+    mask = torch.arange(4)[None, :] < lengths[:, None]
+    tags = torch.randint(0, 3, (3, 4))
+    with torch.no_grad():
+        nll = crf.negative_log_likelihood(emissions, tags, mask)
+        decoded = crf.decode(emissions, mask)
+    for row, length in enumerate(lengths.tolist()):
+        log_partition, best, scores = brute_force(crf, emissions[row, :length], length)
+        gold = tuple(tags[row, :length].tolist())
+        assert nll[row].item() == pytest.approx((log_partition - scores[gold]).item(), abs=1e-5)
+        assert decoded[row, :length].tolist() == best
+        assert (decoded[row, length:] == -100).all()
+
+
+def test_crf_padding_values_do_not_matter():
+    torch.manual_seed(4)
+    crf = MMIBCRF(4)
+    emissions = torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()
+    tags = torch.randint(0, 4, (2, 5))
+    changed_emissions, changed_tags = emissions.clone(), tags.clone()
+    changed_emissions[0, 3:] = 100.0
+    changed_tags[0, 3:] = 3
+    with torch.no_grad():
+        assert torch.allclose(
+            crf.negative_log_likelihood(emissions, tags, mask),
+            crf.negative_log_likelihood(changed_emissions, changed_tags, mask),
+        )
+        assert torch.equal(crf.decode(emissions, mask), crf.decode(changed_emissions, mask))
+
+
+def test_crf_rejects_bad_masks():
+    crf = MMIBCRF(2)
+    with pytest.raises(ValueError, match="at least one word"):
+        crf.decode(torch.zeros(1, 2, 2), torch.tensor([[False, False]]))
+    with pytest.raises(ValueError, match="prefix"):
+        crf.decode(torch.zeros(1, 3, 2), torch.tensor([[True, False, True]]))
+
+
+# --- regularizers ------------------------------------------------------------------------------------------------
+
+
+def closed_form_kl(mean: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor, reduction: str) -> float:
+    total, count = 0.0, 0
+    for post in range(mean.shape[0]):
+        for position in range(mean.shape[1]):
+            if not mask[post, position]:
+                continue
+            variance = logvar[post, position].exp()
+            total += (0.5 * (mean[post, position] ** 2 + variance - 1 - logvar[post, position])).sum().item()
+            count += 1
+    if reduction == "sum":
+        return total / mean.shape[0]
+    return total / (count * mean.shape[-1]) if count else 0.0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_kl_equals_closed_form(reduction):
+    torch.manual_seed(0)
+    base = MMIBModel(tiny_config(kl_reduction=reduction)).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        outputs = base(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            image_mask=batch["image_mask"],
+        )
+    expected_text = closed_form_kl(
+        outputs.text_latent_mean, outputs.text_latent_logvar, batch["attention_mask"].bool(), reduction
+    )
+    expected_vision = closed_form_kl(
+        outputs.vision_latent_mean, outputs.vision_latent_logvar, batch["image_mask"], reduction
+    )
+    assert outputs.kl_text.item() == pytest.approx(expected_text, rel=1e-5)
+    assert outputs.kl_vision.item() == pytest.approx(expected_vision, rel=1e-5)
+
+
+def test_alignment_loss_equals_hand_computation():
+    torch.manual_seed(1)
+    base = MMIBModel(tiny_config(num_negatives=2)).eval()
+    text = torch.randn(4, 5, 32)
+    text_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]]).bool()
+    vision = torch.randn(4, 3, 32)
+    image_mask = torch.tensor([[1, 0, 0], [1, 1, 1], [0, 0, 0], [1, 1, 0]]).bool()
+    with torch.no_grad():
+        loss = base._alignment_loss(text, text_mask, vision, image_mask)
+        # Post 2 has no image: it takes part neither as a positive nor as a negative.
+        posts = [0, 1, 3]
+        text_pooled = [text[i][text_mask[i]].mean(0) for i in posts]
+        vision_pooled = [vision[i][image_mask[i]].mean(0) for i in posts]
+        score = lambda t, v: base.discriminator(t[None], v[None])[0]  # noqa: E731
+        positive = -sum(F.logsigmoid(score(text_pooled[i], vision_pooled[i])) for i in range(3)) / 3
+        negative_terms = [
+            -F.logsigmoid(-score(text_pooled[i], vision_pooled[(i - shift) % 3]))
+            for shift in (1, 2)
+            for i in range(3)
+        ]
+        expected = positive + sum(negative_terms) / len(negative_terms)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_alignment_batch_of_one_has_no_negative_term():
+    torch.manual_seed(2)
+    base = MMIBModel(tiny_config()).eval()
+    text, vision = torch.randn(1, 4, 32), torch.randn(1, 3, 32)
+    text_mask, image_mask = torch.ones(1, 4, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool)
+    with torch.no_grad():
+        loss = base._alignment_loss(text, text_mask, vision, image_mask)
+        expected = -F.logsigmoid(base.discriminator(text.mean(1), vision.mean(1)))[0]
+        no_image = base._alignment_loss(text, text_mask, vision, torch.zeros(1, 3, dtype=torch.bool))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert no_image.item() == 0.0
+
+
+# --- masking, modes, image paths ------------------------------------------------------------------------------------
+
+
+def test_padded_tokens_and_absent_crops_do_not_change_outputs(model):
+    batch = make_batch()
+    changed = {key: value.clone() for key, value in batch.items()}
+    changed["input_ids"][batch["attention_mask"] == 0] = 7
+    changed["pixel_values"][~batch["image_mask"]] = 5.0
+    with torch.no_grad():
+        first, second = model(**batch), model(**changed)
+    for field in ("logits", "kl_text", "kl_vision", "alignment_loss", "loss"):
+        assert torch.allclose(first[field], second[field], atol=1e-5), field
+    assert torch.equal(first.predictions, second.predictions)
+
+
+def test_text_only_posts_work(model):
+    batch = make_batch()
+    with torch.no_grad():
+        without_images = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            word_index=batch["word_index"],
+            labels=batch["labels"],
+        )
+        all_masked = model(**{**batch, "image_mask": torch.zeros(3, NUM_SLOTS, dtype=torch.bool)})
+    assert torch.isfinite(without_images.logits).all() and torch.isfinite(without_images.loss)
+    assert without_images.kl_vision.item() == 0.0 and without_images.alignment_loss.item() == 0.0
+    assert torch.allclose(without_images.logits, all_masked.logits, atol=1e-5)
+
+
+def test_eval_is_deterministic_and_train_samples():
+    torch.manual_seed(0)
+    text_config = tiny_text_config()
+    text_config.hidden_dropout_prob = text_config.attention_probs_dropout_prob = 0.0
+    model = MMIBModel(tiny_config(text_config=text_config, apenc_dropout=0.0))
+    batch = make_batch()
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "pixel_values", "image_mask")}
+    with torch.no_grad():
+        model.eval()
+        first, second = model(**inputs), model(**inputs)
+        model.train()
+        sampled = [model(**inputs) for _ in range(2)]
+    assert torch.equal(first.last_hidden_state, second.last_hidden_state)
+    # Without dropout, only the reparameterised sample z = mean + sigma * eps differs between train calls.
+    assert torch.allclose(sampled[0].text_latent_mean, sampled[1].text_latent_mean)
+    assert torch.allclose(sampled[0].text_latent_mean, first.text_latent_mean, atol=1e-6)
+    assert not torch.allclose(sampled[0].last_hidden_state, sampled[1].last_hidden_state)
+
+
+def test_image_features_path_equals_pixel_values_path(model):
+    batch = make_batch()
+    with torch.no_grad():
+        features = model.mmib.get_image_features(batch["pixel_values"])
+        from_pixels = model(**batch)
+        from_features = model(**{**batch, "pixel_values": None, "image_features": features})
+    assert features.shape == (3, NUM_SLOTS, model.config.vision_feature_size)
+    assert torch.allclose(from_pixels.logits, from_features.logits, atol=1e-5)
+    assert torch.equal(from_pixels.predictions, from_features.predictions)
+
+
+def test_input_validation(model):
+    batch = make_batch()
+    with pytest.raises(ValueError, match="either pixel_values or image_features"):
+        model(**batch, image_features=torch.zeros(3, NUM_SLOTS, 16))
+    with pytest.raises(ValueError, match="image_mask has shape"):
+        model(**{**batch, "image_mask": torch.ones(3, 2, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="vision_feature_size"):
+        model(**{**batch, "pixel_values": None, "image_features": torch.zeros(3, NUM_SLOTS, 5)})
+    with pytest.raises(ValueError, match="hold 2 posts"):
+        model(**{**batch, "pixel_values": batch["pixel_values"][:2]})
+
+
+# --- gradients and the frozen tower ---------------------------------------------------------------------------------
+
+
+def total_loss(outputs) -> torch.Tensor:
+    return outputs.loss + outputs.kl_text + outputs.kl_vision + outputs.alignment_loss
+
+
+def test_gradients_reach_every_trainable_parameter_and_not_the_frozen_tower(model):
+    model.train()
+    assert not model.mmib.vision_model.training
+    total_loss(model(**make_batch())).backward()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(not name.startswith("mmib.vision_model.") for name in trainable)
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert all(p.grad is None for p in model.mmib.vision_model.parameters())
+
+
+def test_frozen_tower_keeps_batchnorm_statistics(model):
+    model.train()
+    statistics = {k: v.clone() for k, v in model.mmib.vision_model.state_dict().items() if "running" in k}
+    model(**make_batch())
+    after = {k: v for k, v in model.mmib.vision_model.state_dict().items() if "running" in k}
+    assert all(torch.equal(statistics[k], after[k]) for k in statistics)
+
+
+def test_unfrozen_tower_trains():
+    torch.manual_seed(0)
+    model = MMIBForTokenClassification(tiny_config(freeze_vision_encoder=False)).train()
+    assert model.mmib.vision_model.training
+    total_loss(model(**make_batch())).backward()
+    assert all(p.grad is not None for p in model.mmib.vision_model.parameters())
+
+
+# --- relation head ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pooling", ["start", "span_mean"])
+def test_relation_head_uses_the_marked_states(pooling):
+    torch.manual_seed(0)
+    config = tiny_config(entity_pooling=pooling, id2label={0: "None", 1: "/per/per/peer", 2: "/loc/loc/contain"})
+    model = MMIBForRelationClassification(config).eval()
+    batch = make_batch()
+    entity_positions = torch.tensor([[[1, 4], [5, 7]], [[2, 4], [0, 2]], [[1, 3], [4, 6]]])
+    labels = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        outputs = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            image_mask=batch["image_mask"],
+            entity_positions=entity_positions,
+            labels=labels,
+        )
+        states = model.mmib(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            image_mask=batch["image_mask"],
+        ).last_hidden_state
+    vectors = []
+    for post, ((head_start, head_end), (tail_start, tail_end)) in enumerate(entity_positions.tolist()):
+        if pooling == "start":
+            head, tail = states[post, head_start], states[post, tail_start]
+        else:
+            head = states[post, head_start + 1 : head_end].mean(0)
+            tail = states[post, tail_start + 1 : tail_end].mean(0)
+        vectors.append(torch.cat([head, tail]))
+    expected_logits = model.classifier(torch.stack(vectors))
+    assert outputs.logits.shape == (3, 3)
+    assert torch.allclose(outputs.logits, expected_logits, atol=1e-5)
+    assert outputs.loss.item() == pytest.approx(F.cross_entropy(expected_logits, labels).item(), rel=1e-5)
+
+
+def test_token_classification_loss_is_mean_crf_nll(model):
+    batch = make_batch()
+    with torch.no_grad():
+        outputs = model(**batch)
+        mask = batch["word_index"] >= 0
+        expected = model.crf.negative_log_likelihood(outputs.logits, batch["labels"], mask).mean()
+    assert outputs.logits.shape == (3, 4, 9)
+    assert outputs.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert math.isfinite(outputs.loss.item())
