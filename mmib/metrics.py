@@ -16,11 +16,15 @@ Every ratio whose denominator is zero is reported as 0.0.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import seqeval.scheme
-from seqeval.metrics import classification_report
+from seqeval.metrics.sequence_labeling import get_entities
+from seqeval.metrics.sequence_labeling import precision_recall_fscore_support as conlleval_prfs
+from seqeval.metrics.v1 import precision_recall_fscore_support as strict_prfs
+from seqeval.scheme import Entities
 
 if TYPE_CHECKING:
     import evaluate
@@ -83,36 +87,38 @@ def ner_scores(
     Returns:
         ``{"precision", "recall", "f1"}`` micro averages (floats in [0, 1]), ``"support"`` (number of gold
         entities) and ``"per_type"``: ``{type: {"precision", "recall", "f1", "support"}}`` for every entity
-        type that occurs in the gold or predicted tags.
+        type found in the gold or predicted tags. No posts or no entities at all give zeros.
 
     Raises:
         ValueError: on an unknown mode or scheme, or when the gold and predicted shapes differ.
     """
     if mode not in NER_MODES:
         raise ValueError(f"unknown NER scoring mode {mode!r}; expected one of {NER_MODES}")
+    resolved_scheme = _resolve_scheme(scheme)
     _check_tag_sequences(true_tags, pred_tags)
-    true_lists = [list(tags) for tags in true_tags]
-    pred_lists = [list(tags) for tags in pred_tags]
-    strict_args = {"mode": "strict", "scheme": _resolve_scheme(scheme)} if mode == "strict" else {}
-    report = classification_report(true_lists, pred_lists, output_dict=True, zero_division=0, **strict_args)
-    micro = report.pop("micro avg")
-    per_type = {
-        name: _scores(values) for name, values in report.items() if name not in ("macro avg", "weighted avg")
-    }
-    return {**_scores(micro), "per_type": per_type}
-
-
-def _scores(values: dict[str, Any]) -> dict[str, Any]:
-    """Converts one seqeval report row to plain Python numbers."""
+    gold = [list(tags) for tags in true_tags]
+    pred = [list(tags) for tags in pred_tags]
+    if not gold:
+        return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0, "per_type": {}}
+    if mode == "strict":
+        types = Entities(gold, resolved_scheme).unique_tags | Entities(pred, resolved_scheme).unique_tags
+        score = partial(strict_prfs, gold, pred, zero_division=0, scheme=resolved_scheme)
+    else:
+        types = {entity[0] for entity in get_entities(gold) + get_entities(pred)}
+        score = partial(conlleval_prfs, gold, pred, zero_division=0)
+    per_type = zip(sorted(types), *score(average=None))
     return {
-        "precision": float(values["precision"]),
-        "recall": float(values["recall"]),
-        "f1": float(values["f1-score"]),
-        "support": int(values["support"]),
+        **_scores(*score(average="micro")),
+        "per_type": {name: _scores(*values) for name, *values in per_type},
     }
 
 
-def _ratio(numerator: int, denominator: int) -> float:
+def _scores(precision: float, recall: float, f1: float, support: int) -> dict[str, Any]:
+    """Packs one seqeval (precision, recall, f1, support) tuple as plain Python numbers."""
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(support)}
+
+
+def _ratio(numerator: float, denominator: float) -> float:
     """numerator / denominator, or 0.0 when the denominator is zero."""
     return numerator / denominator if denominator else 0.0
 
@@ -142,7 +148,7 @@ def re_scores(true: Sequence[str], pred: Sequence[str], none_label: str = "None"
     num_correct = sum(gold == guess != none_label for gold, guess in zip(true, pred))
     precision = _ratio(num_correct, num_pred)
     recall = _ratio(num_correct, num_gold)
-    f1 = _ratio(2 * precision * recall, precision + recall) if precision + recall else 0.0
+    f1 = _ratio(2 * precision * recall, precision + recall)
     return {
         "precision": precision,
         "recall": recall,

@@ -303,7 +303,7 @@ class MMIBPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, with every MMIB Auto class in `auto_map` so that any head checkpoint
         also loads as `AutoModel` (and the other heads' classes) with `trust_remote_code=True`."""
-        self.config.auto_map = {**(self.config.auto_map or {}), **_AUTO_MAP}
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **_AUTO_MAP}
         super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
@@ -316,14 +316,19 @@ class MMIBPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_text_vision_pretrained(
-        cls, text_model_name_or_path: str, vision_model_name_or_path: str, **config_kwargs
+        cls,
+        text_model_name_or_path: str,
+        vision_model_name_or_path: str | PreTrainedConfig,
+        **config_kwargs,
     ) -> "MMIBPreTrainedModel":
         """
         Build a fresh MMIB model around two pretrained towers, keeping their weights.
 
         Args:
             text_model_name_or_path (`str`): Hub id or folder of a BERT-like encoder (e.g. `bert-base-cased`).
-            vision_model_name_or_path (`str`): Hub id or folder of a vision model (e.g. `microsoft/resnet-50`).
+            vision_model_name_or_path (`str` or `PreTrainedConfig`): Hub id or folder of a vision model (e.g.
+                `microsoft/resnet-50`), or a vision config, which gives a randomly initialised tower (for offline
+                smoke runs where no pretrained image weights exist).
             config_kwargs: other [`MMIBConfig`] fields (`num_crops`, `id2label`, ...).
 
         Returns:
@@ -331,13 +336,19 @@ class MMIBPreTrainedModel(PreTrainedModel):
         """
         text_config = AutoConfig.from_pretrained(text_model_name_or_path)
         text_model = AutoModel.from_pretrained(text_model_name_or_path, **_text_tower_kwargs(text_config))
-        vision_model = AutoModel.from_pretrained(vision_model_name_or_path)
-        config = MMIBConfig(text_config=text_model.config, vision_config=vision_model.config, **config_kwargs)
+        vision_model = None
+        if isinstance(vision_model_name_or_path, PreTrainedConfig):
+            vision_config = vision_model_name_or_path
+        else:
+            vision_model = AutoModel.from_pretrained(vision_model_name_or_path)
+            vision_config = vision_model.config
+        config = MMIBConfig(text_config=text_model.config, vision_config=vision_config, **config_kwargs)
         model = cls(config)
         # Loaded after construction: post_init() would re-initialise towers passed into __init__.
         base = getattr(model, cls.base_model_prefix, model)
         base.text_model.load_state_dict(text_model.state_dict())
-        base.vision_model.load_state_dict(vision_model.state_dict())
+        if vision_model is not None:
+            base.vision_model.load_state_dict(vision_model.state_dict())
         model.train()
         return model
 
@@ -404,6 +415,8 @@ class MMIBModel(MMIBPreTrainedModel):
         if pixel_values is not None and image_features is not None:
             raise ValueError("Pass either pixel_values or image_features, not both.")
         if pixel_values is None and image_features is None:
+            if image_mask is not None and image_mask.any():
+                raise ValueError("image_mask marks images as present, but neither pixel_values nor image_features was given.")
             features = torch.zeros(batch_size, 1, self.config.vision_feature_size, device=self.device)
             return features, torch.zeros(batch_size, 1, dtype=torch.bool, device=self.device)
         slots = (pixel_values if pixel_values is not None else image_features).shape[:2]

@@ -1,6 +1,7 @@
 """Tiny offline building blocks shared by the tests: random towers, a word-level vocabulary, small images."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -13,6 +14,8 @@ from transformers import BertConfig, BertTokenizer, ConvNextImageProcessor, ResN
 
 from mmib import MMIBConfig
 
+# The benchmark data live in ../shared/data beside the repository (override with MMIB_SHARED_DATA).
+SHARED_DATA = Path(os.environ.get("MMIB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
 VOCAB_WORDS = (
     "rt new post blackburn festival of voice 2017 i love the city london paris john smith visits met meets "

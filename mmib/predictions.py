@@ -1,0 +1,84 @@
+"""Trainer predictions -> word tags or relation labels of the dataset rows, and their scores.
+
+`Trainer.predict` returns predictions in dataset order. For NER they are Viterbi paths over the words the processor
+kept; words cut by truncation (posts longer than `max_length` tokens) are predicted `O` here, counted in
+`truncated_words`, and scored against the full gold tags, so every word of every post is evaluated.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import datasets
+import numpy as np
+from transformers import EvalPrediction
+
+from .metrics import ner_scores, re_scores
+
+
+def ner_tags_from_predictions(
+    predictions: np.ndarray, dataset: datasets.Dataset, id2label: dict[int, str]
+) -> tuple[list[list[str]], int]:
+    """
+    Args:
+        predictions (`np.ndarray` of shape `(N, W)`): label ids per word, -100 after the kept words.
+        dataset (`datasets.Dataset`): the N NER rows the predictions were made for, in order.
+        id2label (`dict[int, str]`): the model's labels.
+
+    Returns:
+        `(tags, truncated_words)`: one tag per word of every row, and how many words were filled with `O`.
+    """
+    if len(predictions) != len(dataset):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} dataset rows.")
+    tags, truncated_words = [], 0
+    for row, words in zip(predictions, dataset["words"]):
+        predicted = [id2label[int(label)] for label in row if label != -100][: len(words)]
+        truncated_words += len(words) - len(predicted)
+        tags.append(predicted + ["O"] * (len(words) - len(predicted)))
+    return tags, truncated_words
+
+
+def gold_ner_tags(dataset: datasets.Dataset) -> list[list[str]]:
+    """The rows' gold BIO tags as strings."""
+    names = dataset.features["ner_tags"].feature.names
+    return [[names[label] for label in row] for row in dataset["ner_tags"]]
+
+
+def relation_labels_from_logits(logits: np.ndarray, id2label: dict[int, str]) -> list[str]:
+    """Arg-max relation of each row of `(N, R)` logits."""
+    return [id2label[int(index)] for index in np.asarray(logits).argmax(axis=-1)]
+
+
+def build_compute_metrics(
+    task: str, dataset: datasets.Dataset, id2label: dict[int, str], ner_mode: str = "conlleval"
+) -> Callable[[EvalPrediction], dict[str, Any]]:
+    """
+    A `compute_metrics` for `Trainer` that scores predictions against the full rows of `dataset`.
+
+    NER returns `precision`, `recall`, `f1`, `truncated_words` and `<type>_f1` per entity type; RE returns
+    `precision`, `recall`, `f1` (micro, without `None`) and `accuracy`.
+    """
+    if task == "ner":
+        gold = gold_ner_tags(dataset)
+
+        def compute_ner(prediction: EvalPrediction) -> dict[str, Any]:
+            predicted, truncated_words = ner_tags_from_predictions(prediction.predictions, dataset, id2label)
+            scores = ner_scores(gold, predicted, mode=ner_mode)
+            per_type = {f"{name}_f1": values["f1"] for name, values in scores["per_type"].items()}
+            return {
+                "precision": scores["precision"],
+                "recall": scores["recall"],
+                "f1": scores["f1"],
+                "truncated_words": truncated_words,
+                **per_type,
+            }
+
+        return compute_ner
+
+    names = dataset.features["relation"].names
+    gold_relations = [names[label] for label in dataset["relation"]]
+
+    def compute_re(prediction: EvalPrediction) -> dict[str, Any]:
+        scores = re_scores(gold_relations, relation_labels_from_logits(prediction.predictions, id2label))
+        return {key: scores[key] for key in ("precision", "recall", "f1", "accuracy")}
+
+    return compute_re

@@ -1,0 +1,74 @@
+"""`MMIBTrainer`: the Hugging Face `Trainer` with MMIB's total loss (paper eq. 29) and its parts in the logs."""
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+LOSS_PARTS = ("task_loss", "kl_text", "kl_vision", "alignment_loss")
+
+
+class MMIBTrainer(Trainer):
+    """
+    `Trainer` for [`MMIBForTokenClassification`] and [`MMIBForRelationClassification`].
+
+    - `compute_loss` returns task loss + beta_text * kl_text + beta_vision * kl_vision + alignment_weight *
+      alignment_loss, with the weights read from the model config (set them there, or with the `train_mmib.py`
+      flags of the same names).
+    - Each part is logged next to `loss` under its own name, averaged over the logging interval and over processes.
+    - `prediction_step` returns the CRF's Viterbi paths for NER (padded with -100) and the relation logits for RE.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loss_part_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
+        self._loss_part_count = 0
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        outputs = model(**inputs)
+        config = self.accelerator.unwrap_model(model).config
+        parts = {
+            "task_loss": outputs.loss,
+            "kl_text": outputs.kl_text,
+            "kl_vision": outputs.kl_vision,
+            "alignment_loss": outputs.alignment_loss,
+        }
+        loss = (
+            parts["task_loss"]
+            + config.beta_text * parts["kl_text"]
+            + config.beta_vision * parts["kl_vision"]
+            + config.alignment_weight * parts["alignment_loss"]
+        )
+        if model.training:
+            for name, value in parts.items():
+                self._loss_part_sums[name] += value.detach().float()
+            self._loss_part_count += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._loss_part_count:
+            sums = torch.stack([self._loss_part_sums[name] for name in LOSS_PARTS]) / self._loss_part_count
+            means = self.accelerator.reduce(sums, reduction="mean")
+            logs.update({name: round(value, 4) for name, value in zip(LOSS_PARTS, means.tolist())})
+            self._loss_part_sums.clear()
+            self._loss_part_count = 0
+        super().log(logs, start_time)
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ):
+        """As `Trainer.prediction_step`, keeping one output: `predictions` (NER paths) or `logits` (RE)."""
+        kept = "predictions" if "word_index" in inputs else "logits"
+        dropped = [key for key in ("logits", "predictions", *LOSS_PARTS[1:]) if key != kept]
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=dropped)

