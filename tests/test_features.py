@@ -1,0 +1,125 @@
+"""The image feature cache and the collator: cached features must give the model exactly what pixels give it."""
+
+import logging
+
+import pytest
+import torch
+
+from conftest import make_image, make_image_processor, make_tokenizer, tiny_config
+from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBProcessor
+from mmib.collator import MMIBDataCollator
+from mmib.features import ImageFeatureStore
+
+
+@pytest.fixture
+def image_files(tmp_path) -> dict[str, str]:
+    files = {}
+    for index in range(3):
+        path = tmp_path / f"image{index}.png"  # lossless, so the file decodes to make_image(index)
+        make_image(index).save(path)
+        files[f"image{index}"] = str(path)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    files["corrupt"] = str(corrupt)
+    return files
+
+
+@pytest.fixture
+def model() -> MMIBForTokenClassification:
+    torch.manual_seed(0)
+    return MMIBForTokenClassification(tiny_config()).eval()
+
+
+def ner_rows(files: dict[str, str]) -> list[dict]:
+    return [
+        {"words": ["john", "smith", "visits", "london"], "ner_tags": [1, 2, 0, 3], "image": files["image0"],
+         "crops": [files["image1"], files["corrupt"]]},
+        {"words": ["i", "love", "paris"], "ner_tags": [0, 0, 3], "image": None, "crops": []},
+        {"words": ["rt", "@", "the", "city"], "ner_tags": [0, 0, 0, 0], "image": files["image2"],
+         "crops": [files["image0"], files["image1"], files["image2"]]},
+    ]
+
+
+def test_store_computes_each_file_once_and_masks_unreadable_ones(model, image_files, caplog):
+    processor = make_image_processor()
+    paths = [image_files["image0"], image_files["image0"], image_files["corrupt"], image_files["image1"], None]
+    with caplog.at_level(logging.WARNING):
+        store = ImageFeatureStore.build(model.mmib, processor, paths, batch_size=2)
+    assert sorted(store.index) == sorted([image_files["image0"], image_files["image1"]])
+    assert store.unreadable == [image_files["corrupt"]]
+    assert "could not be decoded" in caplog.text and "corrupt.jpg" in caplog.text
+    with torch.no_grad():
+        pixels = processor(images=[make_image(0)], return_tensors="pt")["pixel_values"]
+        expected = model.mmib.get_image_features(pixels)[0]
+    assert torch.allclose(store.features[store.index[image_files["image0"]]], expected, atol=1e-5)
+
+    features, mask = store.lookup([image_files["image0"], None], [[image_files["corrupt"], image_files["image1"]], []], 2)
+    assert mask.tolist() == [[True, False, True], [False, False, False]]
+    assert features.shape == (2, 3, model.config.vision_feature_size)
+    assert torch.equal(features[0, 0], store.features[store.index[image_files["image0"]]])
+    assert not features[1].any()
+
+
+def test_store_file_round_trip_and_fingerprint(model, image_files, tmp_path):
+    processor = make_image_processor()
+    cache = str(tmp_path / "cache" / "features.safetensors")
+    paths = [image_files["image0"], image_files["corrupt"]]
+    built = ImageFeatureStore.build(model.mmib, processor, paths, cache_file=cache)
+    loaded = ImageFeatureStore.load(cache)
+    assert loaded.index == built.index and loaded.unreadable == built.unreadable
+    assert torch.equal(loaded.features, built.features) and loaded.fingerprint == built.fingerprint
+    reused = ImageFeatureStore.build(model.mmib, processor, paths, cache_file=cache)
+    assert torch.equal(reused.features, built.features)
+
+    # Another vision tower makes the cache stale: it is recomputed and overwritten.
+    torch.manual_seed(1)
+    other = MMIBForTokenClassification(tiny_config()).eval()
+    recomputed = ImageFeatureStore.build(other.mmib, processor, paths, cache_file=cache)
+    assert recomputed.fingerprint != built.fingerprint
+    assert not torch.allclose(recomputed.features, built.features)
+    assert ImageFeatureStore.load(cache).fingerprint == recomputed.fingerprint
+
+
+def test_load_rejects_a_foreign_safetensors_file(tmp_path):
+    from safetensors.torch import save_file
+
+    path = str(tmp_path / "weights.safetensors")
+    save_file({"x": torch.zeros(2)}, path)
+    with pytest.raises(ValueError, match="not an MMIB image feature cache"):
+        ImageFeatureStore.load(path)
+
+
+def test_cached_features_and_pixels_give_the_same_outputs(model, image_files):
+    processor = MMIBProcessor(make_image_processor(), make_tokenizer(), task="ner", num_crops=2)
+    rows = ner_rows(image_files)
+    store = ImageFeatureStore.build(
+        model.mmib, processor.image_processor, [p for row in rows for p in [row["image"], *row["crops"]]]
+    )
+    cached = MMIBDataCollator(processor, store)(rows)
+    assert "pixel_values" not in cached and cached["image_features"].shape == (3, 3, 16)
+    # The pixel path needs readable files: drop the corrupt crop as the store did.
+    readable = [{**row, "crops": [c for c in row["crops"] if c != image_files["corrupt"]]} for row in rows]
+    raw = MMIBDataCollator(processor)(readable)
+    assert torch.equal(cached["image_mask"], raw["image_mask"])
+    assert torch.equal(cached["labels"], raw["labels"]) and torch.equal(cached["word_index"], raw["word_index"])
+    with torch.no_grad():
+        from_cache, from_pixels = model(**cached), model(**raw)
+    assert torch.allclose(from_cache.logits, from_pixels.logits, atol=1e-5)
+    assert torch.allclose(from_cache.loss, from_pixels.loss, atol=1e-5)
+
+
+def test_relation_rows_collate_with_spans_and_labels(image_files):
+    torch.manual_seed(0)
+    processor = MMIBProcessor(make_image_processor(), make_tokenizer(), task="re", num_crops=2)
+    model = MMIBForRelationClassification(tiny_config(id2label={0: "None", 1: "/per/loc/place_of_residence"}))
+    model.resize_token_embeddings(len(processor.tokenizer))
+    rows = [
+        {"words": ["john", "visits", "london"], "head_span": [0, 1], "tail_span": [2, 3], "relation": 1,
+         "image": image_files["image0"], "crops": []},
+        {"words": ["paris", "and", "london"], "head_span": [2, 3], "tail_span": [0, 1], "relation": 0,
+         "image": None, "crops": []},
+    ]
+    batch = MMIBDataCollator(processor)(rows)
+    assert batch["labels"].tolist() == [1, 0] and batch["entity_positions"].shape == (2, 2, 2)
+    outputs = model.eval()(**batch)
+    assert outputs.logits.shape == (2, 2) and torch.isfinite(outputs.loss)
