@@ -306,6 +306,16 @@ class MMIBPreTrainedModel(PreTrainedModel):
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **_AUTO_MAP}
         super().save_pretrained(save_directory, *args, **kwargs)
 
+    @property
+    def _text_model(self) -> PreTrainedModel:
+        return getattr(self, self.base_model_prefix, self).text_model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self._text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self._text_model.set_input_embeddings(value)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -376,12 +386,6 @@ class MMIBModel(MMIBPreTrainedModel):
         if config.freeze_vision_encoder:
             self.vision_model.requires_grad_(False)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.text_model.set_input_embeddings(value)
 
     def train(self, mode: bool = True) -> "MMIBModel":
         super().train(mode)
@@ -524,6 +528,10 @@ class MMIBModel(MMIBPreTrainedModel):
         )
 
 
+def _regularizers(outputs: MMIBModelOutput) -> dict[str, torch.Tensor]:
+    return {"kl_text": outputs.kl_text, "kl_vision": outputs.kl_vision, "alignment_loss": outputs.alignment_loss}
+
+
 class MMIBForTokenClassification(MMIBPreTrainedModel):
     """MMIB for multimodal NER: emissions at the first sub-word of each word and a linear-chain CRF (eq. 18, 27)."""
 
@@ -534,12 +542,6 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
         self.classifier = nn.Linear(config.latent_size, config.num_labels)
         self.crf = MMIBCRF(config.num_labels)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.mmib.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.mmib.set_input_embeddings(value)
 
     def decode(self, logits: torch.Tensor, word_index: torch.LongTensor) -> torch.LongTensor:
         """
@@ -594,14 +596,7 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
                 raise ValueError("labels hold -100 at a word position: every word needs a label.")
             loss = self.crf.negative_log_likelihood(logits.float(), labels, word_mask).mean()
         predictions = None if self.training else self.decode(logits, word_index)
-        return MMIBTokenClassifierOutput(
-            loss=loss,
-            logits=logits,
-            predictions=predictions,
-            kl_text=outputs.kl_text,
-            kl_vision=outputs.kl_vision,
-            alignment_loss=outputs.alignment_loss,
-        )
+        return MMIBTokenClassifierOutput(loss=loss, logits=logits, predictions=predictions, **_regularizers(outputs))
 
 
 class MMIBForRelationClassification(MMIBPreTrainedModel):
@@ -613,12 +608,6 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
         self.dropout = nn.Dropout(config.apenc_dropout)
         self.classifier = nn.Linear(2 * config.latent_size, config.num_labels)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.mmib.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.mmib.set_input_embeddings(value)
 
     def _entity_vectors(self, states: torch.Tensor, entity_positions: torch.LongTensor) -> torch.Tensor:
         """`(B, L, d)` states and `(B, 2, 2)` marker positions -> `(B, 2 * d)` head ⊕ tail vectors."""
@@ -665,13 +654,7 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
         entity_vectors = self._entity_vectors(outputs.last_hidden_state, entity_positions)
         logits = self.classifier(self.dropout(entity_vectors))
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
-        return MMIBRelationClassifierOutput(
-            loss=loss,
-            logits=logits,
-            kl_text=outputs.kl_text,
-            kl_vision=outputs.kl_vision,
-            alignment_loss=outputs.alignment_loss,
-        )
+        return MMIBRelationClassifierOutput(loss=loss, logits=logits, **_regularizers(outputs))
 
 
 MMIBModel.register_for_auto_class("AutoModel")
