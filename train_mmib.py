@@ -42,17 +42,16 @@ from mmib.predictions import (
     build_compute_metrics,
     gold_ner_tags,
     ner_tags_from_predictions,
+    per_type_scores,
     relation_labels_from_logits,
 )
-from mmib.metrics import ner_scores
 from mmib.trainer import MMIBTrainer
 
 logger = logging.getLogger("train_mmib")
 
 REPO_ROOT = Path(__file__).resolve().parent
 CARD_TEMPLATE = REPO_ROOT / "model_cards" / "mmib_model_card_template.md"
-DEFAULT_DATA_DIRS = {"twitter2015": "../shared/data/twitter2015", "twitter2017": "../shared/data/twitter2017",
-                     "mnre": "../shared/data/mnre"}
+DEFAULT_DATA_DIRS = {name: f"../shared/data/{name}" for name in ("twitter2015", "twitter2017", "mnre")}
 TASK_DEFAULTS = {"ner": {"num_crops": 4, "max_length": 128}, "re": {"num_crops": 3, "max_length": 80}}
 
 
@@ -243,8 +242,8 @@ def build_processor_and_model(model_args: ModelArguments, task: str, label_names
         **weights,
         **parse_config_overrides(model_args.config_overrides),
     )
-    if len(tokenizer) != model.get_input_embeddings().num_embeddings:
-        # The relation processor added the entity markers to the vocabulary.
+    if task == "re":
+        # The relation processor added the entity markers <s> </s> <o> </o> to the vocabulary.
         model.resize_token_embeddings(len(tokenizer))
     return processor, model
 
@@ -305,10 +304,6 @@ def build_model_card(
 ):
     """The run's model card, with the validation and test scores in its model-index."""
     output_dir = Path(training_args.output_dir)
-    per_type = {}
-    if task == "ner":
-        predicted, _ = ner_tags_from_predictions(test_output.predictions, data["test"], model.config.id2label)
-        per_type = ner_scores(gold_ner_tags(data["test"]), predicted, mode=data_args.ner_metric_mode)["per_type"]
     return render_model_card(
         ModelCardInfo(
             task=task,
@@ -337,7 +332,7 @@ def build_model_card(
             },
             ner_mode=data_args.ner_metric_mode,
             smoke_note=data_args.smoke_note,
-            per_type=per_type,
+            per_type=per_type_scores(test_output.metrics, "test"),
         ),
         str(CARD_TEMPLATE),
     )

@@ -14,6 +14,8 @@ from transformers import EvalPrediction
 
 from .metrics import ner_scores, re_scores
 
+PER_TYPE_KEYS = ("precision", "recall", "f1", "support")
+
 
 def ner_tags_from_predictions(
     predictions: np.ndarray, dataset: datasets.Dataset, id2label: dict[int, str]
@@ -43,6 +45,12 @@ def gold_ner_tags(dataset: datasets.Dataset) -> list[list[str]]:
     return [[names[label] for label in row] for row in dataset["ner_tags"]]
 
 
+def per_type_scores(metrics: dict[str, Any], prefix: str) -> dict[str, dict[str, float]]:
+    """`{type: {precision, recall, f1, support}}` back from the flat `<prefix>_<type>_<key>` metrics."""
+    types = [key[len(prefix) + 1 : -len("_support")] for key in metrics if key.startswith(prefix) and key.endswith("_support")]
+    return {name: {key: metrics[f"{prefix}_{name}_{key}"] for key in PER_TYPE_KEYS} for name in types}
+
+
 def relation_labels_from_logits(logits: np.ndarray, id2label: dict[int, str]) -> list[str]:
     """Arg-max relation of each row of `(N, R)` logits."""
     return [id2label[int(index)] for index in np.asarray(logits).argmax(axis=-1)]
@@ -54,8 +62,9 @@ def build_compute_metrics(
     """
     A `compute_metrics` for `Trainer` that scores predictions against the full rows of `dataset`.
 
-    NER returns `precision`, `recall`, `f1`, `truncated_words` and `<type>_f1` per entity type; RE returns
-    `precision`, `recall`, `f1` (micro, without `None`) and `accuracy`.
+    NER returns `precision`, `recall`, `f1`, `truncated_words` and, per entity type, `<type>_precision`,
+    `<type>_recall`, `<type>_f1` and `<type>_support`; RE returns `precision`, `recall`, `f1` (micro, without
+    `None`) and `accuracy`.
     """
     if task == "ner":
         gold = gold_ner_tags(dataset)
@@ -63,7 +72,11 @@ def build_compute_metrics(
         def compute_ner(prediction: EvalPrediction) -> dict[str, Any]:
             predicted, truncated_words = ner_tags_from_predictions(prediction.predictions, dataset, id2label)
             scores = ner_scores(gold, predicted, mode=ner_mode)
-            per_type = {f"{name}_f1": values["f1"] for name, values in scores["per_type"].items()}
+            per_type = {
+                f"{name}_{key}": values[key]
+                for name, values in scores["per_type"].items()
+                for key in PER_TYPE_KEYS
+            }
             return {
                 "precision": scores["precision"],
                 "recall": scores["recall"],

@@ -331,3 +331,21 @@ def test_token_classification_loss_is_mean_crf_nll(model):
     assert outputs.logits.shape == (3, 4, 9)
     assert outputs.loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert math.isfinite(outputs.loss.item())
+
+
+def test_any_vision_model_with_a_pooled_output_works():
+    from transformers import ViTConfig
+
+    torch.manual_seed(0)
+    vision_config = ViTConfig(
+        image_size=IMAGE_SIZE, patch_size=8, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=30,
+    )
+    model = MMIBForTokenClassification(tiny_config(vision_config=vision_config)).eval()
+    assert model.config.vision_feature_size == 24
+    batch = make_batch()
+    with torch.no_grad():
+        outputs = model(**batch)
+        features = model.mmib.get_image_features(batch["pixel_values"])
+    assert features.shape == (3, NUM_SLOTS, 24)
+    assert torch.isfinite(outputs.loss) and outputs.predictions.shape == (3, 4)

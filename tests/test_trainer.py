@@ -12,7 +12,7 @@ from conftest import NER_LABELS, make_image_processor, make_tokenizer, tiny_conf
 from mmib import MMIBForTokenClassification, MMIBProcessor
 from mmib.collator import MMIBDataCollator
 from mmib.model_card import ModelCardInfo, render_model_card
-from mmib.predictions import build_compute_metrics, ner_tags_from_predictions
+from mmib.predictions import build_compute_metrics, ner_tags_from_predictions, per_type_scores
 from mmib.trainer import MMIBTrainer
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "mmib_model_card_template.md"
@@ -130,3 +130,14 @@ def test_model_card_model_index_parses_and_holds_the_scores(tmp_path):
     assert loaded.data.license == "apache-2.0" and "AutoModelForTokenClassification" in loaded.text
     assert "| PER | 90.00 | 80.00 | 85.00 | 10 |" in loaded.text
     assert "Smoke-scale" not in loaded.text
+
+
+def test_per_type_scores_come_back_from_flat_metrics():
+    dataset = ner_dataset()
+    metrics = build_compute_metrics("ner", dataset, dict(enumerate(NER_LABELS)))(
+        EvalPrediction(np.array([[1, 2, 0, 3], [0, 0, 0, 0]]), None)
+    )
+    metrics = {f"test_{key}": value for key, value in metrics.items()}
+    scores = per_type_scores(metrics, "test")
+    assert scores["PER"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+    assert scores["LOC"]["recall"] == 0.5 and scores["LOC"]["support"] == 2

