@@ -8,6 +8,7 @@ import logging
 import os
 import platform
 import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ def rotated(names: Sequence[str], round_index: int) -> list[str]:
 
 
 def median(values: Sequence[float]) -> float:
+    """The median of `values`."""
     return statistics.median(values)
 
 
@@ -118,12 +120,30 @@ def machine_note() -> dict[str, Any]:
     return {
         "cpu_count": os.cpu_count(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_bf16_supported": torch.ops.mkldnn._is_mkldnn_bf16_supported(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "load_average_1_5_15min": [round(value, 2) for value in os.getloadavg()],
     }
+
+
+def matmul_bf16_over_fp32(size: int = 512, repeats: int = 5) -> float:
+    """
+    Time of a `size x size` bf16 matmul divided by the fp32 one (interleaved, medians): below 1 where the CPU has
+    bf16 matrix instructions (AVX512-BF16, AMX), far above 1 where oneDNN has no bf16 kernel for the CPU.
+    """
+    generator = torch.Generator().manual_seed(0)
+    left, right = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
+    operands = {torch.float32: (left, right), torch.bfloat16: (left.bfloat16(), right.bfloat16())}
+    timings: dict[torch.dtype, list[float]] = {dtype: [] for dtype in operands}
+    for _ in range(repeats + 1):
+        for dtype, (a, b) in operands.items():
+            start = time.perf_counter()
+            torch.mm(a, b)
+            timings[dtype].append(time.perf_counter() - start)
+    return median(timings[torch.bfloat16][1:]) / median(timings[torch.float32][1:])
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
