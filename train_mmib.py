@@ -346,6 +346,11 @@ def main() -> None:
     )
     transformers.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
+    if training_args.bf16 and training_args.use_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        logger.warning(
+            "--bf16 on a CPU without bf16 matmul support (no AVX512-BF16 / AMX): bf16 autocast is emulated and "
+            "much slower than fp32 here (about 15x for a training step in benchmarks/RESULTS.md)."
+        )
 
     expected_task = "re" if data_args.dataset == "mnre" or (data_args.dataset == "jsonl" and data_args.task == "re") else "ner"
     num_crops = model_args.num_crops if model_args.num_crops is not None else TASK_DEFAULTS[expected_task]["num_crops"]

@@ -404,7 +404,8 @@ class MMIBModel(MMIBPreTrainedModel):
             `torch.FloatTensor` of shape `(..., config.vision_feature_size)`.
         """
         leading_shape = pixel_values.shape[:-3]
-        flat = pixel_values.reshape(-1, *pixel_values.shape[-3:])
+        # Channels-last inputs make CPU (oneDNN) and GPU convolutions faster: 1.2-1.6x for ResNet-50 on 2 CPU cores.
+        flat = pixel_values.reshape(-1, *pixel_values.shape[-3:]).contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision_encoder):
             pooled = self.vision_model(pixel_values=flat).pooler_output
         return pooled.reshape(*leading_shape, -1)
