@@ -12,7 +12,6 @@ code) and a model card (README.md) to `--output_dir`, and push it with `--push_t
 
 import json
 import logging
-import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -97,9 +96,7 @@ class ModelArguments:
 class DataArguments:
     """Which posts to read."""
 
-    dataset: str = field(
-        default="twitter2017", metadata={"help": "twitter2015 | twitter2017 | mnre | jsonl"}
-    )
+    dataset: str = field(default="twitter2017", metadata={"help": "twitter2015 | twitter2017 | mnre | jsonl"})
     data_dir: str | None = field(
         default=None, metadata={"help": "Benchmark folder (default: ../shared/data/<dataset> beside the repo)."}
     )
@@ -317,7 +314,9 @@ def build_model_card(
             command="python train_mmib.py " + " ".join(shlex.quote(argument) for argument in sys.argv[1:]),
             split_sizes={split: len(dataset) for split, dataset in data.items()},
             media_summary=json.dumps(media),
-            validation_metrics={key[5:]: value for key, value in validation_metrics.items() if key.startswith("eval_")},
+            validation_metrics={
+                key[5:]: value for key, value in validation_metrics.items() if key.startswith("eval_")
+            },
             test_metrics={key[5:]: value for key, value in test_output.metrics.items() if key.startswith("test_")},
             hyperparameters={
                 "beta_text": model.config.beta_text,
@@ -352,8 +351,10 @@ def main() -> None:
             "much slower than fp32 here (about 15x for a training step in benchmarks/RESULTS.md)."
         )
 
-    expected_task = "re" if data_args.dataset == "mnre" or (data_args.dataset == "jsonl" and data_args.task == "re") else "ner"
-    num_crops = model_args.num_crops if model_args.num_crops is not None else TASK_DEFAULTS[expected_task]["num_crops"]
+    is_relation = data_args.dataset == "mnre" or (data_args.dataset == "jsonl" and data_args.task == "re")
+    num_crops = model_args.num_crops
+    if num_crops is None:
+        num_crops = TASK_DEFAULTS["re" if is_relation else "ner"]["num_crops"]
     task, data = load_data(data_args, num_crops)
     data = select_samples(data, data_args)
     label_column = "ner_tags" if task == "ner" else "relation"
@@ -363,14 +364,17 @@ def main() -> None:
 
     feature_store = None
     if model.config.freeze_vision_encoder:
-        paths = [path for dataset in data.values() for row in dataset for path in [row["image"], *row["crops"]]]
-        feature_store = ImageFeatureStore.build(
-            model.mmib,
-            processor.image_processor,
-            paths,
-            batch_size=model_args.feature_batch_size,
-            cache_file=model_args.image_feature_cache,
-        )
+        paths = [path for dataset in data.values() for path in dataset["image"]]
+        paths += [path for dataset in data.values() for crops in dataset["crops"] for path in crops]
+        # The main process fills --image_feature_cache first; the other processes then read it.
+        with training_args.main_process_first(desc="image features"):
+            feature_store = ImageFeatureStore.build(
+                model.mmib,
+                processor.image_processor,
+                paths,
+                batch_size=model_args.feature_batch_size,
+                cache_file=model_args.image_feature_cache,
+            )
     media = media_summary(data, feature_store)
     logger.info("Images and crops: %s", json.dumps(media))
 
@@ -381,17 +385,24 @@ def main() -> None:
         eval_dataset=data["validation"],
         data_collator=MMIBDataCollator(processor, feature_store),
         processing_class=processor,
-        compute_metrics=build_compute_metrics(task, data["validation"], model.config.id2label, data_args.ner_metric_mode),
+        compute_metrics=build_compute_metrics(
+            task, data["validation"], model.config.id2label, data_args.ner_metric_mode
+        ),
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     validation_metrics = trainer.evaluate(metric_key_prefix="eval")
 
     # The test set is scored once, at the checkpoint chosen on validation.
-    trainer.compute_metrics = build_compute_metrics(task, data["test"], model.config.id2label, data_args.ner_metric_mode)
+    trainer.compute_metrics = build_compute_metrics(
+        task, data["test"], model.config.id2label, data_args.ner_metric_mode
+    )
     test_output = trainer.predict(data["test"], metric_key_prefix="test")
 
     results = {
-        **{f"train_{key}" if not key.startswith("train") else key: value for key, value in train_result.metrics.items()},
+        **{
+            f"train_{key}" if not key.startswith("train") else key: value
+            for key, value in train_result.metrics.items()
+        },
         **validation_metrics,
         **test_output.metrics,
         "task": task,
@@ -414,7 +425,9 @@ def main() -> None:
     trainer.save_model()
     trainer.create_model_card()
     if trainer.is_world_process_zero():
-        print(json.dumps({key: value for key, value in results.items() if key.startswith(("eval_", "test_"))}, indent=2))
+        print(
+            json.dumps({key: value for key, value in results.items() if key.startswith(("eval_", "test_"))}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -82,7 +82,9 @@ def parse_args() -> argparse.Namespace:
         default=120.0,
         help="A variant whose pass takes longer is not repeated in later rounds.",
     )
-    parser.add_argument("--warmup_posts", type=int, default=2, help="Posts of the untimed warm-up batch per path/dtype.")
+    parser.add_argument(
+        "--warmup_posts", type=int, default=2, help="Posts of the untimed warm-up batch per path/dtype."
+    )
     parser.add_argument("--image_size", type=int, nargs=2, default=[400, 300], help="Width and height of the images.")
     parser.add_argument("--crop_size", type=int, default=128, help="Side of the square crops.")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads.")

@@ -254,11 +254,16 @@ def summarize(args: argparse.Namespace, timing: dict[str, Any], memory: dict[str
         peak = "-"
         if name in memory:
             peak = f"{memory[name]['peak_rss_mib']:.0f} ({memory[name]['setup_peak_rss_mib']:.0f})"
-        rows.append(
-            [name, f"{medians[name]:.3f}", f"{args.batch_size / medians[name]:.2f}", speedup, peak]
-        )
+        rows.append([name, f"{medians[name]:.3f}", f"{args.batch_size / medians[name]:.2f}", speedup, peak])
     table = markdown_table(
-        ["variant", "s/step (median)", "posts/s", "speed-up vs authors (min-max over rounds)", "peak RSS MiB (after set-up)"], rows
+        [
+            "variant",
+            "s/step (median)",
+            "posts/s",
+            "speed-up vs authors (min-max over rounds)",
+            "peak RSS MiB (after set-up)",
+        ],
+        rows,
     )
     lines = [table, ""]
     if "authors" in medians:

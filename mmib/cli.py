@@ -1,7 +1,7 @@
 """`mmib` command line: run a trained MMIB checkpoint on a post.
 
-    mmib predict runs/demo-twitter2017 --text "Kawhi Leonard wins the fan vote in Toronto" --image post.jpg
-    mmib predict runs/mnre --words Messi joins PSG --head 0 1 --tail 2 3 --image post.jpg --crops a.png b.png
+mmib predict runs/demo-twitter2017 --text "Kawhi Leonard wins the fan vote in Toronto" --image post.jpg
+mmib predict runs/mnre --words Messi joins PSG --head 0 1 --tail 2 3 --image post.jpg --crops a.png b.png
 """
 
 import argparse
@@ -54,11 +54,16 @@ def predict(
         inputs = processor([words], images=[image], crops=[list(crops)])
         with torch.inference_mode():
             predictions = model(**inputs).predictions
-        return {"words": words, **processor.post_process_token_classification(predictions, [words], config.id2label)[0]}
+        return {
+            "words": words,
+            **processor.post_process_token_classification(predictions, [words], config.id2label)[0],
+        }
     if head is None or tail is None:
         raise ValueError("A relation checkpoint needs --head START END and --tail START END.")
     model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path).eval()
-    inputs = processor([words], images=[image], crops=[list(crops)], head_spans=[tuple(head)], tail_spans=[tuple(tail)])
+    inputs = processor(
+        [words], images=[image], crops=[list(crops)], head_spans=[tuple(head)], tail_spans=[tuple(tail)]
+    )
     with torch.inference_mode():
         logits = model(**inputs).logits
     result = processor.post_process_relation_classification(logits, config.id2label)[0]

@@ -732,9 +732,7 @@ def load_twitter_ner(
     parsed = {split: (data_dir / file_name, _read_conll(data_dir / file_name)) for split, file_name in splits.items()}
     names = _check_bio_names(label_names) if label_names is not None else _infer_ner_labels(parsed)
     label_ids = {label: index for index, label in enumerate(names)}
-    crop_maps = _crop_dicts_for(
-        splits, crop_dicts, lambda split: data_dir / f"{name}_{_split_folder(split)}_dict.pth"
-    )
+    crop_maps = _crop_dicts_for(splits, crop_dicts, lambda split: data_dir / f"{name}_{_split_folder(split)}_dict.pth")
     result = {}
     for split, (source, posts) in parsed.items():
         _check_ner_tags(source, posts, label_ids)

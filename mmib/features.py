@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import BaseImageProcessor
@@ -120,13 +121,14 @@ class ImageFeatureStore:
             "fingerprint": self.fingerprint,
         }
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        save_file({"features": self.features.contiguous()}, path, metadata=metadata)
+        # Written aside and renamed, so that an interrupted run never leaves a truncated cache behind.
+        partial = f"{path}.partial"
+        save_file({"features": self.features.contiguous()}, partial, metadata=metadata)
+        os.replace(partial, path)
 
     @classmethod
     def load(cls, path: str) -> "ImageFeatureStore":
         """Read a file written by `save`."""
-        from safetensors import safe_open
-
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
         if "paths" not in metadata:

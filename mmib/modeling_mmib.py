@@ -244,7 +244,9 @@ class MMIBCRF(nn.Module):
         emission_scores = (emissions.gather(2, tags[:, :, None]).squeeze(2) * weights).sum(dim=1)
         transition_scores = (self.transitions[tags[:, :-1], tags[:, 1:]] * weights[:, 1:]).sum(dim=1)
         last_tags = tags.gather(1, (mask.sum(dim=1) - 1)[:, None]).squeeze(1)
-        return self.start_transitions[tags[:, 0]] + emission_scores + transition_scores + self.end_transitions[last_tags]
+        return (
+            self.start_transitions[tags[:, 0]] + emission_scores + transition_scores + self.end_transitions[last_tags]
+        )
 
     def negative_log_likelihood(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """-log p(tags | emissions) of each post, `(B,)` (paper eq. 27)."""
@@ -421,13 +423,17 @@ class MMIBModel(MMIBPreTrainedModel):
             raise ValueError("Pass either pixel_values or image_features, not both.")
         if pixel_values is None and image_features is None:
             if image_mask is not None and image_mask.any():
-                raise ValueError("image_mask marks images as present, but neither pixel_values nor image_features was given.")
+                raise ValueError(
+                    "image_mask marks images as present, but neither pixel_values nor image_features was given."
+                )
             features = torch.zeros(batch_size, 1, self.config.vision_feature_size, device=self.device)
             return features, torch.zeros(batch_size, 1, dtype=torch.bool, device=self.device)
         slots = (pixel_values if pixel_values is not None else image_features).shape[:2]
         if slots[0] != batch_size:
             raise ValueError(f"The image inputs hold {slots[0]} posts but input_ids holds {batch_size}.")
-        image_mask = torch.ones(slots, dtype=torch.bool, device=self.device) if image_mask is None else image_mask.bool()
+        image_mask = (
+            torch.ones(slots, dtype=torch.bool, device=self.device) if image_mask is None else image_mask.bool()
+        )
         if image_mask.shape != slots:
             raise ValueError(f"image_mask has shape {tuple(image_mask.shape)}, expected {tuple(slots)}.")
         if image_features is None:
@@ -457,7 +463,11 @@ class MMIBModel(MMIBPreTrainedModel):
         return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
     def _alignment_loss(
-        self, text_latents: torch.Tensor, text_mask: torch.Tensor, vision_latents: torch.Tensor, image_mask: torch.Tensor
+        self,
+        text_latents: torch.Tensor,
+        text_mask: torch.Tensor,
+        vision_latents: torch.Tensor,
+        image_mask: torch.Tensor,
     ) -> torch.Tensor:
         """-[mean log D(Z^T, Z^V+) + mean log(1 - D(Z^T, Z^V-))] over posts with an image (paper eq. 25)."""
         with_image = image_mask.any(dim=1)
@@ -471,7 +481,10 @@ class MMIBModel(MMIBPreTrainedModel):
         num_negatives = min(self.config.num_negatives, num_posts - 1)
         if num_negatives > 0:
             negatives = torch.cat(
-                [self.discriminator(text_pooled, vision_pooled.roll(shift, 0)) for shift in range(1, num_negatives + 1)]
+                [
+                    self.discriminator(text_pooled, vision_pooled.roll(shift, 0))
+                    for shift in range(1, num_negatives + 1)
+                ]
             )
             loss = loss + F.binary_cross_entropy_with_logits(negatives, torch.zeros_like(negatives))
         return loss

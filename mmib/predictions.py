@@ -47,7 +47,11 @@ def gold_ner_tags(dataset: datasets.Dataset) -> list[list[str]]:
 
 def per_type_scores(metrics: dict[str, Any], prefix: str) -> dict[str, dict[str, float]]:
     """`{type: {precision, recall, f1, support}}` back from the flat `<prefix>_<type>_<key>` metrics."""
-    types = [key[len(prefix) + 1 : -len("_support")] for key in metrics if key.startswith(prefix) and key.endswith("_support")]
+    types = [
+        key[len(prefix) + 1 : -len("_support")]
+        for key in metrics
+        if key.startswith(prefix) and key.endswith("_support")
+    ]
     return {name: {key: metrics[f"{prefix}_{name}_{key}"] for key in PER_TYPE_KEYS} for name in types}
 
 
@@ -73,9 +77,7 @@ def build_compute_metrics(
             predicted, truncated_words = ner_tags_from_predictions(prediction.predictions, dataset, id2label)
             scores = ner_scores(gold, predicted, mode=ner_mode)
             per_type = {
-                f"{name}_{key}": values[key]
-                for name, values in scores["per_type"].items()
-                for key in PER_TYPE_KEYS
+                f"{name}_{key}": values[key] for name, values in scores["per_type"].items() for key in PER_TYPE_KEYS
             }
             return {
                 "precision": scores["precision"],

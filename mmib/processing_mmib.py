@@ -10,9 +10,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-
 from transformers import BaseImageProcessor, BatchFeature, PreTrainedTokenizerBase, ProcessorMixin
-
 
 ImageLike = Image.Image | str | os.PathLike | None
 
@@ -157,8 +155,10 @@ class MMIBProcessor(ProcessorMixin):
             FileNotFoundError: an image or crop path that does not exist.
             TypeError: words not pre-split into lists of `str`, an image that is not a PIL image, a path or `None`.
         """
-        is_single = isinstance(words, Sequence) and not isinstance(words, str) and (
-            len(words) == 0 or isinstance(words[0], str)
+        is_single = (
+            isinstance(words, Sequence)
+            and not isinstance(words, str)
+            and (len(words) == 0 or isinstance(words[0], str))
         )
         if is_single:
             words = [words]
@@ -186,10 +186,14 @@ class MMIBProcessor(ProcessorMixin):
             text_inputs = self._encode_re(batch_words, head_spans, tail_spans, labels)
 
         pixel_values, image_mask = self._encode_images(images, crops)
-        image_inputs = {"image_mask": image_mask} if pixel_values is None else {
-            "pixel_values": pixel_values,
-            "image_mask": image_mask,
-        }
+        image_inputs = (
+            {"image_mask": image_mask}
+            if pixel_values is None
+            else {
+                "pixel_values": pixel_values,
+                "image_mask": image_mask,
+            }
+        )
         return BatchFeature({**text_inputs, **image_inputs}, tensor_type=return_tensors)
 
     @staticmethod

@@ -4,8 +4,8 @@ import os
 from collections import defaultdict
 
 import torch
-from torch import nn
 from huggingface_hub import ModelCard
+from torch import nn
 from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 

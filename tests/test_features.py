@@ -32,11 +32,19 @@ def model() -> MMIBForTokenClassification:
 
 def ner_rows(files: dict[str, str]) -> list[dict]:
     return [
-        {"words": ["john", "smith", "visits", "london"], "ner_tags": [1, 2, 0, 3], "image": files["image0"],
-         "crops": [files["image1"], files["corrupt"]]},
+        {
+            "words": ["john", "smith", "visits", "london"],
+            "ner_tags": [1, 2, 0, 3],
+            "image": files["image0"],
+            "crops": [files["image1"], files["corrupt"]],
+        },
         {"words": ["i", "love", "paris"], "ner_tags": [0, 0, 3], "image": None, "crops": []},
-        {"words": ["rt", "@", "the", "city"], "ner_tags": [0, 0, 0, 0], "image": files["image2"],
-         "crops": [files["image0"], files["image1"], files["image2"]]},
+        {
+            "words": ["rt", "@", "the", "city"],
+            "ner_tags": [0, 0, 0, 0],
+            "image": files["image2"],
+            "crops": [files["image0"], files["image1"], files["image2"]],
+        },
     ]
 
 
@@ -53,7 +61,9 @@ def test_store_computes_each_file_once_and_masks_unreadable_ones(model, image_fi
         expected = model.mmib.get_image_features(pixels)[0]
     assert torch.allclose(store.features[store.index[image_files["image0"]]], expected, atol=1e-5)
 
-    features, mask = store.lookup([image_files["image0"], None], [[image_files["corrupt"], image_files["image1"]], []], 2)
+    features, mask = store.lookup(
+        [image_files["image0"], None], [[image_files["corrupt"], image_files["image1"]], []], 2
+    )
     assert mask.tolist() == [[True, False, True], [False, False, False]]
     assert features.shape == (2, 3, model.config.vision_feature_size)
     assert torch.equal(features[0, 0], store.features[store.index[image_files["image0"]]])
@@ -114,10 +124,22 @@ def test_relation_rows_collate_with_spans_and_labels(image_files):
     model = MMIBForRelationClassification(tiny_config(id2label={0: "None", 1: "/per/loc/place_of_residence"}))
     model.resize_token_embeddings(len(processor.tokenizer))
     rows = [
-        {"words": ["john", "visits", "london"], "head_span": [0, 1], "tail_span": [2, 3], "relation": 1,
-         "image": image_files["image0"], "crops": []},
-        {"words": ["paris", "and", "london"], "head_span": [2, 3], "tail_span": [0, 1], "relation": 0,
-         "image": None, "crops": []},
+        {
+            "words": ["john", "visits", "london"],
+            "head_span": [0, 1],
+            "tail_span": [2, 3],
+            "relation": 1,
+            "image": image_files["image0"],
+            "crops": [],
+        },
+        {
+            "words": ["paris", "and", "london"],
+            "head_span": [2, 3],
+            "tail_span": [0, 1],
+            "relation": 0,
+            "image": None,
+            "crops": [],
+        },
     ]
     batch = MMIBDataCollator(processor)(rows)
     assert batch["labels"].tolist() == [1, 0] and batch["entity_positions"].shape == (2, 2, 2)

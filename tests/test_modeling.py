@@ -156,9 +156,7 @@ def test_alignment_loss_equals_hand_computation():
         score = lambda t, v: base.discriminator(t[None], v[None])[0]  # noqa: E731
         positive = -sum(F.logsigmoid(score(text_pooled[i], vision_pooled[i])) for i in range(3)) / 3
         negative_terms = [
-            -F.logsigmoid(-score(text_pooled[i], vision_pooled[(i - shift) % 3]))
-            for shift in (1, 2)
-            for i in range(3)
+            -F.logsigmoid(-score(text_pooled[i], vision_pooled[(i - shift) % 3])) for shift in (1, 2) for i in range(3)
         ]
         expected = positive + sum(negative_terms) / len(negative_terms)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -338,7 +336,11 @@ def test_any_vision_model_with_a_pooled_output_works():
 
     torch.manual_seed(0)
     vision_config = ViTConfig(
-        image_size=IMAGE_SIZE, patch_size=8, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        hidden_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
         intermediate_size=30,
     )
     model = MMIBForTokenClassification(tiny_config(vision_config=vision_config)).eval()

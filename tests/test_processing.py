@@ -15,7 +15,6 @@ from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 from conftest import SHARED_DATA
 from mmib.processing_mmib import ENTITY_MARKERS, MMIBProcessor
 
-
 TWITTER2017_TRAIN = SHARED_DATA / "twitter2017" / "train.txt"
 ID2LABEL = dict(enumerate(["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]))
 LABEL2ID = {label: index for index, label in ID2LABEL.items()}
@@ -163,7 +162,14 @@ def test_re_markers_at_claimed_positions(re_processor):
     )
     assert out["entity_positions"].tolist() == [[[1, 3], [6, 9]]]
     assert out["labels"].tolist() == [3]
-    assert set(out.keys()) == {"input_ids", "token_type_ids", "attention_mask", "entity_positions", "labels", "image_mask"}
+    assert set(out.keys()) == {
+        "input_ids",
+        "token_type_ids",
+        "attention_mask",
+        "entity_positions",
+        "labels",
+        "image_mask",
+    }
 
 
 def test_re_adjacent_tail_first_and_end_of_post(re_processor):
@@ -342,8 +348,14 @@ def test_save_and_load_round_trip(re_processor, tmp_path):
     assert isinstance(loaded.image_processor, ConvNextImageProcessor)
     assert loaded.image_processor.crop_pct == 0.875 and loaded.image_processor.size.shortest_edge == 32
 
-    inputs = dict(words=WORDS, images=solid_image((50, 100, 150)), crops=[solid_image((0, 0, 0))],
-                  head_spans=(0, 1), tail_spans=(2, 4), labels=1)
+    inputs = dict(
+        words=WORDS,
+        images=solid_image((50, 100, 150)),
+        crops=[solid_image((0, 0, 0))],
+        head_spans=(0, 1),
+        tail_spans=(2, 4),
+        labels=1,
+    )
     expected, actual = processor(**inputs), loaded(**inputs)
     assert expected.keys() == actual.keys()
     for key in expected:

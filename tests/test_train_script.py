@@ -45,29 +45,59 @@ def run(arguments: list[str], cwd: Path, launcher: list[str] | None = None, extr
 def common_flags(towers: tuple[str, str], output_dir: Path) -> list[str]:
     text, vision = towers
     return [
-        "--text_model_name_or_path", text,
-        "--vision_model_name_or_path", vision,
-        "--config_overrides", "apenc_num_attention_heads=4,apenc_intermediate_size=48",
-        "--output_dir", str(output_dir),
-        "--use_cpu", "true",
-        "--per_device_train_batch_size", "4",
-        "--per_device_eval_batch_size", "8",
-        "--learning_rate", "1e-3",
-        "--logging_steps", "1",
-        "--report_to", "none",
-        "--dataloader_num_workers", "0",
+        "--text_model_name_or_path",
+        text,
+        "--vision_model_name_or_path",
+        vision,
+        "--config_overrides",
+        "apenc_num_attention_heads=4,apenc_intermediate_size=48",
+        "--output_dir",
+        str(output_dir),
+        "--use_cpu",
+        "true",
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "8",
+        "--learning_rate",
+        "1e-3",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--dataloader_num_workers",
+        "0",
     ]
 
 
 def ner_flags(towers, output_dir: Path, max_steps: int = 4) -> list[str]:
     return common_flags(towers, output_dir) + [
-        "--dataset", "jsonl", "--task", "ner",
-        "--train_file", str(SAMPLE / "train.jsonl"),
-        "--validation_file", str(SAMPLE / "validation.jsonl"),
-        "--test_file", str(SAMPLE / "test.jsonl"),
-        "--max_train_samples", "16", "--max_eval_samples", "12", "--max_test_samples", "12",
-        "--max_steps", str(max_steps), "--eval_strategy", "steps", "--eval_steps", "2",
-        "--save_strategy", "steps", "--save_steps", "2",
+        "--dataset",
+        "jsonl",
+        "--task",
+        "ner",
+        "--train_file",
+        str(SAMPLE / "train.jsonl"),
+        "--validation_file",
+        str(SAMPLE / "validation.jsonl"),
+        "--test_file",
+        str(SAMPLE / "test.jsonl"),
+        "--max_train_samples",
+        "16",
+        "--max_eval_samples",
+        "12",
+        "--max_test_samples",
+        "12",
+        "--max_steps",
+        str(max_steps),
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
     ]
 
 
@@ -106,9 +136,22 @@ def test_ner_end_to_end(towers, tmp_path):
     assert '"test_f1"' in result.stdout
 
     predicted = subprocess.run(
-        [sys.executable, "-m", "mmib.cli", "predict", str(output_dir), "--text", "Kawhi Leonard visits Toronto",
-         "--image", str(next((SAMPLE / "images").glob("*.jpg")))],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "mmib.cli",
+            "predict",
+            str(output_dir),
+            "--text",
+            "Kawhi Leonard visits Toronto",
+            "--image",
+            str(next((SAMPLE / "images").glob("*.jpg"))),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+        cwd=REPO,
     )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     output = json.loads(predicted.stdout)
@@ -120,9 +163,20 @@ def test_relation_extraction_end_to_end_on_mnre(towers, tmp_path):
         pytest.skip("../shared/data/mnre is not available")
     output_dir = tmp_path / "re"
     flags = common_flags(towers, output_dir) + [
-        "--dataset", "mnre", "--data_dir", str(SHARED_DATA / "mnre"),
-        "--max_train_samples", "12", "--max_eval_samples", "8", "--max_test_samples", "8",
-        "--num_train_epochs", "1", "--config_overrides", "apenc_num_attention_heads=4,entity_pooling=span_mean",
+        "--dataset",
+        "mnre",
+        "--data_dir",
+        str(SHARED_DATA / "mnre"),
+        "--max_train_samples",
+        "12",
+        "--max_eval_samples",
+        "8",
+        "--max_test_samples",
+        "8",
+        "--num_train_epochs",
+        "1",
+        "--config_overrides",
+        "apenc_num_attention_heads=4,entity_pooling=span_mean",
     ]
     run(flags, cwd=tmp_path)
     results = json.loads((output_dir / "all_results.json").read_text())
@@ -152,9 +206,20 @@ def test_two_process_cpu_ddp(towers, tmp_path):
     pytest.importorskip("accelerate")
     output_dir = tmp_path / "ddp"
     launcher = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", "29533",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29533",
     ]
     run(ner_flags(towers, output_dir), cwd=tmp_path, launcher=launcher, extra_env={"ACCELERATE_USE_CPU": "1"})
     results = json.loads((output_dir / "all_results.json").read_text())

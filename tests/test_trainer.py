@@ -20,12 +20,22 @@ TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "mmib_model_car
 
 def ner_dataset() -> Dataset:
     features = Features(
-        {"id": Value("string"), "words": List(Value("string")), "ner_tags": List(ClassLabel(names=NER_LABELS)),
-         "image": Value("string"), "crops": List(Value("string"))}
+        {
+            "id": Value("string"),
+            "words": List(Value("string")),
+            "ner_tags": List(ClassLabel(names=NER_LABELS)),
+            "image": Value("string"),
+            "crops": List(Value("string")),
+        }
     )
     rows = [
-        {"id": "a", "words": ["john", "smith", "visits", "london"], "ner_tags": [1, 2, 0, 3], "image": None,
-         "crops": []},
+        {
+            "id": "a",
+            "words": ["john", "smith", "visits", "london"],
+            "ner_tags": [1, 2, 0, 3],
+            "image": None,
+            "crops": [],
+        },
         {"id": "b", "words": ["i", "love", "paris", "!"], "ner_tags": [0, 0, 3, 0], "image": None, "crops": []},
     ]
     return Dataset.from_list(rows, features=features)
@@ -37,13 +47,21 @@ def trainer(tmp_path) -> MMIBTrainer:
     model = MMIBForTokenClassification(tiny_config(beta_text=0.5, beta_vision=0.25, alignment_weight=2.0))
     processor = MMIBProcessor(make_image_processor(), make_tokenizer(), task="ner", num_crops=2)
     args = TrainingArguments(
-        output_dir=str(tmp_path), use_cpu=True, report_to="none", remove_unused_columns=False,
-        label_names=["labels"], per_device_eval_batch_size=2,
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        per_device_eval_batch_size=2,
     )
     dataset = ner_dataset()
     return MMIBTrainer(
-        model=model, args=args, train_dataset=dataset, eval_dataset=dataset,
-        data_collator=MMIBDataCollator(processor), processing_class=processor,
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        data_collator=MMIBDataCollator(processor),
+        processing_class=processor,
         compute_metrics=build_compute_metrics("ner", dataset, model.config.id2label),
     )
 
@@ -110,14 +128,30 @@ def test_relation_metrics_ignore_none():
 
 def test_model_card_model_index_parses_and_holds_the_scores(tmp_path):
     info = ModelCardInfo(
-        task="ner", model_name="mmib-test", repo_id="me/mmib-test", dataset_name="twitter2017",
-        dataset_description="Twitter-2017", text_model="bert-base-cased", vision_model="microsoft/resnet-50",
-        vision_state="pretrained, frozen", command="python train_mmib.py configs/twitter2017.yaml",
-        split_sizes={"train": 3373, "validation": 723, "test": 723}, media_summary="{}",
+        task="ner",
+        model_name="mmib-test",
+        repo_id="me/mmib-test",
+        dataset_name="twitter2017",
+        dataset_description="Twitter-2017",
+        text_model="bert-base-cased",
+        vision_model="microsoft/resnet-50",
+        vision_state="pretrained, frozen",
+        command="python train_mmib.py configs/twitter2017.yaml",
+        split_sizes={"train": 3373, "validation": 723, "test": 723},
+        media_summary="{}",
         validation_metrics={"precision": 0.8, "recall": 0.7, "f1": 0.74666},
         test_metrics={"precision": 0.81234, "recall": 0.7, "f1": 0.75},
-        hyperparameters={"beta_text": 0.1, "beta_vision": 0.1, "alignment_weight": 1.0, "learning_rate": 3e-5,
-                         "batch_size": 8, "world_size": 1, "epochs": 30, "seed": 42, "hardware": "GPU"},
+        hyperparameters={
+            "beta_text": 0.1,
+            "beta_vision": 0.1,
+            "alignment_weight": 1.0,
+            "learning_rate": 3e-5,
+            "batch_size": 8,
+            "world_size": 1,
+            "epochs": 30,
+            "seed": 42,
+            "hardware": "GPU",
+        },
         per_type={"PER": {"precision": 0.9, "recall": 0.8, "f1": 0.85, "support": 10}},
     )
     card = render_model_card(info, str(TEMPLATE))
