@@ -20,7 +20,6 @@ A variant whose pass takes longer than `--max_pass_seconds` is not repeated in l
 
 import argparse
 import itertools
-import json
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from bench_common import (
     NUM_CROPS,
     build_model,
     build_processor,
+    finish_report,
     load_posts,
     machine_note,
     markdown_table,
@@ -212,19 +212,13 @@ def main() -> None:
             store_seconds = time.perf_counter() - start
             collators["cached"] = MMIBDataCollator(processor, store)
         passes = measure(args, model, collators, rows)
-    report = {
-        "args": vars(args),
-        "machine_before": machine_before,
-        "machine_after": machine_note(),
-        "bf16_over_fp32_matmul_time": bf16_matmul_ratio,
-        "passes": passes,
-        "feature_store_build_seconds": store_seconds,
-    }
-    print(summarize(args, passes, store_seconds))
-    print(f"bf16 / fp32 time of a 512x512 matmul on this CPU: {bf16_matmul_ratio:.1f}")
-    print(json.dumps({"machine_before": machine_before, "machine_after": report["machine_after"]}))
-    if args.output_json:
-        Path(args.output_json).write_text(json.dumps(report, indent=2))
+    finish_report(
+        args.output_json,
+        summarize(args, passes, store_seconds),
+        machine_before,
+        bf16_matmul_ratio,
+        {"args": vars(args), "passes": passes, "feature_store_build_seconds": store_seconds},
+    )
 
 
 if __name__ == "__main__":

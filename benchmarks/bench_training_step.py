@@ -38,6 +38,7 @@ from bench_common import (
     NUM_CROPS,
     build_model,
     build_processor,
+    finish_report,
     load_posts,
     machine_note,
     markdown_table,
@@ -306,19 +307,14 @@ def main() -> None:
     }
     del model, optimizer
     memory = measure_memory(args, argv, features) if args.memory_steps > 0 else {}
-    report = {
-        "args": {key: value for key, value in vars(args).items() if key not in ("memory_probe", "features_file")},
-        "machine_before": machine_before,
-        "machine_after": machine_note(),
-        "bf16_over_fp32_matmul_time": bf16_matmul_ratio,
-        "timing": timing,
-        "memory": memory,
-    }
-    print(summarize(args, timing, memory))
-    print(f"bf16 / fp32 time of a 512x512 matmul on this CPU: {bf16_matmul_ratio:.1f}")
-    print(json.dumps({"machine_before": machine_before, "machine_after": report["machine_after"]}))
-    if args.output_json:
-        Path(args.output_json).write_text(json.dumps(report, indent=2))
+    arguments = {key: value for key, value in vars(args).items() if key not in ("memory_probe", "features_file")}
+    finish_report(
+        args.output_json,
+        summarize(args, timing, memory),
+        machine_before,
+        bf16_matmul_ratio,
+        {"args": arguments, "timing": timing, "memory": memory},
+    )
 
 
 if __name__ == "__main__":
