@@ -299,8 +299,6 @@ class MMIBPreTrainedModel(PreTrainedModel):
     base_model_prefix = "mmib"
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
-    supports_gradient_checkpointing = False
-    _supports_sdpa = True
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, with every MMIB Auto class in `auto_map` so that any head checkpoint
