@@ -40,7 +40,6 @@ from mmib.model_card import ModelCardInfo, render_model_card
 from mmib.predictions import (
     build_compute_metrics,
     gold_ner_tags,
-    ner_tags_from_predictions,
     per_type_scores,
     relation_labels_from_logits,
 )
@@ -266,10 +265,10 @@ def write_test_predictions(path: Path, task: str, test: datasets.Dataset, output
     """One JSON line per test post: words, gold and predicted tags with entities (NER) or relations (RE)."""
     with open(path, "w", encoding="utf-8") as handle:
         if task == "ner":
-            predicted, _ = ner_tags_from_predictions(output.predictions, test, id2label)
-            label2id = {label: index for index, label in id2label.items()}
-            paths = [[label2id[tag] for tag in tags] for tags in predicted]
-            processed = processor.post_process_token_classification(paths, test["words"], id2label)
+            # Words cut by truncation have no prediction: post-processing tags them O, as the metrics do.
+            processed = processor.post_process_token_classification(
+                output.predictions.tolist(), list(test["words"]), id2label
+            )
             for row, gold, post in zip(test, gold_ner_tags(test), processed):
                 record = {"id": row["id"], "words": row["words"], "gold": gold, **post}
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
