@@ -34,6 +34,11 @@ def make_batch(seed: int = 0, vocab_size: int = 64) -> dict[str, torch.Tensor]:
     }
 
 
+def encoder_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without the NER-only keys: what `MMIBModel` and the relation head take."""
+    return {key: batch[key] for key in ("input_ids", "attention_mask", "pixel_values", "image_mask")}
+
+
 @pytest.fixture
 def model() -> MMIBForTokenClassification:
     torch.manual_seed(0)
@@ -124,12 +129,7 @@ def test_kl_equals_closed_form(reduction):
     base = MMIBModel(tiny_config(kl_reduction=reduction)).eval()
     batch = make_batch()
     with torch.no_grad():
-        outputs = base(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            pixel_values=batch["pixel_values"],
-            image_mask=batch["image_mask"],
-        )
+        outputs = base(**encoder_inputs(batch))
     expected_text = closed_form_kl(
         outputs.text_latent_mean, outputs.text_latent_logvar, batch["attention_mask"].bool(), reduction
     )
@@ -211,7 +211,7 @@ def test_eval_is_deterministic_and_train_samples():
     text_config.hidden_dropout_prob = text_config.attention_probs_dropout_prob = 0.0
     model = MMIBModel(tiny_config(text_config=text_config, apenc_dropout=0.0))
     batch = make_batch()
-    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "pixel_values", "image_mask")}
+    inputs = encoder_inputs(batch)
     with torch.no_grad():
         model.eval()
         first, second = model(**inputs), model(**inputs)
@@ -292,20 +292,8 @@ def test_relation_head_uses_the_marked_states(pooling):
     entity_positions = torch.tensor([[[1, 4], [5, 7]], [[2, 4], [0, 2]], [[1, 3], [4, 6]]])
     labels = torch.tensor([0, 1, 2])
     with torch.no_grad():
-        outputs = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            pixel_values=batch["pixel_values"],
-            image_mask=batch["image_mask"],
-            entity_positions=entity_positions,
-            labels=labels,
-        )
-        states = model.mmib(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            pixel_values=batch["pixel_values"],
-            image_mask=batch["image_mask"],
-        ).last_hidden_state
+        outputs = model(**encoder_inputs(batch), entity_positions=entity_positions, labels=labels)
+        states = model.mmib(**encoder_inputs(batch)).last_hidden_state
     vectors = []
     for post, ((head_start, head_end), (tail_start, tail_end)) in enumerate(entity_positions.tolist()):
         if pooling == "start":
