@@ -31,7 +31,8 @@ class ImageFeatureStore:
         paths (`list[str]`): image files, one per row of `features`.
         features (`torch.Tensor` of shape `(len(paths), D)`): their pooled vision-tower outputs.
         unreadable (`list[str]`, *optional*): files that could not be decoded; they are masked like missing files.
-        fingerprint (`str`, *optional*): identity of the vision tower and image processor that made the features.
+        fingerprint (`str`, *optional*): identity of the vision tower and image processor that made the features
+            (set when the store is read from or written to a cache file).
     """
 
     def __init__(
@@ -75,7 +76,8 @@ class ImageFeatureStore:
             cache_file (`str`, *optional*): a `.safetensors` file to read or write.
         """
         unique_paths = sorted({path for path in paths if path})
-        fingerprint = vision_fingerprint(model, image_processor)
+        # Hashing the tower's weights is only needed to validate or label a cache file.
+        fingerprint = vision_fingerprint(model, image_processor) if cache_file else ""
         if cache_file and os.path.exists(cache_file):
             store = cls.load(cache_file)
             if store.fingerprint == fingerprint and set(unique_paths) <= set(store.index) | set(store.unreadable):
