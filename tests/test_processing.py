@@ -455,7 +455,11 @@ def test_post_process_token_classification_truncated_and_single(ner_processor):
     words = ["I", "love", "New", "York"]
     result = ner_processor.post_process_token_classification([0, 0, LABEL2ID["B-LOC"]], words, ID2LABEL)
     assert result == [
-        {"tags": ["O", "O", "B-LOC", "O"], "entities": [{"text": "New", "type": "LOC", "start": 2, "end": 3}]}
+        {
+            "tags": ["O", "O", "B-LOC", "O"],
+            "entities": [{"text": "New", "type": "LOC", "start": 2, "end": 3}],
+            "truncated_words": 1,
+        }
     ]
     with pytest.raises(ValueError, match=r"predictions\[0\] has 5 labels but post 0 has 4 words"):
         ner_processor.post_process_token_classification([[0] * 5], [words], ID2LABEL)

@@ -1,0 +1,151 @@
+"""
+RE text encoding of [`MMIBProcessor`]: the entity markers `<s> </s> <o> </o>`, their place in the tokenizer, and
+truncation that never cuts the stretch between the two entities.
+
+This file travels to the Hub as remote code next to `processing_mmib.py`: it imports only torch, transformers and
+sibling files.
+"""
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .text_encoding_mmib import check_all_or_none, first_token_positions, tokenize_words
+
+ENTITY_MARKERS = ("<s>", "</s>", "<o>", "</o>")
+NAMED_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def with_entity_markers(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """
+    A tokenizer that knows the entity markers as special tokens.
+
+    The caller's tokenizer is never changed: when a marker is missing, the markers are added to a copy, which is
+    returned (its vocabulary is larger by up to 4; resize the text embeddings to `len(tokenizer)`). A tokenizer
+    that already has all markers (e.g. one saved by an RE processor) is returned as is.
+
+    Raises:
+        ValueError: one of the tokenizer's own special tokens is a marker.
+    """
+    for attribute in NAMED_SPECIAL_TOKENS:
+        token = getattr(tokenizer, attribute, None)
+        if token is not None and str(token) in ENTITY_MARKERS:
+            raise ValueError(
+                f"The tokenizer's {attribute} is {str(token)!r}, which is also an MMIB entity marker "
+                f"{ENTITY_MARKERS}; task='re' needs a tokenizer whose own special tokens differ from the markers."
+            )
+    vocab = tokenizer.get_vocab()
+    missing = [marker for marker in ENTITY_MARKERS if marker not in vocab]
+    if not missing:
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.add_tokens(missing, special_tokens=True)
+    return tokenizer
+
+
+def num_fixed_re_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Tokens every RE post needs besides its words: the special tokens and the 4 markers."""
+    return tokenizer.num_special_tokens_to_add(pair=False) + len(ENTITY_MARKERS)
+
+
+def check_span(span: Any, field: str, index: int, num_words: int) -> tuple[int, int]:
+    """A `(start, end)` word span (end exclusive) inside a post of `num_words` words."""
+    if isinstance(span, torch.Tensor):
+        span = span.tolist()
+    if not isinstance(span, Sequence) or len(span) != 2:
+        raise ValueError(f"{field}[{index}] (post {index}) must be a (start, end) pair, got {span!r}.")
+    start, end = int(span[0]), int(span[1])
+    if not 0 <= start < end <= num_words:
+        raise ValueError(
+            f"{field}[{index}] = {(start, end)} is out of range for post {index} with {num_words} words "
+            f"(need 0 <= start < end <= {num_words}, end exclusive)."
+        )
+    return start, end
+
+
+def encode_re(
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    batch_words: list[list[str]],
+    head_spans: list[Any],
+    tail_spans: list[Any],
+    labels: list[Any],
+) -> dict[str, torch.Tensor]:
+    """
+    Puts the markers around the head (`<s> ... </s>`) and tail (`<o> ... </o>`) spans and tokenizes the posts.
+
+    Words are dropped from the right end, then from the left end, never from the stretch that runs from the first to
+    the last marked entity; if that stretch does not fit in `max_length`, a `ValueError` names the post.
+
+    Args:
+        tokenizer ([`PreTrainedTokenizerBase`]): a tokenizer with the markers (see [`with_entity_markers`]).
+        max_length (`int`): token budget per post, special tokens and markers included.
+        batch_words (`list[list[str]]`): checked, non-empty posts.
+        head_spans, tail_spans (`list`): one `(start, end)` word span per post.
+        labels (`list`): one relation id or `None` per post.
+
+    Returns:
+        The tokenizer's inputs, `entity_positions` `(B, 2, 2)` (`[[<s>, </s>], [<o>, </o>]]` token positions) and,
+        with labels, `labels` `(B,)`.
+    """
+    spans = []
+    for index, post in enumerate(batch_words):
+        head = check_span(head_spans[index], "head_spans", index, len(post))
+        tail = check_span(tail_spans[index], "tail_spans", index, len(post))
+        if head[0] < tail[1] and tail[0] < head[1]:
+            raise ValueError(f"head_spans[{index}] = {head} and tail_spans[{index}] = {tail} overlap (post {index}).")
+        spans.append((head, tail))
+    check_all_or_none(labels)
+
+    batch_words, batch_counts = tokenize_words(tokenizer, batch_words)
+    fixed = num_fixed_re_tokens(tokenizer)
+    marked_words, marker_word_indices = [], []
+    for index, (post, counts, (head, tail)) in enumerate(zip(batch_words, batch_counts, spans)):
+        first, last = min(head[0], tail[0]), max(head[1], tail[1])
+        low, high = 0, len(post)
+        total = fixed + sum(counts)
+        while total > max_length:
+            if high > last:
+                high -= 1
+                total -= counts[high]
+            elif low < first:
+                total -= counts[low]
+                low += 1
+            else:
+                raise ValueError(
+                    f"Post {index}: the head and tail entities and the words between them need {total} tokens "
+                    f"with special tokens and markers, more than max_length={max_length}."
+                )
+        # Markers go around the spans, in word order: (offset, marker index in ENTITY_MARKERS); at one offset a
+        # closing marker comes before an opening one.
+        inserts = sorted(
+            [(head[0], 0), (head[1], 1), (tail[0], 2), (tail[1], 3)],
+            key=lambda item: (item[0], item[1] in (0, 2)),
+        )
+        marked, marker_indices = [], [0] * len(ENTITY_MARKERS)
+        insert_position = 0
+        for offset in range(low, high + 1):
+            while insert_position < len(inserts) and inserts[insert_position][0] == offset:
+                marker = inserts[insert_position][1]
+                marker_indices[marker] = len(marked)
+                marked.append(ENTITY_MARKERS[marker])
+                insert_position += 1
+            if offset < high:
+                marked.append(post[offset])
+        marked_words.append(marked)
+        marker_word_indices.append(marker_indices)
+
+    text_inputs, batch_positions = first_token_positions(tokenizer, marked_words)
+    text_inputs["entity_positions"] = torch.tensor(
+        [
+            [[positions[indices[0]], positions[indices[1]]], [positions[indices[2]], positions[indices[3]]]]
+            for positions, indices in zip(batch_positions, marker_word_indices)
+        ],
+        dtype=torch.long,
+    )
+    if labels[0] is not None:
+        text_inputs["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)
+    return text_inputs
