@@ -21,18 +21,10 @@ import datasets
 import torch
 import transformers
 import yaml
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-    HfArgumentParser,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
 
-from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBProcessor
+from mmib import build_model_and_processor, load_model_and_processor
+from mmib.building import TASK_DEFAULTS
 from mmib.collator import MMIBDataCollator
 from mmib.data import load_jsonl, load_mnre, load_twitter_ner, missing_media_report
 from mmib.features import ImageFeatureStore
@@ -50,7 +42,6 @@ logger = logging.getLogger("train_mmib")
 REPO_ROOT = Path(__file__).resolve().parent
 CARD_TEMPLATE = REPO_ROOT / "model_cards" / "mmib_model_card_template.md"
 DEFAULT_DATA_DIRS = {name: f"../shared/data/{name}" for name in ("twitter2015", "twitter2017", "mnre")}
-TASK_DEFAULTS = {"ner": {"num_crops": 4, "max_length": 128}, "re": {"num_crops": 3, "max_length": 80}}
 
 
 @dataclass
@@ -196,52 +187,46 @@ def parse_config_overrides(overrides: str | None) -> dict:
 
 
 def build_processor_and_model(model_args: ModelArguments, task: str, label_names: list[str]):
-    """The processor and the model, from an MMIB checkpoint or from two towers."""
-    defaults = TASK_DEFAULTS[task]
-    num_crops = model_args.num_crops if model_args.num_crops is not None else defaults["num_crops"]
-    model_class = MMIBForTokenClassification if task == "ner" else MMIBForRelationClassification
-    id2label = dict(enumerate(label_names))
+    """The processor and the model, from an MMIB checkpoint or from two towers (see `mmib.building`)."""
     weights = {
         name: getattr(model_args, name)
         for name in ("beta_text", "beta_vision", "alignment_weight")
         if getattr(model_args, name) is not None
     }
     if model_args.model_name_or_path:
-        processor = MMIBProcessor.from_pretrained(model_args.model_name_or_path)
-        auto_class = AutoModelForTokenClassification if task == "ner" else AutoModelForSequenceClassification
-        model = auto_class.from_pretrained(model_args.model_name_or_path, **weights)
-        if model.config.id2label != id2label:
+        model, processor = load_model_and_processor(
+            model_args.model_name_or_path,
+            task=task,
+            num_crops=model_args.num_crops,
+            max_length=model_args.max_length,
+            **weights,
+        )
+        if list(model.config.id2label.values()) != list(label_names):
             raise ValueError(
                 f"The checkpoint's labels {list(model.config.id2label.values())} differ from the dataset's "
                 f"{label_names}."
             )
-        if processor.task != task:
-            raise ValueError(f"The checkpoint's processor does task {processor.task!r}, the dataset {task!r}.")
         return processor, model
-    tokenizer = AutoTokenizer.from_pretrained(model_args.text_model_name_or_path)
-    image_processor = AutoImageProcessor.from_pretrained(model_args.vision_model_name_or_path)
-    processor = MMIBProcessor(
-        image_processor,
-        tokenizer,
-        task=task,
-        num_crops=num_crops,
-        max_length=model_args.max_length or defaults["max_length"],
-    )
-    vision = model_args.vision_model_name_or_path
-    if model_args.random_vision_weights:
-        vision = AutoConfig.from_pretrained(vision)
-    model = model_class.from_text_vision_pretrained(
+    model, processor = build_model_and_processor(
+        task,
         model_args.text_model_name_or_path,
-        vision,
-        num_crops=num_crops,
-        id2label=id2label,
+        model_args.vision_model_name_or_path,
+        id2label=label_names,
+        num_crops=model_args.num_crops,
+        max_length=model_args.max_length,
+        random_vision_weights=model_args.random_vision_weights,
         **weights,
         **parse_config_overrides(model_args.config_overrides),
     )
-    if task == "re":
-        # The relation processor added the entity markers <s> </s> <o> </o> to the vocabulary.
-        model.resize_token_embeddings(len(tokenizer))
     return processor, model
+
+
+def crops_per_post(model_args: ModelArguments, task: str) -> int:
+    """Crop slots per post, from the one place that sets them: the checkpoint, else --num_crops or the task
+    default that `build_model_and_processor` will also use."""
+    if model_args.model_name_or_path:
+        return AutoConfig.from_pretrained(model_args.model_name_or_path).num_crops
+    return model_args.num_crops if model_args.num_crops is not None else TASK_DEFAULTS[task]["num_crops"]
 
 
 def media_summary(data: datasets.DatasetDict, feature_store: ImageFeatureStore | None) -> dict:
@@ -351,10 +336,7 @@ def main() -> None:
         )
 
     is_relation = data_args.dataset == "mnre" or (data_args.dataset == "jsonl" and data_args.task == "re")
-    num_crops = model_args.num_crops
-    if num_crops is None:
-        num_crops = TASK_DEFAULTS["re" if is_relation else "ner"]["num_crops"]
-    task, data = load_data(data_args, num_crops)
+    task, data = load_data(data_args, crops_per_post(model_args, "re" if is_relation else "ner"))
     data = select_samples(data, data_args)
     label_column = "ner_tags" if task == "ner" else "relation"
     label_feature = data["train"].features[label_column]

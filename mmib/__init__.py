@@ -13,7 +13,9 @@ from transformers import (
     AutoProcessor,
 )
 
+from .building import build_model_and_processor, load_model_and_processor
 from .configuration_mmib import MMIBConfig
+from .image_loading_mmib import UnreadableImageError, load_image
 from .modeling_mmib import (
     MMIBForRelationClassification,
     MMIBForTokenClassification,
@@ -37,4 +39,8 @@ __all__ = [
     "MMIBModel",
     "MMIBPreTrainedModel",
     "MMIBProcessor",
+    "UnreadableImageError",
+    "build_model_and_processor",
+    "load_image",
+    "load_model_and_processor",
 ]

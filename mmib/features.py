@@ -12,12 +12,12 @@ import os
 from collections.abc import Iterable, Sequence
 
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import BaseImageProcessor
 
+from .image_loading_mmib import load_image
 from .modeling_mmib import MMIBModel
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ class ImageFeatureStore:
         Run every distinct image once through `model.get_image_features`, or reuse `cache_file` when it was made by
         the same vision tower and image processor (any other cache file is recomputed and overwritten).
 
-        Unreadable files are logged, counted in `unreadable`, and masked by `lookup` like missing files.
+        Files are read by `load_image(path, on_unreadable="mask")`: a missing or undecodable file is logged, counted
+        in `unreadable`, and masked by `lookup` like an absent image (the one policy of `mmib.image_loading_mmib`).
 
         Args:
             model ([`MMIBModel`]): the model whose frozen vision tower makes the features.
@@ -90,7 +91,7 @@ class ImageFeatureStore:
         for start in tqdm(range(0, len(unique_paths), batch_size), desc="Image features", unit="batch"):
             images = []
             for path in unique_paths[start : start + batch_size]:
-                image = _open_image(path)
+                image = load_image(path, on_unreadable="mask")
                 if image is None:
                     unreadable.append(path)
                     continue
@@ -178,12 +179,3 @@ def vision_fingerprint(model: MMIBModel, image_processor: BaseImageProcessor) ->
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def _open_image(path: str) -> Image.Image | None:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as error:
-        logger.debug("Cannot decode %s: %s", path, error)
-        return None

@@ -79,7 +79,9 @@ def load_image(
         return image.convert("RGB")
     if not isinstance(image, str | os.PathLike):
         location = f"{where}: " if where else ""
-        raise TypeError(f"{location}an image must be a PIL.Image.Image, a file path or None, got {type(image).__name__}.")
+        raise TypeError(
+            f"{location}an image must be a PIL.Image.Image, a file path or None, got {type(image).__name__}."
+        )
     path = os.fspath(image)
     location = f" ({where})" if where else ""
     if not os.path.isfile(path):

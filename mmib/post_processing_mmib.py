@@ -54,7 +54,9 @@ def token_classification_results(
     for index, (post_predictions, post) in enumerate(zip(predictions, words)):
         label_ids = [int(label_id) for label_id in post_predictions if int(label_id) != -100]
         if len(label_ids) > len(post):
-            raise ValueError(f"predictions[{index}] has {len(label_ids)} labels but post {index} has {len(post)} words.")
+            raise ValueError(
+                f"predictions[{index}] has {len(label_ids)} labels but post {index} has {len(post)} words."
+            )
         truncated_words = len(post) - len(label_ids)
         tags = [id2label[label_id] for label_id in label_ids] + ["O"] * truncated_words
         results.append({"tags": tags, "entities": extract_entities(tags, post), "truncated_words": truncated_words})

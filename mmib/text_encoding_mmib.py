@@ -80,6 +80,8 @@ def first_token_positions(
                 positions[word_id] = position
         batch_positions.append(positions)
     text_inputs = {
-        name: torch.tensor(encoding[name], dtype=torch.long) for name in tokenizer.model_input_names if name in encoding
+        name: torch.tensor(encoding[name], dtype=torch.long)
+        for name in tokenizer.model_input_names
+        if name in encoding
     }
     return text_inputs, batch_positions

@@ -1,0 +1,181 @@
+"""Build a matching MMIB model and processor for a task, or load a saved pair and check that they match.
+
+`build_model_and_processor` is the one place where a new pair is assembled: task defaults, the RE entity markers and
+the embedding resize they need, the label maps and the image processor of the vision tower. `num_crops` and
+`max_length` are given once there and land in both halves; `load_model_and_processor` refuses a saved pair whose
+halves disagree. `train_mmib.py` uses both.
+"""
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoTokenizer,
+    BaseImageProcessor,
+    ConvNextImageProcessor,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import cached_file
+
+from .modeling_mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBPreTrainedModel
+from .processing_mmib import MMIBProcessor, check_processor_matches_config
+
+# The paper's settings: 4 crops and 128 tokens for Twitter-2015/2017 NER, 3 crops and 80 tokens for MNRE.
+TASK_DEFAULTS = {"ner": {"num_crops": 4, "max_length": 128}, "re": {"num_crops": 3, "max_length": 80}}
+MODEL_CLASSES = {"ner": MMIBForTokenClassification, "re": MMIBForRelationClassification}
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def resnet_image_processor() -> ConvNextImageProcessor:
+    """The standard ResNet-50 image processor (that of `microsoft/resnet-50`): short side to 256 (bicubic), center
+    crop 224, ImageNet mean and std."""
+    return ConvNextImageProcessor(
+        size={"shortest_edge": 224},
+        crop_pct=0.875,
+        resample=3,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+    )
+
+
+def image_processor_for(vision_model_name_or_path: str | os.PathLike) -> BaseImageProcessor:
+    """The vision tower's own image processor when its folder or Hub repository has a `preprocessor_config.json`,
+    else [`resnet_image_processor`]."""
+    found = cached_file(
+        vision_model_name_or_path,
+        "preprocessor_config.json",
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    return AutoImageProcessor.from_pretrained(vision_model_name_or_path) if found else resnet_image_processor()
+
+
+def build_model_and_processor(
+    task: str,
+    text_model_name_or_path: str | os.PathLike,
+    vision_model_name_or_path: str | os.PathLike,
+    id2label: Mapping[int, str] | Sequence[str],
+    num_crops: int | None = None,
+    max_length: int | None = None,
+    random_vision_weights: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    image_processor: BaseImageProcessor | None = None,
+    **config_kwargs: Any,
+) -> tuple[MMIBPreTrainedModel, MMIBProcessor]:
+    r"""
+    Builds a fresh MMIB model around two pretrained towers, and the processor that matches it.
+
+    Args:
+        task (`str`): `"ner"` ([`MMIBForTokenClassification`]) or `"re"` ([`MMIBForRelationClassification`]).
+        text_model_name_or_path (`str`): Hub id or folder of a BERT-like text tower and its tokenizer.
+        vision_model_name_or_path (`str`): Hub id or folder of the vision tower; its `preprocessor_config.json`, if
+            any, gives the image processor (else the standard ResNet one, see [`resnet_image_processor`]).
+        id2label (`dict[int, str]` or `list[str]`): the BIO tags (NER) or relations (RE).
+        num_crops (`int`, *optional*): object crops per post; defaults to the task's (`TASK_DEFAULTS`: NER 4, RE 3).
+            Written to both `model.config.num_crops` and `processor.num_crops`.
+        max_length (`int`, *optional*): tokens per post; defaults to the task's (NER 128, RE 80).
+        random_vision_weights (`bool`, *optional*, defaults to `False`): build the vision tower from the config at
+            `vision_model_name_or_path` with random weights (offline smoke runs).
+        tokenizer ([`PreTrainedTokenizerBase`], *optional*): a tokenizer to use instead of the text tower's; it is
+            not changed (the RE markers go into the processor's copy).
+        image_processor ([`BaseImageProcessor`], *optional*): an image processor to use instead of the default.
+        config_kwargs: other [`MMIBConfig`] fields (`beta_text`, `latent_size`, `entity_pooling`, ...).
+
+    Returns:
+        `(model, processor)`: the model in train mode, with its text embeddings resized to
+        `len(processor.tokenizer)` when the RE markers enlarged the vocabulary.
+
+    Raises:
+        ValueError: unknown task, `num_crops` among `config_kwargs`, or settings that do not fit the text tower.
+
+    Example:
+
+    ```python
+    >>> from mmib import build_model_and_processor
+
+    >>> model, processor = build_model_and_processor(
+    ...     "re", "bert-base-cased", "microsoft/resnet-50", id2label=["None", "/per/org/member_of"]
+    ... )
+    ```
+    """
+    if task not in MODEL_CLASSES:
+        raise ValueError(f"Unknown task {task!r}: expected one of {tuple(MODEL_CLASSES)}.")
+    if "num_crops" in config_kwargs:
+        raise ValueError("Give num_crops as its own argument: it sets both the model config and the processor.")
+    num_crops = TASK_DEFAULTS[task]["num_crops"] if num_crops is None else num_crops
+    max_length = TASK_DEFAULTS[task]["max_length"] if max_length is None else max_length
+    if not isinstance(id2label, Mapping):
+        id2label = dict(enumerate(id2label))
+    processor = MMIBProcessor(
+        image_processor or image_processor_for(vision_model_name_or_path),
+        tokenizer or AutoTokenizer.from_pretrained(text_model_name_or_path),
+        task=task,
+        num_crops=num_crops,
+        max_length=max_length,
+    )
+    vision = (
+        AutoConfig.from_pretrained(vision_model_name_or_path) if random_vision_weights else vision_model_name_or_path
+    )
+    model = MODEL_CLASSES[task].from_text_vision_pretrained(
+        text_model_name_or_path,
+        vision,
+        num_crops=num_crops,
+        id2label={int(index): label for index, label in id2label.items()},
+        **config_kwargs,
+    )
+    if len(processor.tokenizer) > model.get_input_embeddings().num_embeddings:
+        # The RE markers <s> </s> <o> </o> were added to the processor's tokenizer.
+        model.resize_token_embeddings(len(processor.tokenizer))
+    check_processor_matches_config(processor, model.config, source=str(text_model_name_or_path))
+    return model, processor
+
+
+def load_model_and_processor(
+    model_name_or_path: str | os.PathLike,
+    task: str | None = None,
+    num_crops: int | None = None,
+    max_length: int | None = None,
+    **model_kwargs: Any,
+) -> tuple[MMIBPreTrainedModel, MMIBProcessor]:
+    """
+    Loads a saved MMIB checkpoint (model + processor) and checks that the two halves and the caller agree.
+
+    Args:
+        model_name_or_path (`str`): folder or Hub id of a checkpoint saved with its processor.
+        task (`str`, *optional*): the task the caller expects (`"ner"` or `"re"`).
+        num_crops, max_length (`int`, *optional*): values the caller expects. They are fixed once a model is
+            built, so a value that differs from the checkpoint's is refused rather than silently ignored.
+        model_kwargs: passed to the model's `from_pretrained` (e.g. `beta_text`, `dtype`).
+
+    Returns:
+        `(model, processor)`; the model class follows `processor.task`.
+
+    Raises:
+        ValueError: the processor and the model config disagree (`num_crops`, `max_length` beyond the text tower's
+            positions), or the checkpoint differs from `task`, `num_crops` or `max_length`.
+    """
+    processor = MMIBProcessor.from_pretrained(model_name_or_path)
+    if task is not None and processor.task != task:
+        raise ValueError(f"The checkpoint {model_name_or_path} does task {processor.task!r}, not {task!r}.")
+    for name, value in (("num_crops", num_crops), ("max_length", max_length)):
+        if value is not None and value != getattr(processor, name):
+            raise ValueError(
+                f"The checkpoint {model_name_or_path} was built with {name}={getattr(processor, name)}, not {value}; "
+                f"{name} is fixed once a model is built (leave it unset to use the checkpoint's)."
+            )
+    model = MODEL_CLASSES[processor.task].from_pretrained(model_name_or_path, **model_kwargs)
+    check_processor_matches_config(processor, model.config, source=str(model_name_or_path))
+    return model, processor
+
+
+__all__ = [
+    "TASK_DEFAULTS",
+    "build_model_and_processor",
+    "image_processor_for",
+    "load_model_and_processor",
+    "resnet_image_processor",
+]
