@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, BertTokenizer, ConvNextImageProcessor, PretrainedConfig
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, tiny_config
 from mmib.processing_mmib import ENTITY_MARKERS, MMIBProcessor
 
 TWITTER2017_TRAIN = SHARED_DATA / "twitter2017" / "train.txt"
@@ -124,20 +124,64 @@ def test_ner_truncation_keeps_whole_words(ner_processor):
     assert tags == ["B-PER", "O", "O", "O", "O"]
 
 
+def test_post_whose_first_word_does_not_fit_keeps_no_word(ner_processor, caplog):
+    # max_length 4 leaves 2 tokens; "visitededed" is visit ##ed ##ed ##ed (4 sub-words).
+    processor = MMIBProcessor(ner_processor.image_processor, ner_processor.tokenizer, max_length=4)
+    assert processor.tokenizer.tokenize("visitededed") == ["visit", "##ed", "##ed", "##ed"]
+    long_post, short_post = ["visitededed", "john"], ["john", "new", "york"]
+    with caplog.at_level("WARNING"):
+        out = processor([long_post, short_post], labels=[[0, 1], [1, 3, 4]])
+    assert "Post 0: its first word has 4 sub-words, more than the 2" in caplog.text
+    assert out["word_index"].tolist() == [[-1, -1], [1, 2]]
+    assert out["labels"].tolist() == [[-100, -100], [1, 3]]
+    assert tokens_of(processor, out["input_ids"][0]) == ["[CLS]", "[SEP]", "[PAD]", "[PAD]"]
+    # The other post is encoded exactly as on its own.
+    alone = processor([short_post], labels=[[1, 3, 4]])
+    assert out["input_ids"][1].tolist() == alone["input_ids"][0].tolist()
+    assert out["word_index"][1].tolist() == alone["word_index"][0].tolist()
+
+    # Post-processing: no prediction for the cut post -> all O, every word counted as truncated.
+    results = processor.post_process_token_classification(
+        torch.tensor([[-100, -100], [1, 3]]), [long_post, short_post], ID2LABEL
+    )
+    assert results[0] == {"tags": ["O", "O"], "entities": [], "truncated_words": 2}
+    assert results[1]["tags"] == ["B-PER", "B-LOC", "O"] and results[1]["truncated_words"] == 1
+
+    # A batch in which no post keeps a word still has one all -1 word_index column.
+    out = processor([long_post], labels=[[0, 1]])
+    assert out["word_index"].tolist() == [[-1]] and out["labels"].tolist() == [[-100]]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # RE text side
 
 
-def test_re_adds_markers_once(re_processor):
-    tokenizer = re_processor.tokenizer
-    assert all(marker in tokenizer.get_vocab() for marker in ENTITY_MARKERS)
-    size = len(tokenizer)
-    again = MMIBProcessor(re_processor.image_processor, tokenizer, task="re")
-    assert len(again.tokenizer) == size
-    assert tokenizer.tokenize("<s> john </s>") == ["<s>", "john", "</s>"]
-    assert "<s>" not in build_tokenizer().get_vocab()
-    ner = MMIBProcessor(build_image_processor(), build_tokenizer(), task="ner")
-    assert "<s>" not in ner.tokenizer.get_vocab()
+def test_re_adds_markers_to_a_copy_never_to_the_callers_tokenizer():
+    caller = build_tokenizer()
+    vocab_before, size_before = caller.get_vocab(), len(caller)
+    processor = MMIBProcessor(build_image_processor(), caller, task="re")
+
+    # The caller's tokenizer is untouched: same vocabulary, markers still unknown words.
+    assert caller.get_vocab() == vocab_before and len(caller) == size_before
+    assert caller.tokenize("<s> john") == ["[UNK]", "[UNK]", "[UNK]", "john"]
+    # The processor's copy got exactly the 4 markers, as new ids after the old vocabulary, in marker order.
+    assert processor.tokenizer is not caller
+    assert len(processor.tokenizer) == size_before + 4
+    assert marker_ids(processor) == list(range(size_before, size_before + 4))
+    assert processor.tokenizer.tokenize("<s> john </s>") == ["<s>", "john", "</s>"]
+
+    # A tokenizer that has the markers already (e.g. from a saved RE processor) is used as is, not grown again.
+    again = MMIBProcessor(build_image_processor(), processor.tokenizer, task="re")
+    assert again.tokenizer is processor.tokenizer and len(again.tokenizer) == size_before + 4
+    # Only the missing markers are added.
+    partial = build_tokenizer()
+    partial.add_tokens(["<o>"], special_tokens=True)
+    with_markers = MMIBProcessor(build_image_processor(), partial, task="re").tokenizer
+    assert len(partial) == size_before + 1 and len(with_markers) == size_before + 4
+    assert with_markers.convert_tokens_to_ids("<o>") == partial.convert_tokens_to_ids("<o>")
+    # NER adds nothing.
+    ner = MMIBProcessor(build_image_processor(), caller, task="ner")
+    assert ner.tokenizer is caller and "<s>" not in ner.tokenizer.get_vocab()
 
 
 def check_markers(processor: MMIBProcessor, out, expected_tokens: list[list[str]]) -> None:
@@ -386,27 +430,75 @@ def test_auto_processor_round_trip(tmp_path):
     assert out["word_index"].tolist() == [[1, 2, 4, 5, 6]]
 
 
+SIBLING_MODULES = (
+    "processing_mmib.py",
+    "text_encoding_mmib.py",
+    "ner_encoding_mmib.py",
+    "re_encoding_mmib.py",
+    "image_loading_mmib.py",
+    "post_processing_mmib.py",
+)
+
+
 def test_remote_code_round_trip(tmp_path):
     processor = MMIBProcessor(build_image_processor(), build_tokenizer(), task="re", num_crops=2, max_length=24)
     checkpoint = tmp_path / "checkpoint"
     processor.save_pretrained(checkpoint)
-    assert (checkpoint / "processing_mmib.py").is_file()
+    assert all((checkpoint / name).is_file() for name in SIBLING_MODULES)
+    image = tmp_path / "image.png"
+    solid_image((10, 80, 200)).save(image)
+    expected = processor(["John", "visited", "New", "York"], images=str(image), head_spans=(0, 1), tail_spans=(2, 4))
+    torch.save(dict(expected), tmp_path / "expected.pt")
 
     script = (
         "import sys\n"
+        "sys.modules['mmib'] = None  # `import mmib` raises: only the checkpoint's own files can be used\n"
+        "import torch\n"
         "from transformers import AutoProcessor\n"
         f"processor = AutoProcessor.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)\n"
-        "assert not any(name == 'mmib' or name.startswith('mmib.') for name in sys.modules), 'mmib imported'\n"
-        "out = processor(['John', 'visited', 'New', 'York'], head_spans=(0, 1), tail_spans=(2, 4))\n"
+        "assert 'transformers_modules' in type(processor).__module__\n"
+        f"out = processor(['John', 'visited', 'New', 'York'], images={str(image)!r},\n"
+        "                head_spans=(0, 1), tail_spans=(2, 4))\n"
+        "expected = torch.load('expected.pt', weights_only=True)\n"
+        "assert out.keys() == expected.keys() and all(torch.equal(out[k], expected[k]) for k in out)\n"
         "print(type(processor).__name__, processor.task, processor.num_crops, processor.max_length,\n"
         "      out['entity_positions'].tolist())\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    env.pop("PYTHONPATH", None)
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[0] == "MMIBProcessor re 2 24 [[[1, 3], [6, 9]]]"
+
+
+def test_loading_refuses_a_processor_that_does_not_fit_the_config_beside_it(tmp_path):
+    register_processor_locally()
+    tiny_config(num_crops=2).save_pretrained(tmp_path / "crops")
+    MMIBProcessor(build_image_processor(), build_tokenizer(), num_crops=3).save_pretrained(tmp_path / "crops")
+    message = r"num_crops=3 but the model config of .*crops has num_crops=2"
+    with pytest.raises(ValueError, match=message):
+        MMIBProcessor.from_pretrained(tmp_path / "crops")
+    with pytest.raises(ValueError, match=message):
+        AutoProcessor.from_pretrained(tmp_path / "crops")
+
+    # The tiny text tower has 128 positions.
+    tiny_config(num_crops=2).save_pretrained(tmp_path / "length")
+    MMIBProcessor(build_image_processor(), build_tokenizer(), num_crops=2, max_length=129).save_pretrained(
+        tmp_path / "length"
+    )
+    with pytest.raises(ValueError, match="max_length=129 but the text tower .* max_position_embeddings=128"):
+        MMIBProcessor.from_pretrained(tmp_path / "length")
+
+    # A matching pair, and a processor saved alone, load.
+    tiny_config(num_crops=2).save_pretrained(tmp_path / "match")
+    MMIBProcessor(build_image_processor(), build_tokenizer(), num_crops=2, max_length=128).save_pretrained(
+        tmp_path / "match"
+    )
+    assert MMIBProcessor.from_pretrained(tmp_path / "match").num_crops == 2
+    MMIBProcessor(build_image_processor(), build_tokenizer(), num_crops=5).save_pretrained(tmp_path / "alone")
+    assert MMIBProcessor.from_pretrained(tmp_path / "alone").num_crops == 5
 
 
 # ----------------------------------------------------------------------------------------------------------------
