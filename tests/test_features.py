@@ -107,9 +107,9 @@ def test_cached_features_and_pixels_give_the_same_outputs(model, image_files):
     )
     cached = MMIBDataCollator(processor, store)(rows)
     assert "pixel_values" not in cached and cached["image_features"].shape == (3, 3, 16)
-    # The pixel path needs readable files: drop the corrupt crop as the store did.
-    readable = [{**row, "crops": [c for c in row["crops"] if c != image_files["corrupt"]]} for row in rows]
-    raw = MMIBDataCollator(processor)(readable)
+    # Both paths mask the corrupt crop in its own slot (crops beyond num_crops=2 are dropped).
+    raw = MMIBDataCollator(processor)(rows)
+    assert raw["image_mask"].tolist() == [[True, True, False], [False, False, False], [True, True, True]]
     assert torch.equal(cached["image_mask"], raw["image_mask"])
     assert torch.equal(cached["labels"], raw["labels"]) and torch.equal(cached["word_index"], raw["word_index"])
     with torch.no_grad():
@@ -123,14 +123,15 @@ def test_relation_rows_collate_with_spans_and_labels(image_files):
     processor = MMIBProcessor(make_image_processor(), make_tokenizer(), task="re", num_crops=2)
     model = MMIBForRelationClassification(tiny_config(id2label={0: "None", 1: "/per/loc/place_of_residence"}))
     model.resize_token_embeddings(len(processor.tokenizer))
+    model.eval()
     rows = [
         {
-            "words": ["john", "visits", "london"],
+            "words": ["john", "visits", "london", "festival"],
             "head_span": [0, 1],
             "tail_span": [2, 3],
             "relation": 1,
             "image": image_files["image0"],
-            "crops": [],
+            "crops": [image_files["image1"]],
         },
         {
             "words": ["paris", "and", "london"],
@@ -142,6 +143,20 @@ def test_relation_rows_collate_with_spans_and_labels(image_files):
         },
     ]
     batch = MMIBDataCollator(processor)(rows)
-    assert batch["labels"].tolist() == [1, 0] and batch["entity_positions"].shape == (2, 2, 2)
-    outputs = model.eval()(**batch)
-    assert outputs.logits.shape == (2, 2) and torch.isfinite(outputs.loss)
+    # By hand, the second post padded to the first one's length.
+    tokens = [processor.tokenizer.convert_ids_to_tokens(ids) for ids in batch["input_ids"].tolist()]
+    assert tokens[0] == ["[CLS]", "<s>", "john", "</s>", "visits", "<o>", "london", "</o>", "festival", "[SEP]"]
+    assert tokens[1] == ["[CLS]", "<o>", "paris", "</o>", "and", "<s>", "london", "</s>", "[SEP]", "[PAD]"]
+    assert batch["entity_positions"].tolist() == [[[1, 3], [5, 7]], [[5, 7], [1, 3]]]
+    assert batch["labels"].tolist() == [1, 0]
+    assert batch["image_mask"].tolist() == [[True, True, False], [False, False, False]]
+    expected_pixels = make_image_processor()(images=[make_image(0), make_image(1)], return_tensors="pt")
+    torch.testing.assert_close(batch["pixel_values"][0, :2], expected_pixels["pixel_values"])
+    assert not batch["pixel_values"][0, 2].any() and not batch["pixel_values"][1].any()
+
+    # Each row gives, inside the padded batch, the logits it gives alone (a path with no padding and no other post).
+    with torch.no_grad():
+        batch_logits = model(**batch).logits
+        for index, row in enumerate(rows):
+            alone = model(**MMIBDataCollator(processor)([row])).logits
+            torch.testing.assert_close(batch_logits[index], alone[0], atol=1e-5, rtol=1e-5)

@@ -1,6 +1,7 @@
 """Tests for mmib.metrics and the local evaluate metric modules (hand-worked expectations)."""
 
 import os
+import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -56,11 +57,62 @@ def test_ner_scores_strict_by_hand():
     assert ner_scores(GOLD, PRED, mode="strict", scheme="IOB2") == scores
 
 
-def test_ner_scores_are_floats_in_unit_range():
-    scores = ner_scores(GOLD, PRED)
-    for key in ("precision", "recall", "f1"):
-        assert isinstance(scores[key], float)
-        assert 0.0 <= scores[key] <= 1.0
+def brute_force_entities(posts: list[list[str]], strict: bool) -> set[tuple[int, str, int, int]]:
+    """(post, type, start, end) of every entity, chunked by an independent reading of the two rules.
+
+    conlleval: B-X opens an entity, I-X continues an open X entity and otherwise opens one. strict IOB2: only B-X
+    opens an entity, which runs over the following I-X; an I- that continues nothing belongs to no entity.
+    """
+    found = set()
+    for post_index, tags in enumerate(posts):
+        start = 0
+        while start < len(tags):
+            prefix, _, kind = tags[start].partition("-")
+            opens = prefix == "B" or (prefix == "I" and not strict)
+            if not opens:
+                start += 1
+                continue
+            end = start + 1
+            while end < len(tags) and tags[end] == f"I-{kind}":
+                end += 1
+            found.add((post_index, kind, start, end))
+            start = end
+    return found
+
+
+def brute_force_scores(gold: list[list[str]], pred: list[list[str]], strict: bool) -> dict[str, float]:
+    gold_entities, pred_entities = brute_force_entities(gold, strict), brute_force_entities(pred, strict)
+    correct = len(gold_entities & pred_entities)
+    precision = correct / len(pred_entities) if pred_entities else 0.0
+    recall = correct / len(gold_entities) if gold_entities else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "support": len(gold_entities)}
+
+
+@pytest.mark.parametrize("mode", ["conlleval", "strict"])
+def test_ner_scores_equal_brute_force_on_random_tags(mode):
+    rng = random.Random(13)
+    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+    for _ in range(200):
+        lengths = [rng.randint(1, 7) for _ in range(rng.randint(1, 4))]
+        gold = [[rng.choice(tags) for _ in range(length)] for length in lengths]
+        # Predictions are the gold tags with some tags changed, so that the scores spread over [0, 1].
+        pred = [[rng.choice(tags) if rng.random() < 0.3 else tag for tag in post] for post in gold]
+        scores = ner_scores(gold, pred, mode=mode)
+        expected = brute_force_scores(gold, pred, strict=mode == "strict")
+        for key in ("precision", "recall", "f1"):
+            assert isinstance(scores[key], float)
+            assert scores[key] == pytest.approx(expected[key]), (gold, pred, key)
+        assert scores["support"] == expected["support"]
+        for kind in ("PER", "LOC", "ORG"):
+            only = [[tag if tag.endswith(kind) else "O" for tag in post] for post in gold]
+            only_pred = [[tag if tag.endswith(kind) else "O" for tag in post] for post in pred]
+            per_type = brute_force_scores(only, only_pred, strict=mode == "strict")
+            if kind in scores["per_type"]:
+                assert scores["per_type"][kind]["f1"] == pytest.approx(per_type["f1"]), (gold, pred, kind)
+                assert scores["per_type"][kind]["support"] == per_type["support"]
+            else:
+                assert per_type["support"] == 0
 
 
 @pytest.mark.parametrize("gold, pred", [([], []), ([["O", "O"]], [["O", "O"]]), ([[]], [[]])])
