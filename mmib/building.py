@@ -90,7 +90,7 @@ def build_model_and_processor(
         `len(processor.tokenizer)` when the RE markers enlarged the vocabulary.
 
     Raises:
-        ValueError: unknown task, `num_crops` among `config_kwargs`, or settings that do not fit the text tower.
+        ValueError: unknown task, or settings that do not fit the text tower.
 
     Example:
 
@@ -104,8 +104,6 @@ def build_model_and_processor(
     """
     if task not in MODEL_CLASSES:
         raise ValueError(f"Unknown task {task!r}: expected one of {tuple(MODEL_CLASSES)}.")
-    if "num_crops" in config_kwargs:
-        raise ValueError("Give num_crops as its own argument: it sets both the model config and the processor.")
     num_crops = TASK_DEFAULTS[task]["num_crops"] if num_crops is None else num_crops
     max_length = TASK_DEFAULTS[task]["max_length"] if max_length is None else max_length
     if not isinstance(id2label, Mapping):

@@ -1,0 +1,134 @@
+"""mmib.building: one call builds a matching model + processor; loading a saved pair refuses mismatches."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertModel, ConvNextImageProcessor, ResNetModel
+
+from conftest import IMAGE_SIZE, make_image, make_image_processor, make_tokenizer, tiny_text_config, tiny_vision_config
+from mmib import (
+    MMIBForRelationClassification,
+    MMIBForTokenClassification,
+    build_model_and_processor,
+    load_model_and_processor,
+)
+
+RELATIONS = ["None", "/per/loc/place_of_residence"]
+SMALL = {"apenc_num_attention_heads": 4, "apenc_intermediate_size": 48}
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory) -> dict[str, str]:
+    """A tiny BERT with its tokenizer, and a tiny ResNet with and without an image processor of its own."""
+    root = tmp_path_factory.mktemp("towers")
+    torch.manual_seed(0)
+    tokenizer = make_tokenizer()
+    BertModel(tiny_text_config(vocab_size=len(tokenizer))).save_pretrained(root / "text")
+    tokenizer.save_pretrained(root / "text")
+    vision = ResNetModel(tiny_vision_config())
+    vision.save_pretrained(root / "vision")
+    vision.save_pretrained(root / "vision_with_processor")
+    make_image_processor().save_pretrained(root / "vision_with_processor")
+    return {name: str(root / name) for name in ("text", "vision", "vision_with_processor")}
+
+
+def re_inputs(processor):
+    return processor(
+        [["john", "visits", "london"], ["paris", "and", "london"]],
+        images=[make_image(0), None],
+        crops=[[make_image(1)], []],
+        head_spans=[(0, 1), (2, 3)],
+        tail_spans=[(2, 3), (0, 1)],
+    )
+
+
+def test_relation_pair_matches_and_the_callers_tokenizer_is_unchanged(towers):
+    caller = AutoTokenizer.from_pretrained(towers["text"])
+    vocab_before = caller.get_vocab()
+    model, processor = build_model_and_processor(
+        "re", towers["text"], towers["vision_with_processor"], id2label=RELATIONS, tokenizer=caller, **SMALL
+    )
+    assert caller.get_vocab() == vocab_before and "<s>" not in caller.get_vocab()
+    assert isinstance(model, MMIBForRelationClassification) and model.training
+    # The task defaults, written once into both halves.
+    assert (processor.task, processor.num_crops, processor.max_length) == ("re", 3, 80)
+    assert model.config.num_crops == 3
+    assert model.config.id2label == {0: "None", 1: "/per/loc/place_of_residence"}
+    # Embeddings resized for the 4 markers; the pretrained rows and the rest of the text tower are kept.
+    bert = BertModel.from_pretrained(towers["text"])
+    embeddings = model.get_input_embeddings().weight
+    assert embeddings.shape[0] == len(processor.tokenizer) == len(vocab_before) + 4
+    assert torch.equal(embeddings[: len(vocab_before)], bert.get_input_embeddings().weight)
+    for name, tensor in model.mmib.text_model.state_dict().items():
+        if "word_embeddings" not in name:
+            assert torch.equal(tensor, bert.state_dict()[name]), name
+    # The vision tower's own image processor (32 px), not the 224 px default.
+    assert processor.image_processor.size.shortest_edge == IMAGE_SIZE
+    inputs = re_inputs(processor)
+    assert inputs["pixel_values"].shape[1:] == (4, 3, 32, 32)
+    with torch.no_grad():
+        assert model.eval()(**inputs).logits.shape == (2, 2)
+
+
+def test_ner_pair_with_the_resnet_default_and_own_settings(towers):
+    torch.manual_seed(1)
+    model, processor = build_model_and_processor(
+        "ner", towers["text"], towers["vision"], id2label=["O", "B-PER", "I-PER"], num_crops=2, max_length=64, **SMALL
+    )
+    assert isinstance(model, MMIBForTokenClassification)
+    assert (processor.task, processor.num_crops, processor.max_length, model.config.num_crops) == ("ner", 2, 64, 2)
+    assert model.get_input_embeddings().weight.shape[0] == len(processor.tokenizer) == len(make_tokenizer())
+    image_processor = processor.image_processor
+    assert isinstance(image_processor, ConvNextImageProcessor)
+    assert (image_processor.size.shortest_edge, image_processor.crop_pct) == (224, 0.875)
+    assert list(image_processor.image_mean) == [0.485, 0.456, 0.406]
+
+    random_model, _ = build_model_and_processor(
+        "ner", towers["text"], towers["vision"], id2label=["O"], random_vision_weights=True, **SMALL
+    )
+    pretrained = ResNetModel.from_pretrained(towers["vision"]).state_dict()
+    assert not torch.equal(
+        random_model.mmib.vision_model.state_dict()["embedder.embedder.convolution.weight"],
+        pretrained["embedder.embedder.convolution.weight"],
+    )
+    assert torch.equal(
+        model.mmib.vision_model.state_dict()["embedder.embedder.convolution.weight"],
+        pretrained["embedder.embedder.convolution.weight"],
+    )
+
+
+def test_build_errors(towers):
+    with pytest.raises(ValueError, match="Unknown task 'pos'"):
+        build_model_and_processor("pos", towers["text"], towers["vision"], id2label=["O"])
+    with pytest.raises(ValueError, match="max_length=200 but the text tower .* max_position_embeddings=128"):
+        build_model_and_processor("ner", towers["text"], towers["vision"], id2label=["O"], max_length=200, **SMALL)
+
+
+def test_load_round_trip_and_refusals(towers, tmp_path):
+    torch.manual_seed(2)
+    model, processor = build_model_and_processor(
+        "re", towers["text"], towers["vision"], id2label=RELATIONS, num_crops=2, max_length=40, **SMALL
+    )
+    model.eval().save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded_model, loaded_processor = load_model_and_processor(tmp_path, task="re", num_crops=2)
+    assert (loaded_processor.num_crops, loaded_processor.max_length) == (2, 40)
+    inputs = re_inputs(processor)
+    assert all(torch.equal(re_inputs(loaded_processor)[key], inputs[key]) for key in inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded_model.eval()(**inputs).logits, model(**inputs).logits)
+
+    with pytest.raises(ValueError, match="does task 're', not 'ner'"):
+        load_model_and_processor(tmp_path, task="ner")
+    with pytest.raises(ValueError, match="built with num_crops=2, not 4"):
+        load_model_and_processor(tmp_path, num_crops=4)
+    with pytest.raises(ValueError, match="built with max_length=40, not 80"):
+        load_model_and_processor(tmp_path, max_length=80)
+
+    # A processor edited out of step with the model config is refused at load, naming both values.
+    processor_file = tmp_path / "processor_config.json"
+    saved = json.loads(processor_file.read_text())
+    processor_file.write_text(json.dumps({**saved, "num_crops": 3}))
+    with pytest.raises(ValueError, match="num_crops=3 but the model config of .* has num_crops=2"):
+        load_model_and_processor(tmp_path)
