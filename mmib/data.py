@@ -542,14 +542,15 @@ def _attach_crops(
     posts: Sequence[_NerPost | _RePost],
     crop_map: Mapping[str, list[str]] | None,
     folder: PathLike,
-    num_crops: int,
+    num_crops: int | None,
 ) -> int:
-    """Sets each post's candidate crop paths (the first ``num_crops`` of its entry); returns rows without one.
+    """Sets each post's candidate crop paths (the first ``num_crops`` of its entry, all if None); returns rows
+    without one.
 
     Raises:
         ValueError: if ``num_crops`` is negative.
     """
-    if num_crops < 0:
+    if num_crops is not None and num_crops < 0:
         raise ValueError(f"num_crops must be >= 0, got {num_crops}")
     if crop_map is None:
         return 0
@@ -691,7 +692,7 @@ def load_twitter_ner(
     crop_dir: PathLike | None = None,
     crop_dicts: Mapping[str, PathLike] | None = None,
     splits: Mapping[str, str] = TWITTER_SPLITS,
-    num_crops: int = 4,
+    num_crops: int | None = None,
     label_names: Sequence[str] | None = None,
 ) -> datasets.DatasetDict:
     """Reads Twitter-2015 / Twitter-2017 (UMT / HVPNeT layout) into a NER ``DatasetDict``.
@@ -714,7 +715,8 @@ def load_twitter_ner(
         crop_dicts: ``{split: path}`` of crop dictionaries (``.pth`` or ``.json``); splits not listed get no
             crops. None = the default files.
         splits: ``{split: file name in data_dir}``.
-        num_crops: maximum number of crops per post.
+        num_crops: maximum number of crops per post (None = every listed crop; the processor keeps the first
+            ``processor.num_crops``). ``train_mmib.py`` passes the model's value.
         label_names: BIO label names (ClassLabel order). None = inferred from the training split.
 
     Returns:
@@ -812,7 +814,7 @@ def load_mnre(
     crop_dir: PathLike | None = None,
     crop_dicts: Mapping[str, PathLike] | None = None,
     splits: Mapping[str, str] = MNRE_SPLITS,
-    num_crops: int = 4,
+    num_crops: int | None = None,
     rel2id_file: PathLike = "ours_rel2id.json",
 ) -> datasets.DatasetDict:
     """Reads MNRE (HVPNeT / MKGformer / TMR layout) into a relation ``DatasetDict``.
@@ -836,7 +838,8 @@ def load_mnre(
         crop_dicts: ``{split: path}`` of crop dictionaries (``.pth`` or ``.json``); splits not listed get no
             crops. None = the default files.
         splits: ``{split: path relative to data_dir}``.
-        num_crops: maximum number of crops per instance.
+        num_crops: maximum number of crops per instance (None = every listed crop; the processor keeps the first
+            ``processor.num_crops``). ``train_mmib.py`` passes the model's value.
         rel2id_file: ``{relation: id}`` JSON, relative to ``data_dir`` (or absolute).
 
     Returns:

@@ -155,6 +155,8 @@ def test_twitter_crops_from_pth_dict_with_weights_only(tmp_path):
     assert (report.crops_found, report.crops_missing, report.crop_entries_missing) == (2, 1, 1)
     assert report.missing_crops == [str(crops / "0_crop_b.png")]
     assert load_twitter_ner(folder, num_crops=1)["train"][0]["crops"] == [str(found[0])]
+    # Without num_crops the reader keeps every listed crop; the processor decides how many slots there are.
+    assert load_twitter_ner(folder)["train"][0]["crops"] == [str(path) for path in found]
 
 
 def test_twitter_crops_from_json_dict_and_custom_folders(tmp_path):
