@@ -359,12 +359,13 @@ def main() -> None:
     media = media_summary(data, feature_store)
     logger.info("Images and crops: %s", json.dumps(media))
 
+    collator = MMIBDataCollator(processor, feature_store)
     trainer = MMIBTrainer(
         model=model,
         args=training_args,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
-        data_collator=MMIBDataCollator(processor, feature_store),
+        data_collator=collator,
         processing_class=processor,
         compute_metrics=build_compute_metrics(
             task, data["validation"], model.config.id2label, data_args.ner_metric_mode
@@ -379,6 +380,10 @@ def main() -> None:
     )
     test_output = trainer.predict(data["test"], metric_key_prefix="test")
 
+    if feature_store is None:
+        # Pixel path: unreadable files were masked and counted as they were collated (in this process; dataloader
+        # workers log each file they mask).
+        media["unreadable_image_files"] = len(collator.unreadable)
     results = {
         **{
             f"train_{key}" if not key.startswith("train") else key: value
