@@ -5,16 +5,12 @@ load with `AutoConfig`, `AutoModel`, `AutoModelForTokenClassification`, `AutoMod
 `AutoProcessor` without `trust_remote_code`.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoProcessor,
-)
+import transformers
+from transformers import AutoConfig, AutoProcessor
 
 from .configuration_mmib import MMIBConfig
 from .modeling_mmib import (
+    AUTO_CLASSES,
     MMIBForRelationClassification,
     MMIBForTokenClassification,
     MMIBModel,
@@ -24,14 +20,14 @@ from .modeling_mmib import (
 from .processing_mmib import MMIBProcessor
 
 AutoConfig.register(MMIBConfig.model_type, MMIBConfig, exist_ok=True)
-AutoModel.register(MMIBConfig, MMIBModel, exist_ok=True)
-AutoModelForTokenClassification.register(MMIBConfig, MMIBForTokenClassification, exist_ok=True)
-AutoModelForSequenceClassification.register(MMIBConfig, MMIBForRelationClassification, exist_ok=True)
+for _model_class, _auto_class in AUTO_CLASSES.items():
+    getattr(transformers, _auto_class).register(MMIBConfig, _model_class, exist_ok=True)
 AutoProcessor.register(MMIBConfig, MMIBProcessor, exist_ok=True)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AUTO_CLASSES",
     "MMIBConfig",
     "MMIBForRelationClassification",
     "MMIBForTokenClassification",

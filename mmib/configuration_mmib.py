@@ -28,7 +28,9 @@ class MMIBConfig(PreTrainedConfig):
         apenc_intermediate_size (`int`, *optional*):
             Width of the APEnc feed-forward network (Linear, GELU, Linear). Defaults to `4 * latent_size`.
         apenc_dropout (`float`, *optional*, defaults to 0.1):
-            Dropout on attention probabilities, APEnc sub-layer outputs and the features fed to the task head.
+            Dropout on attention probabilities and APEnc sub-layer outputs.
+        classifier_dropout (`float`, *optional*):
+            Dropout on the features fed to the task head, as in BERT. Defaults to `apenc_dropout`.
         num_crops (`int`, *optional*, defaults to 4):
             Object crops m per post; the model sees 1 + m image slots (slot 0 is the whole image).
         beta_text (`float`, *optional*, defaults to 0.1):
@@ -91,6 +93,7 @@ class MMIBConfig(PreTrainedConfig):
     apenc_num_attention_heads: int = 12
     apenc_intermediate_size: int | None = None
     apenc_dropout: float = 0.1
+    classifier_dropout: float | None = None
     num_crops: int = 4
     beta_text: float = 0.1
     beta_vision: float = 0.1

@@ -455,7 +455,7 @@ def test_text_only_model_is_the_text_path_and_ignores_images(tmp_path):
         states = model.mmib.text_model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).last_hidden_state
-        mean = model.mmib.text_variational_encoder.mean_encoder(states, states, batch["attention_mask"].bool())
+        mean = model.mmib.text_variational_encoder.mean_encoder(states, states, batch["attention_mask"].bool())[0]
         word_states = torch.stack([mean[row, batch["word_index"][row].clamp(min=0)] for row in range(3)])
         expected_logits = model.classifier(word_states)
     assert torch.allclose(outputs.logits, expected_logits, atol=1e-5)
