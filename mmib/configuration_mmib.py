@@ -45,7 +45,8 @@ class MMIBConfig(PreTrainedConfig):
             (the paper's sum over items).
         alignment_pooling (`str`, *optional*, defaults to `"mean"`):
             How Z^T and Z^V are pooled for the discriminator: `"mean"` over valid tokens / image slots, or `"first"`
-            (the first token and the whole-image slot, as in the authors' code).
+            (the first token and the whole-image slot, as in the authors' code; for a post with crops but no whole
+            image, its first present crop).
         num_negatives (`int`, *optional*, defaults to 1):
             In-batch negatives per post for the alignment regularizer: among the posts that have an image, post i
             is paired with the images of posts i-1, ..., i-k (the batch rolled by 1..k). Capped at that number

@@ -73,11 +73,11 @@ class MMIBTokenClassifierOutput(ModelOutput):
             The training objective of paper eq. 29, [`mmib_total_loss`]: `task_loss` + beta_text * `kl_text` +
             beta_vision * `kl_vision` + alignment_weight * `alignment_loss` (absent terms left out).
         task_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
-            CRF negative log-likelihood, mean over posts.
+            CRF negative log-likelihood, mean over the posts that kept at least one word (0 if none did).
         logits (`torch.FloatTensor` of shape `(B, W, K)`):
             CRF emission scores at the first sub-word of each word.
         predictions (`torch.LongTensor` of shape `(B, W)`, *optional*, returned in eval mode):
-            Viterbi label ids per word, -100 at padded word positions.
+            Viterbi label ids per word, -100 at padded word positions (all -100 for a post that kept no word).
         kl_text, kl_vision, alignment_loss (`torch.FloatTensor` of shape `()`, *optional*):
             As in [`MMIBModelOutput`].
         hidden_states, attentions (`tuple(torch.FloatTensor)`, *optional*):
@@ -312,7 +312,8 @@ class MMIBCRF(nn.Module):
     """
     Linear-chain CRF over word positions, vectorised over the batch.
 
-    Every method takes `mask` of shape `(B, W)`, True for the words of each post: a non-empty prefix of each row.
+    Every method takes `mask` of shape `(B, W)`, True for the words of each post: a prefix of each row. A row may be
+    empty (a post whose words were all truncated away): its negative log-likelihood is 0 and its path all -100.
     """
 
     def __init__(self, num_labels: int):
@@ -323,8 +324,6 @@ class MMIBCRF(nn.Module):
 
     @staticmethod
     def _check_mask(mask: torch.Tensor) -> None:
-        if not mask[:, 0].all():
-            raise ValueError("Every post needs at least one word: a row of the word mask is empty.")
         if (mask[:, 1:] & ~mask[:, :-1]).any():
             raise ValueError("The word mask must be a prefix of each row (words padded at the end only).")
 
@@ -342,15 +341,16 @@ class MMIBCRF(nn.Module):
         weights = mask.to(emissions.dtype)
         emission_scores = (emissions.gather(2, tags[:, :, None]).squeeze(2) * weights).sum(dim=1)
         transition_scores = (self.transitions[tags[:, :-1], tags[:, 1:]] * weights[:, 1:]).sum(dim=1)
-        last_tags = tags.gather(1, (mask.sum(dim=1) - 1)[:, None]).squeeze(1)
+        last_tags = tags.gather(1, (mask.sum(dim=1) - 1).clamp(min=0)[:, None]).squeeze(1)
         return (
             self.start_transitions[tags[:, 0]] + emission_scores + transition_scores + self.end_transitions[last_tags]
         )
 
     def negative_log_likelihood(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """-log p(tags | emissions) of each post, `(B,)` (paper eq. 27)."""
+        """-log p(tags | emissions) of each post, `(B,)` (paper eq. 27); 0 for a post without words."""
         self._check_mask(mask)
-        return self.log_partition(emissions, mask) - self.path_score(emissions, tags, mask)
+        negative_log_likelihood = self.log_partition(emissions, mask) - self.path_score(emissions, tags, mask)
+        return negative_log_likelihood * mask[:, 0].to(negative_log_likelihood.dtype)
 
     def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.LongTensor:
         """Viterbi decoding: the best label path of each post, `(B, W)`, -100 at masked positions."""
@@ -592,7 +592,9 @@ class MMIBModel(MMIBPreTrainedModel):
 
     def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.config.alignment_pooling == "first":
-            return states[:, 0]
+            # The first present position: the whole image, or the first crop of a post that has crops only.
+            first = mask.to(torch.int8).argmax(dim=1)
+            return states[torch.arange(states.shape[0], device=states.device), first]
         weights = mask.to(states.dtype)[:, :, None]
         return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
@@ -848,7 +850,9 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
         if labels is not None:
             if (word_mask & (labels < 0)).any():
                 raise ValueError("labels hold -100 at a word position: every word needs a label.")
-            task_loss = self.crf.negative_log_likelihood(logits.float(), labels, word_mask).mean()
+            # Mean over the posts that kept a word: a post truncated to nothing neither counts nor dilutes the rest.
+            posts_with_words = word_mask[:, 0].sum().clamp(min=1)
+            task_loss = self.crf.negative_log_likelihood(logits.float(), labels, word_mask).sum() / posts_with_words
         predictions = None if self.training else self.decode(logits, word_index)
         output = MMIBTokenClassifierOutput(
             logits=logits, predictions=predictions, **_loss_fields(self.config, task_loss, outputs)

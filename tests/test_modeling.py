@@ -100,10 +100,25 @@ def test_crf_padding_values_do_not_matter():
 
 def test_crf_rejects_bad_masks():
     crf = MMIBCRF(2)
-    with pytest.raises(ValueError, match="at least one word"):
-        crf.decode(torch.zeros(1, 2, 2), torch.tensor([[False, False]]))
     with pytest.raises(ValueError, match="prefix"):
         crf.decode(torch.zeros(1, 3, 2), torch.tensor([[True, False, True]]))
+
+
+def test_crf_row_without_words_has_no_loss_and_no_path():
+    torch.manual_seed(5)
+    crf = MMIBCRF(3)
+    for parameter in crf.parameters():
+        parameter.data.normal_()
+    emissions = torch.randn(2, 3, 3)
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    tags = torch.tensor([[1, 2, 0], [0, 0, 0]])
+    with torch.no_grad():
+        nll = crf.negative_log_likelihood(emissions, tags, mask)
+        decoded = crf.decode(emissions, mask)
+    log_partition, best, scores = brute_force(crf, emissions[0, :2], 2)
+    assert nll[0].item() == pytest.approx((log_partition - scores[(1, 2)]).item(), abs=1e-5)
+    assert nll[1].item() == 0.0
+    assert decoded[0, :2].tolist() == best and decoded[1].tolist() == [-100, -100, -100]
 
 
 # --- regularizers ------------------------------------------------------------------------------------------------
@@ -468,3 +483,50 @@ def test_text_only_model_is_the_text_path_and_ignores_images(tmp_path):
     assert reloaded.config.text_only and reloaded.mmib.vision_model is None
     with torch.no_grad():
         assert torch.equal(reloaded(**batch).logits, outputs.logits)
+
+
+# --- edge cases ------------------------------------------------------------------------------------------------------
+
+
+def test_post_without_kept_words_gets_no_tags_and_leaves_the_rest_of_the_batch_alone(model):
+    batch = make_batch()
+    truncated = {key: value.clone() for key, value in batch.items()}
+    truncated["word_index"][1] = -1  # every word of post 1 lies beyond max_length
+    truncated["labels"][1] = -100
+    with torch.no_grad():
+        full = model(**batch)
+        outputs = model(**truncated)
+        rest = model(**{key: value[[0, 2]] for key, value in batch.items()})
+        mask = batch["word_index"] >= 0
+        per_post = model.crf.negative_log_likelihood(full.logits, batch["labels"], mask)
+    assert outputs.predictions[1].tolist() == [-100] * 4
+    assert torch.equal(outputs.predictions[[0, 2]], full.predictions[[0, 2]])
+    assert torch.equal(outputs.predictions[[0, 2]], rest.predictions)
+    # The loss is the mean over the two posts that kept words, as for a batch without post 1.
+    assert outputs.task_loss.item() == pytest.approx((per_post[0] + per_post[2]).item() / 2, rel=1e-5)
+    assert outputs.task_loss.item() == pytest.approx(rest.task_loss.item(), rel=1e-5)
+    model.train()
+    outputs = model(**truncated)
+    outputs.loss.backward()
+    assert torch.isfinite(outputs.loss)
+
+
+def test_first_slot_pooling_uses_the_first_present_image_slot():
+    torch.manual_seed(1)
+    base = MMIBModel(tiny_config(alignment_pooling="first", num_negatives=1)).eval()
+    for parameter in base.discriminator.parameters():
+        parameter.data.normal_()  # a discriminator far from chance, so that the pooled slot shows in the loss
+    text = torch.randn(3, 4, 32)
+    text_mask = torch.ones(3, 4, dtype=torch.bool)
+    vision = torch.randn(3, 3, 32)
+    # Post 0: whole image; post 1: crops only (slot 0 masked); post 2: only the second crop.
+    image_mask = torch.tensor([[1, 1, 0], [0, 1, 1], [0, 0, 1]]).bool()
+    with torch.no_grad():
+        loss = base._alignment_loss(text, text_mask, vision, image_mask)
+        text_pooled = text[:, 0]
+        vision_pooled = torch.stack([vision[0, 0], vision[1, 1], vision[2, 2]])
+        positive = -F.logsigmoid(base.discriminator(text_pooled, vision_pooled)).mean()
+        negative = -F.logsigmoid(-base.discriminator(text_pooled, vision_pooled.roll(1, 0))).mean()
+        masked_slot_used = base._alignment_loss(text, text_mask, vision, torch.ones(3, 3, dtype=torch.bool))
+    assert loss.item() == pytest.approx((positive + negative).item(), rel=1e-5)
+    assert loss.item() != pytest.approx(masked_slot_used.item(), rel=1e-3)
