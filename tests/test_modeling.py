@@ -1,7 +1,6 @@
 """MMIB model behaviour on tiny random towers: CRF, regularizers, masking, modes, gradients, image paths."""
 
 import itertools
-import math
 
 import pytest
 import torch
@@ -319,15 +318,38 @@ def test_relation_head_uses_the_marked_states(pooling):
     assert outputs.task_loss.item() == pytest.approx(F.cross_entropy(expected_logits, labels).item(), rel=1e-5)
 
 
-def test_token_classification_loss_is_mean_crf_nll(model):
+def all_path_scores(crf: MMIBCRF, emissions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All label paths of one post (`(W, K)` emissions) and their scores: `(K**W, W)` paths, `(K**W,)` scores."""
+    num_words, num_labels = emissions.shape
+    paths = torch.tensor(list(itertools.product(range(num_labels), repeat=num_words)))
+    scores = crf.start_transitions[paths[:, 0]] + crf.end_transitions[paths[:, -1]]
+    scores = scores + emissions[torch.arange(num_words), paths].sum(dim=1)
+    scores = scores + crf.transitions[paths[:, :-1], paths[:, 1:]].sum(dim=1)
+    return paths, scores
+
+
+def test_token_classification_loss_is_the_brute_force_crf_nll_plus_the_weighted_regularizers():
+    torch.manual_seed(0)
+    labels3 = {0: "O", 1: "B-PER", 2: "I-PER"}
+    model = MMIBForTokenClassification(tiny_config(id2label=labels3, **WEIGHTS)).eval()
+    for parameter in model.crf.parameters():
+        parameter.data.normal_()  # transitions that matter
     batch = make_batch()
+    batch["labels"] = batch["labels"] % 3
+    batch["labels"][batch["word_index"] < 0] = -100
     with torch.no_grad():
         outputs = model(**batch)
-        mask = batch["word_index"] >= 0
-        expected = model.crf.negative_log_likelihood(outputs.logits, batch["labels"], mask).mean()
-    assert outputs.logits.shape == (3, 4, 9)
-    assert outputs.task_loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert math.isfinite(outputs.loss.item())
+    assert outputs.logits.shape == (3, 4, 3)
+    nlls = []
+    for post in range(3):
+        length = int((batch["word_index"][post] >= 0).sum())
+        paths, scores = all_path_scores(model.crf, outputs.logits[post, :length])
+        gold = (paths == batch["labels"][post, :length]).all(dim=1)
+        nlls.append((torch.logsumexp(scores, 0) - scores[gold][0]).item())
+        assert outputs.predictions[post, :length].tolist() == paths[scores.argmax()].tolist()
+    assert outputs.task_loss.item() == pytest.approx(sum(nlls) / 3, rel=1e-5)
+    expected = sum(nlls) / 3 + 0.5 * outputs.kl_text + 0.25 * outputs.kl_vision + 2.0 * outputs.alignment_loss
+    assert outputs.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_any_vision_model_with_a_pooled_output_works():
@@ -348,8 +370,19 @@ def test_any_vision_model_with_a_pooled_output_works():
     with torch.no_grad():
         outputs = model(**batch)
         features = model.mmib.get_image_features(batch["pixel_values"])
-    assert features.shape == (3, NUM_SLOTS, 24)
-    assert torch.isfinite(outputs.loss) and outputs.predictions.shape == (3, 4)
+        # Independently: the ViT's own pooled output, one image at a time.
+        for post, slot in itertools.product(range(3), range(NUM_SLOTS)):
+            image = batch["pixel_values"][post, slot][None]
+            expected = model.mmib.vision_model(pixel_values=image).pooler_output[0]
+            assert torch.allclose(features[post, slot], expected, atol=1e-5)
+        from_features = model(**{**batch, "pixel_values": None, "image_features": features})
+        changed = batch["pixel_values"].clone()
+        changed[0, 0] = torch.randn(3, IMAGE_SIZE, IMAGE_SIZE)
+        after_change = model(**{**batch, "pixel_values": changed})
+    assert torch.allclose(outputs.logits, from_features.logits, atol=1e-5)
+    # The ViT features reach the head: a different present image changes post 0, and only post 0.
+    assert not torch.allclose(after_change.logits[0], outputs.logits[0], atol=1e-4)
+    assert torch.allclose(after_change.logits[1:], outputs.logits[1:], atol=1e-6)
 
 
 # --- one objective and the ablation switches --------------------------------------------------------------------
