@@ -72,12 +72,12 @@ class MMIBTokenClassifierOutput(ModelOutput):
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
             The training objective of paper eq. 29, [`mmib_total_loss`]: `task_loss` + beta_text * `kl_text` +
             beta_vision * `kl_vision` + alignment_weight * `alignment_loss` (absent terms left out).
-        task_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
-            CRF negative log-likelihood, mean over the posts that kept at least one word (0 if none did).
         logits (`torch.FloatTensor` of shape `(B, W, K)`):
             CRF emission scores at the first sub-word of each word.
         predictions (`torch.LongTensor` of shape `(B, W)`, *optional*, returned in eval mode):
             Viterbi label ids per word, -100 at padded word positions (all -100 for a post that kept no word).
+        task_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            CRF negative log-likelihood, mean over the posts that kept at least one word (0 if none did).
         kl_text, kl_vision, alignment_loss (`torch.FloatTensor` of shape `()`, *optional*):
             As in [`MMIBModelOutput`].
         hidden_states, attentions (`tuple(torch.FloatTensor)`, *optional*):
@@ -85,9 +85,9 @@ class MMIBTokenClassifierOutput(ModelOutput):
     """
 
     loss: torch.FloatTensor | None = None
-    task_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     predictions: torch.LongTensor | None = None
+    task_loss: torch.FloatTensor | None = None
     kl_text: torch.FloatTensor | None = None
     kl_vision: torch.FloatTensor | None = None
     alignment_loss: torch.FloatTensor | None = None
@@ -103,10 +103,10 @@ class MMIBRelationClassifierOutput(ModelOutput):
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
             The training objective of paper eq. 29, [`mmib_total_loss`], as in [`MMIBTokenClassifierOutput`].
-        task_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
-            Cross-entropy, mean over posts.
         logits (`torch.FloatTensor` of shape `(B, R)`):
             Relation scores (before softmax).
+        task_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            Cross-entropy, mean over posts.
         kl_text, kl_vision, alignment_loss (`torch.FloatTensor` of shape `()`, *optional*):
             As in [`MMIBModelOutput`].
         hidden_states, attentions (`tuple(torch.FloatTensor)`, *optional*):
@@ -114,8 +114,8 @@ class MMIBRelationClassifierOutput(ModelOutput):
     """
 
     loss: torch.FloatTensor | None = None
-    task_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    task_loss: torch.FloatTensor | None = None
     kl_text: torch.FloatTensor | None = None
     kl_vision: torch.FloatTensor | None = None
     alignment_loss: torch.FloatTensor | None = None

@@ -116,7 +116,11 @@ def test_return_dict_false_gives_the_tuple_of_the_fields(task):
     assert isinstance(as_tuple, tuple) and isinstance(from_config, tuple)
     assert len(as_tuple) == len(expected) == len(from_config)
     assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(as_tuple, expected, from_config))
-    assert torch.equal(as_tuple[0], as_dict.loss)
+    # BERT's positions: (loss, logits, ...) with labels, logits first without.
+    assert torch.equal(as_tuple[0], as_dict.loss) and torch.equal(as_tuple[1], as_dict.logits)
+    with torch.no_grad():
+        without_labels = model(**{**batch, "labels": None}, return_dict=False)
+    assert torch.equal(without_labels[0], as_dict.logits)
 
 
 # --- hidden states and attention maps -------------------------------------------------------------------------------
