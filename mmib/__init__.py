@@ -5,34 +5,31 @@ load with `AutoConfig`, `AutoModel`, `AutoModelForTokenClassification`, `AutoMod
 `AutoProcessor` without `trust_remote_code`.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoProcessor,
-)
+import transformers
+from transformers import AutoConfig, AutoProcessor
 
 from .building import build_model_and_processor, load_model_and_processor
 from .configuration_mmib import MMIBConfig
 from .image_loading_mmib import UnreadableImageError, load_image
 from .modeling_mmib import (
+    AUTO_CLASSES,
     MMIBForRelationClassification,
     MMIBForTokenClassification,
     MMIBModel,
     MMIBPreTrainedModel,
+    mmib_total_loss,
 )
 from .processing_mmib import MMIBProcessor
 
 AutoConfig.register(MMIBConfig.model_type, MMIBConfig, exist_ok=True)
-AutoModel.register(MMIBConfig, MMIBModel, exist_ok=True)
-AutoModelForTokenClassification.register(MMIBConfig, MMIBForTokenClassification, exist_ok=True)
-AutoModelForSequenceClassification.register(MMIBConfig, MMIBForRelationClassification, exist_ok=True)
+for _model_class, _auto_class in AUTO_CLASSES.items():
+    getattr(transformers, _auto_class).register(MMIBConfig, _model_class, exist_ok=True)
 AutoProcessor.register(MMIBConfig, MMIBProcessor, exist_ok=True)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AUTO_CLASSES",
     "MMIBConfig",
     "MMIBForRelationClassification",
     "MMIBForTokenClassification",
@@ -43,4 +40,5 @@ __all__ = [
     "build_model_and_processor",
     "load_image",
     "load_model_and_processor",
+    "mmib_total_loss",
 ]

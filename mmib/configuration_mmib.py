@@ -28,7 +28,9 @@ class MMIBConfig(PreTrainedConfig):
         apenc_intermediate_size (`int`, *optional*):
             Width of the APEnc feed-forward network (Linear, GELU, Linear). Defaults to `4 * latent_size`.
         apenc_dropout (`float`, *optional*, defaults to 0.1):
-            Dropout on attention probabilities, APEnc sub-layer outputs and the features fed to the task head.
+            Dropout on attention probabilities and APEnc sub-layer outputs.
+        classifier_dropout (`float`, *optional*):
+            Dropout on the features fed to the task head, as in BERT. Defaults to `apenc_dropout`.
         num_crops (`int`, *optional*, defaults to 4):
             Object crops m per post; the model sees 1 + m image slots (slot 0 is the whole image).
         beta_text (`float`, *optional*, defaults to 0.1):
@@ -43,11 +45,24 @@ class MMIBConfig(PreTrainedConfig):
             (the paper's sum over items).
         alignment_pooling (`str`, *optional*, defaults to `"mean"`):
             How Z^T and Z^V are pooled for the discriminator: `"mean"` over valid tokens / image slots, or `"first"`
-            (the first token and the whole-image slot, as in the authors' code).
+            (the first token and the whole-image slot, as in the authors' code; for a post with crops but no whole
+            image, its first present crop).
         num_negatives (`int`, *optional*, defaults to 1):
             In-batch negatives per post for the alignment regularizer: among the posts that have an image, post i
             is paired with the images of posts i-1, ..., i-k (the batch rolled by 1..k). Capped at that number
             minus one, so a batch with a single image has no negative term.
+        use_refinement_regularizer (`bool`, *optional*, defaults to `True`):
+            Ablation switch for the refinement regularizer L_rr (the two KL terms). `False`: the variational encoders
+            have no log-variance APEnc layer, Z = mean in training too, and `kl_text` / `kl_vision` are `None` and
+            absent from the loss.
+        use_alignment_regularizer (`bool`, *optional*, defaults to `True`):
+            Ablation switch for the alignment regularizer L_ar. `False`: the model has no discriminator, and
+            `alignment_loss` is `None` and absent from the loss.
+        text_only (`bool`, *optional*, defaults to `False`):
+            Text-only baseline: no vision tower, no vision projection or variational encoder, no discriminator and
+            no fusion APEnc layers; the text latents Z^T go straight to the same task head. `pixel_values`,
+            `image_features` and `image_mask` are accepted and ignored, so the processor's output runs unchanged;
+            `kl_vision` and `alignment_loss` are `None`. `vision_config` is kept (and saved) but builds nothing.
         freeze_vision_encoder (`bool`, *optional*, defaults to `True`):
             Keep the vision tower frozen and in eval mode (BatchNorm statistics do not drift), which also makes its
             features cacheable. `False` trains it.
@@ -79,6 +94,7 @@ class MMIBConfig(PreTrainedConfig):
     apenc_num_attention_heads: int = 12
     apenc_intermediate_size: int | None = None
     apenc_dropout: float = 0.1
+    classifier_dropout: float | None = None
     num_crops: int = 4
     beta_text: float = 0.1
     beta_vision: float = 0.1
@@ -86,6 +102,9 @@ class MMIBConfig(PreTrainedConfig):
     kl_reduction: Literal["mean", "sum"] = "mean"
     alignment_pooling: Literal["mean", "first"] = "mean"
     num_negatives: int = 1
+    use_refinement_regularizer: bool = True
+    use_alignment_regularizer: bool = True
+    text_only: bool = False
     freeze_vision_encoder: bool = True
     entity_pooling: Literal["start", "span_mean"] = "start"
     layer_norm_eps: float = 1e-12

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import MODEL_MAPPING, AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_mmib import MMIBConfig
@@ -24,17 +26,29 @@ class MMIBModelOutput(ModelOutput):
         text_latent_mean (`torch.FloatTensor` of shape `(B, L, d)`):
             Mean of q(Z^T | X^T).
         text_latent_logvar (`torch.FloatTensor` of shape `(B, L, d)`):
-            Log-variance of q(Z^T | X^T).
+            Log-variance of q(Z^T | X^T); `None` without the refinement regularizer.
         vision_latent_mean (`torch.FloatTensor` of shape `(B, N, d)`):
-            Mean of q(Z^V | X^V).
+            Mean of q(Z^V | X^V); `None` for a `text_only` model.
         vision_latent_logvar (`torch.FloatTensor` of shape `(B, N, d)`):
-            Log-variance of q(Z^V | X^V).
+            Log-variance of q(Z^V | X^V); `None` for a `text_only` model or without the refinement regularizer.
         kl_text (`torch.FloatTensor` of shape `()`):
-            KL(q(Z^T | X^T) || N(0, I)) over valid tokens, reduced as `config.kl_reduction` says.
+            KL(q(Z^T | X^T) || N(0, I)) over valid tokens, reduced as `config.kl_reduction` says, in fp32; `None`
+            when `config.use_refinement_regularizer` is False.
         kl_vision (`torch.FloatTensor` of shape `()`):
-            KL(q(Z^V | X^V) || N(0, I)) over present image slots; 0 when the batch has no image.
+            KL(q(Z^V | X^V) || N(0, I)) over present image slots, in fp32; 0 when the batch has no image; `None`
+            without the refinement regularizer or for a `text_only` model.
         alignment_loss (`torch.FloatTensor` of shape `()`):
-            Discriminator binary cross-entropy of the alignment regularizer; 0 when no post has an image.
+            Discriminator binary cross-entropy of the alignment regularizer, in fp32; 0 when no post has an image;
+            `None` when `config.use_alignment_regularizer` is False or for a `text_only` model.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The text tower's hidden states (embedding output and one per layer, each `(B, L, h)` with h the text
+            tower's hidden size), followed by MMIB's states along the text, each `(B, L, d)`: the text latents Z^T
+            and, unless `config.text_only`, the fused states C.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            The APEnc attention maps, in the order they are computed: text mean and log-variance encoders
+            `(B, H, L, L)`, vision mean and log-variance encoders `(B, H, N, N)`, vision-to-text `(B, H, N, L)` and
+            text-to-vision `(B, H, L, N)`, with H = `config.apenc_num_attention_heads`. Layers that an ablation
+            does not build are left out. The text tower's own attention maps are not included.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -45,6 +59,8 @@ class MMIBModelOutput(ModelOutput):
     kl_text: torch.FloatTensor | None = None
     kl_vision: torch.FloatTensor | None = None
     alignment_loss: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -54,22 +70,29 @@ class MMIBTokenClassifierOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
-            Task loss only: CRF negative log-likelihood, mean over posts. The regularizers are separate fields;
-            `MMIBTrainer.compute_loss` adds them with the config's weights.
+            The training objective of paper eq. 29, [`mmib_total_loss`]: `task_loss` + beta_text * `kl_text` +
+            beta_vision * `kl_vision` + alignment_weight * `alignment_loss` (absent terms left out).
         logits (`torch.FloatTensor` of shape `(B, W, K)`):
             CRF emission scores at the first sub-word of each word.
         predictions (`torch.LongTensor` of shape `(B, W)`, *optional*, returned in eval mode):
-            Viterbi label ids per word, -100 at padded word positions.
-        kl_text, kl_vision, alignment_loss (`torch.FloatTensor` of shape `()`):
+            Viterbi label ids per word, -100 at padded word positions (all -100 for a post that kept no word).
+        task_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            CRF negative log-likelihood, mean over the posts that kept at least one word (0 if none did).
+        kl_text, kl_vision, alignment_loss (`torch.FloatTensor` of shape `()`, *optional*):
             As in [`MMIBModelOutput`].
+        hidden_states, attentions (`tuple(torch.FloatTensor)`, *optional*):
+            As in [`MMIBModelOutput`], returned with `output_hidden_states=True` / `output_attentions=True`.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     predictions: torch.LongTensor | None = None
+    task_loss: torch.FloatTensor | None = None
     kl_text: torch.FloatTensor | None = None
     kl_vision: torch.FloatTensor | None = None
     alignment_loss: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -79,28 +102,63 @@ class MMIBRelationClassifierOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
-            Task loss only: cross-entropy, mean over posts.
+            The training objective of paper eq. 29, [`mmib_total_loss`], as in [`MMIBTokenClassifierOutput`].
         logits (`torch.FloatTensor` of shape `(B, R)`):
             Relation scores (before softmax).
-        kl_text, kl_vision, alignment_loss (`torch.FloatTensor` of shape `()`):
+        task_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            Cross-entropy, mean over posts.
+        kl_text, kl_vision, alignment_loss (`torch.FloatTensor` of shape `()`, *optional*):
             As in [`MMIBModelOutput`].
+        hidden_states, attentions (`tuple(torch.FloatTensor)`, *optional*):
+            As in [`MMIBModelOutput`], returned with `output_hidden_states=True` / `output_attentions=True`.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    task_loss: torch.FloatTensor | None = None
     kl_text: torch.FloatTensor | None = None
     kl_vision: torch.FloatTensor | None = None
     alignment_loss: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention written out, as in models/bert: `(B, H, Lq, Dh)` queries -> `(B, Lq, H, Dh)` and weights."""
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
 
 
 class MMIBAttention(nn.Module):
-    """Multi-head attention of a query sequence over a key/value sequence with a key padding mask (paper eq. 4)."""
+    """
+    Multi-head attention of a query sequence over a key/value sequence with a key padding mask (paper eq. 4).
+
+    The kernel is chosen by `config._attn_implementation` through transformers' attention interface (`"eager"` or
+    `"sdpa"`); `output_attentions=True` always runs the eager kernel, the only one that returns the weights.
+    """
 
     def __init__(self, config: MMIBConfig):
         super().__init__()
+        self.config = config
         self.num_heads = config.apenc_num_attention_heads
         self.head_dim = config.latent_size // self.num_heads
+        self.scaling = self.head_dim**-0.5
         self.dropout = config.apenc_dropout
+        self.is_causal = False
         self.q_proj = nn.Linear(config.latent_size, config.latent_size)
         self.k_proj = nn.Linear(config.latent_size, config.latent_size)
         self.v_proj = nn.Linear(config.latent_size, config.latent_size)
@@ -110,29 +168,52 @@ class MMIBAttention(nn.Module):
         batch_size, length, _ = states.shape
         return states.view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        key_mask: torch.Tensor,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
             queries (`torch.Tensor` of shape `(B, Lq, d)`): query states.
             keys (`torch.Tensor` of shape `(B, Lk, d)`): key and value states.
             key_mask (`torch.BoolTensor` of shape `(B, Lk)`): True where a key exists.
+            output_attentions (`bool`, *optional*, defaults to `False`): also return the attention weights.
+            kwargs: passed to the attention function.
 
         Returns:
-            `torch.Tensor` of shape `(B, Lq, d)`; all zeros for a post whose keys are all masked (e.g. a post
-            without any image), so that its queries pass through the residual unchanged.
+            `(output, weights)`: `output` of shape `(B, Lq, d)`, all zeros for a post whose keys are all masked
+            (e.g. a post without any image), so that its queries pass through the residual unchanged; `weights` of
+            shape `(B, H, Lq, Lk)` (zeros for such a post) when `output_attentions`, else `None`.
         """
         has_key = key_mask.any(dim=1)
         # A row with no valid key would softmax over nothing (NaN); let it attend anywhere and zero it below.
-        attend = (key_mask | ~has_key[:, None])[:, None, None, :]
-        attended = F.scaled_dot_product_attention(
+        attend = key_mask | ~has_key[:, None]
+        additive_mask = torch.zeros(attend.shape, dtype=queries.dtype, device=queries.device)
+        additive_mask = additive_mask.masked_fill(~attend, torch.finfo(queries.dtype).min)[:, None, None, :]
+        attention_interface = eager_attention_forward
+        if not output_attentions:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        attended, weights = attention_interface(
+            self,
             self._split_heads(self.q_proj(queries)),
             self._split_heads(self.k_proj(keys)),
             self._split_heads(self.v_proj(keys)),
-            attn_mask=attend,
-            dropout_p=self.dropout if self.training else 0.0,
+            additive_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
         )
-        attended = attended.transpose(1, 2).reshape(queries.shape)
-        return self.out_proj(attended) * has_key[:, None, None].to(queries.dtype)
+        keep = has_key.to(queries.dtype)
+        output = self.out_proj(attended.reshape(queries.shape)) * keep[:, None, None]
+        if weights is not None:
+            weights = weights * keep[:, None, None, None]
+        return output, weights
 
 
 class MMIBFeedForward(nn.Module):
@@ -147,7 +228,7 @@ class MMIBFeedForward(nn.Module):
         return self.fc2(F.gelu(self.fc1(hidden_states)))
 
 
-class MMIBAttentivePropagationEncoder(nn.Module):
+class MMIBAttentivePropagationEncoder(GradientCheckpointingLayer):
     """APEnc(Q, K): attention, residual + LayerNorm, feed-forward, residual + LayerNorm (paper eq. 4-5)."""
 
     def __init__(self, config: MMIBConfig):
@@ -158,17 +239,21 @@ class MMIBAttentivePropagationEncoder(nn.Module):
         self.output_layer_norm = nn.LayerNorm(config.latent_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.apenc_dropout)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
             queries (`torch.Tensor` of shape `(B, Lq, d)`), keys (`torch.Tensor` of shape `(B, Lk, d)`),
-            key_mask (`torch.BoolTensor` of shape `(B, Lk)`): as in [`MMIBAttention`].
+            key_mask (`torch.BoolTensor` of shape `(B, Lk)`), kwargs (`output_attentions`, ...): as in
+            [`MMIBAttention`]. The tensors are positional so that gradient checkpointing sees them.
 
         Returns:
-            `torch.Tensor` of shape `(B, Lq, d)`.
+            `(hidden_states, attention_weights)`: `(B, Lq, d)` and, with `output_attentions=True`, `(B, H, Lq, Lk)`.
         """
-        hidden = self.attention_layer_norm(queries + self.dropout(self.attention(queries, keys, key_mask)))
-        return self.output_layer_norm(hidden + self.dropout(self.feed_forward(hidden)))
+        attended, weights = self.attention(queries, keys, key_mask, **kwargs)
+        hidden = self.attention_layer_norm(queries + self.dropout(attended))
+        return self.output_layer_norm(hidden + self.dropout(self.feed_forward(hidden))), weights
 
 
 class MMIBVariationalEncoder(nn.Module):
@@ -177,23 +262,37 @@ class MMIBVariationalEncoder(nn.Module):
     def __init__(self, config: MMIBConfig):
         super().__init__()
         self.mean_encoder = MMIBAttentivePropagationEncoder(config)
-        self.logvar_encoder = MMIBAttentivePropagationEncoder(config)
+        # Without the refinement regularizer the latent is deterministic: there is no variance to learn.
+        self.logvar_encoder = MMIBAttentivePropagationEncoder(config) if config.use_refinement_regularizer else None
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, states: torch.Tensor, mask: torch.Tensor, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...]]:
         """
         Args:
             states (`torch.Tensor` of shape `(B, L, d)`): the modality's projected features X.
             mask (`torch.BoolTensor` of shape `(B, L)`): True at valid positions.
+            kwargs (`output_attentions`, ...): as in [`MMIBAttention`].
 
         Returns:
-            `(latents, mean, logvar)`, each of shape `(B, L, d)`. `latents` is a reparameterised sample
-            mean + exp(logvar / 2) * eps in training mode and the mean in eval mode.
+            `(latents, mean, logvar, attentions)`: the first three of shape `(B, L, d)`. `latents` is a
+            reparameterised sample mean + exp(logvar / 2) * eps in training mode and the mean in eval mode. Without
+            a log-variance encoder (`config.use_refinement_regularizer=False`), `logvar` is `None` and `latents` is
+            the mean. `attentions` holds the `(B, H, L, L)` maps of the mean and log-variance encoders with
+            `output_attentions=True`, else it is empty.
         """
-        mean = self.mean_encoder(states, states, mask)
-        logvar = self.logvar_encoder(states, states, mask)
+        mean, mean_weights = self.mean_encoder(states, states, mask, **kwargs)
+        if self.logvar_encoder is None:
+            return mean, mean, None, _present(mean_weights)
+        logvar, logvar_weights = self.logvar_encoder(states, states, mask, **kwargs)
+        attentions = _present(mean_weights, logvar_weights)
         if not self.training:
-            return mean, mean, logvar
-        return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean), mean, logvar
+            return mean, mean, logvar, attentions
+        return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean), mean, logvar, attentions
+
+
+def _present(*tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    return tuple(tensor for tensor in tensors if tensor is not None)
 
 
 class MMIBDiscriminator(nn.Module):
@@ -213,7 +312,8 @@ class MMIBCRF(nn.Module):
     """
     Linear-chain CRF over word positions, vectorised over the batch.
 
-    Every method takes `mask` of shape `(B, W)`, True for the words of each post: a non-empty prefix of each row.
+    Every method takes `mask` of shape `(B, W)`, True for the words of each post: a prefix of each row. A row may be
+    empty (a post whose words were all truncated away): its negative log-likelihood is 0 and its path all -100.
     """
 
     def __init__(self, num_labels: int):
@@ -224,8 +324,6 @@ class MMIBCRF(nn.Module):
 
     @staticmethod
     def _check_mask(mask: torch.Tensor) -> None:
-        if not mask[:, 0].all():
-            raise ValueError("Every post needs at least one word: a row of the word mask is empty.")
         if (mask[:, 1:] & ~mask[:, :-1]).any():
             raise ValueError("The word mask must be a prefix of each row (words padded at the end only).")
 
@@ -243,15 +341,16 @@ class MMIBCRF(nn.Module):
         weights = mask.to(emissions.dtype)
         emission_scores = (emissions.gather(2, tags[:, :, None]).squeeze(2) * weights).sum(dim=1)
         transition_scores = (self.transitions[tags[:, :-1], tags[:, 1:]] * weights[:, 1:]).sum(dim=1)
-        last_tags = tags.gather(1, (mask.sum(dim=1) - 1)[:, None]).squeeze(1)
+        last_tags = tags.gather(1, (mask.sum(dim=1) - 1).clamp(min=0)[:, None]).squeeze(1)
         return (
             self.start_transitions[tags[:, 0]] + emission_scores + transition_scores + self.end_transitions[last_tags]
         )
 
     def negative_log_likelihood(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """-log p(tags | emissions) of each post, `(B,)` (paper eq. 27)."""
+        """-log p(tags | emissions) of each post, `(B,)` (paper eq. 27); 0 for a post without words."""
         self._check_mask(mask)
-        return self.log_partition(emissions, mask) - self.path_score(emissions, tags, mask)
+        negative_log_likelihood = self.log_partition(emissions, mask) - self.path_score(emissions, tags, mask)
+        return negative_log_likelihood * mask[:, 0].to(negative_log_likelihood.dtype)
 
     def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.LongTensor:
         """Viterbi decoding: the best label path of each post, `(B, W)`, -100 at masked positions."""
@@ -278,18 +377,28 @@ class MMIBCRF(nn.Module):
         return path
 
 
-_AUTO_MAP = {
-    "AutoConfig": "configuration_mmib.MMIBConfig",
-    "AutoModel": "modeling_mmib.MMIBModel",
-    "AutoModelForTokenClassification": "modeling_mmib.MMIBForTokenClassification",
-    "AutoModelForSequenceClassification": "modeling_mmib.MMIBForRelationClassification",
-}
-
-
 def _text_tower_kwargs(text_config: PreTrainedConfig) -> dict:
     """Drop the text tower's pooler where its class allows it: MMIB never uses it, and unused weights break DDP."""
     parameters = inspect.signature(MODEL_MAPPING[type(text_config)].__init__).parameters
     return {"add_pooling_layer": False} if "add_pooling_layer" in parameters else {}
+
+
+_KERNEL_SUPPORT_FLAGS = {
+    "sdpa": "_supports_sdpa",
+    "flash_attention_2": "_supports_flash_attn",
+    "flash_attention_3": "_supports_flash_attn",
+    "flex_attention": "_supports_flex_attn",
+}
+
+
+def _tower_attention_fallback(tower_config: PreTrainedConfig) -> None:
+    """
+    `attn_implementation="sdpa"` reaches every sub-config. A tower whose class cannot run the requested kernel (a
+    ResNet has no attention at all) is given its own default instead of refusing to build.
+    """
+    flag = _KERNEL_SUPPORT_FLAGS.get(tower_config._attn_implementation)
+    if flag is not None and not getattr(MODEL_MAPPING[type(tower_config)], flag, False):
+        tower_config._attn_implementation = None
 
 
 class MMIBPreTrainedModel(PreTrainedModel):
@@ -299,11 +408,21 @@ class MMIBPreTrainedModel(PreTrainedModel):
     base_model_prefix = "mmib"
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    # The towers' own entries (e.g. BertLayer, ResNetConvLayer) are added by `post_init` from the sub-models.
+    _no_split_modules = ["MMIBAttentivePropagationEncoder", "MMIBDiscriminator", "MMIBCRF"]
+    # forward takes **kwargs (for the attention functions), not the Trainer's loss kwargs: the loss is a mean per
+    # batch, which Trainer must still divide by the gradient accumulation steps.
+    accepts_loss_kwargs = False
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, with every MMIB Auto class in `auto_map` so that any head checkpoint
         also loads as `AutoModel` (and the other heads' classes) with `trust_remote_code=True`."""
-        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **_AUTO_MAP}
+        auto_map = {"AutoConfig": f"configuration_mmib.{MMIBConfig.__name__}"}
+        auto_map.update({auto_class: f"modeling_mmib.{cls.__name__}" for cls, auto_class in AUTO_CLASSES.items()})
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_map}
         super().save_pretrained(save_directory, *args, **kwargs)
 
     @property
@@ -334,6 +453,12 @@ class MMIBPreTrainedModel(PreTrainedModel):
         """
         Build a fresh MMIB model around two pretrained towers, keeping their weights.
 
+        The counterpart of transformers' `VisionTextDualEncoderModel.from_vision_text_pretrained`, with two
+        differences: the text tower comes first (MMIB is a text model that reads images, and the vision argument may
+        be a config instead of a checkpoint), and every keyword argument is an [`MMIBConfig`] field (e.g.
+        `attn_implementation`, `num_crops`); there are no `text_` / `vision_` prefixed tower arguments, because
+        `text_config` and `text_only` are config fields. The towers load with their checkpoints' own settings.
+
         Args:
             text_model_name_or_path (`str`): Hub id or folder of a BERT-like encoder (e.g. `bert-base-cased`).
             vision_model_name_or_path (`str` or `PreTrainedConfig`): Hub id or folder of a vision model (e.g.
@@ -357,7 +482,7 @@ class MMIBPreTrainedModel(PreTrainedModel):
         # Loaded after construction: post_init() would re-initialise towers passed into __init__.
         base = getattr(model, cls.base_model_prefix, model)
         base.text_model.load_state_dict(text_model.state_dict())
-        if vision_model is not None:
+        if vision_model is not None and base.vision_model is not None:
             base.vision_model.load_state_dict(vision_model.state_dict())
         model.train()
         return model
@@ -371,25 +496,33 @@ class MMIBModel(MMIBPreTrainedModel):
 
     def __init__(self, config: MMIBConfig):
         super().__init__(config)
+        _tower_attention_fallback(config.text_config)
         self.text_model = AutoModel.from_config(config.text_config, **_text_tower_kwargs(config.text_config))
-        self.vision_model = AutoModel.from_config(config.vision_config)
         text_size = config.text_config.hidden_size
         self.text_projection = (
             nn.Identity() if text_size == config.latent_size else nn.Linear(text_size, config.latent_size)
         )
-        self.vision_projection = nn.Linear(config.vision_feature_size, config.latent_size)
         self.text_variational_encoder = MMIBVariationalEncoder(config)
-        self.vision_variational_encoder = MMIBVariationalEncoder(config)
-        self.discriminator = MMIBDiscriminator(config)
-        self.vision_to_text_encoder = MMIBAttentivePropagationEncoder(config)
-        self.text_to_vision_encoder = MMIBAttentivePropagationEncoder(config)
-        if config.freeze_vision_encoder:
-            self.vision_model.requires_grad_(False)
+        # Ablations build only what they run: a module that never runs would be dead weight in the checkpoint and
+        # an unused parameter under DDP.
+        self.vision_model = self.vision_projection = self.vision_variational_encoder = None
+        self.vision_to_text_encoder = self.text_to_vision_encoder = self.discriminator = None
+        if not config.text_only:
+            _tower_attention_fallback(config.vision_config)
+            self.vision_model = AutoModel.from_config(config.vision_config)
+            self.vision_projection = nn.Linear(config.vision_feature_size, config.latent_size)
+            self.vision_variational_encoder = MMIBVariationalEncoder(config)
+            if config.use_alignment_regularizer:
+                self.discriminator = MMIBDiscriminator(config)
+            self.vision_to_text_encoder = MMIBAttentivePropagationEncoder(config)
+            self.text_to_vision_encoder = MMIBAttentivePropagationEncoder(config)
+            if config.freeze_vision_encoder:
+                self.vision_model.requires_grad_(False)
         self.post_init()
 
     def train(self, mode: bool = True) -> "MMIBModel":
         super().train(mode)
-        if self.config.freeze_vision_encoder:
+        if self.config.freeze_vision_encoder and self.vision_model is not None:
             self.vision_model.eval()
         return self
 
@@ -435,6 +568,8 @@ class MMIBModel(MMIBPreTrainedModel):
         if image_mask.shape != slots:
             raise ValueError(f"image_mask has shape {tuple(image_mask.shape)}, expected {tuple(slots)}.")
         if image_features is None:
+            # The processor returns fp32 pixels; a half-precision tower needs its own dtype.
+            pixel_values = pixel_values.to(self.vision_model.dtype)
             # Only present slots go through the tower: absent crops cost nothing.
             image_features = pixel_values.new_zeros(*slots, self.config.vision_feature_size)
             if image_mask.any():
@@ -447,7 +582,8 @@ class MMIBModel(MMIBPreTrainedModel):
         return image_features, image_mask
 
     def _kl_divergence(self, mean: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """KL(N(mean, exp(logvar)) || N(0, I)) over the valid positions, reduced by `config.kl_reduction`."""
+        """KL(N(mean, exp(logvar)) || N(0, I)) over the valid positions, reduced by `config.kl_reduction`, in fp32."""
+        mean, logvar = mean.float(), logvar.float()
         per_position = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=-1)
         total = (per_position * mask.to(per_position.dtype)).sum()
         if self.config.kl_reduction == "sum":
@@ -456,7 +592,9 @@ class MMIBModel(MMIBPreTrainedModel):
 
     def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.config.alignment_pooling == "first":
-            return states[:, 0]
+            # The first present position: the whole image, or the first crop of a post that has crops only.
+            first = mask.to(torch.int8).argmax(dim=1)
+            return states[torch.arange(states.shape[0], device=states.device), first]
         weights = mask.to(states.dtype)[:, :, None]
         return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
@@ -473,14 +611,14 @@ class MMIBModel(MMIBPreTrainedModel):
         vision_pooled = self._pool(vision_latents, image_mask)[with_image]
         num_posts = text_pooled.shape[0]
         if num_posts == 0:
-            return text_latents.new_zeros(())
-        positives = self.discriminator(text_pooled, vision_pooled)
+            return text_latents.new_zeros((), dtype=torch.float32)
+        positives = self.discriminator(text_pooled, vision_pooled).float()
         loss = F.binary_cross_entropy_with_logits(positives, torch.ones_like(positives))
         num_negatives = min(self.config.num_negatives, num_posts - 1)
         if num_negatives > 0:
             negatives = torch.cat(
                 [
-                    self.discriminator(text_pooled, vision_pooled.roll(shift, 0))
+                    self.discriminator(text_pooled, vision_pooled.roll(shift, 0)).float()
                     for shift in range(1, num_negatives + 1)
                 ]
             )
@@ -495,53 +633,141 @@ class MMIBModel(MMIBPreTrainedModel):
         pixel_values: torch.FloatTensor | None = None,
         image_features: torch.FloatTensor | None = None,
         image_mask: torch.Tensor | None = None,
-    ) -> MMIBModelOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MMIBModelOutput | tuple:
         r"""
         Args:
             input_ids (`torch.LongTensor` of shape `(B, L)`): token ids from [`MMIBProcessor`].
             attention_mask (`torch.Tensor` of shape `(B, L)`, *optional*): 1 for real tokens, 0 for padding.
             token_type_ids (`torch.LongTensor` of shape `(B, L)`, *optional*): passed to the text tower.
             pixel_values (`torch.FloatTensor` of shape `(B, N, 3, H, W)`, *optional*): the whole image (slot 0)
-                and N - 1 crops per post.
+                and N - 1 crops per post; cast to the vision tower's dtype.
             image_features (`torch.FloatTensor` of shape `(B, N, config.vision_feature_size)`, *optional*):
                 precomputed [`~MMIBModel.get_image_features`] outputs, instead of `pixel_values`.
             image_mask (`torch.Tensor` of shape `(B, N)`, *optional*): True (1) where the slot holds an image.
                 Defaults to all slots present. With neither images nor features, every post is text-only.
+                A `config.text_only` model ignores the three image inputs.
+            output_attentions (`bool`, *optional*): return the APEnc attention maps (see
+                [`MMIBModelOutput`]). Defaults to `config.output_attentions`.
+            output_hidden_states (`bool`, *optional*): return the hidden states. Defaults to
+                `config.output_hidden_states`.
+            return_dict (`bool`, *optional*): return a [`MMIBModelOutput`] (default: `config.return_dict`) or a
+                plain tuple of its non-`None` fields.
+            kwargs: passed to the text tower and to the APEnc attention functions, as in BERT.
 
         Returns:
-            [`MMIBModelOutput`].
+            [`MMIBModelOutput`] or `tuple`.
         """
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         batch_size = input_ids.shape[0]
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         text_mask = attention_mask.bool()
-        text_states = self.text_model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state
-        image_features, image_mask = self._image_inputs(pixel_values, image_features, image_mask, batch_size)
-        text_inputs = self.text_projection(text_states)
-        vision_inputs = self.vision_projection(image_features.to(text_inputs.dtype))
-
-        text_latents, text_mean, text_logvar = self.text_variational_encoder(text_inputs, text_mask)
-        vision_latents, vision_mean, vision_logvar = self.vision_variational_encoder(vision_inputs, image_mask)
-
-        text_attended_vision = self.vision_to_text_encoder(vision_latents, text_latents, text_mask)
-        fused = self.text_to_vision_encoder(text_latents, text_attended_vision, image_mask)
-
-        return MMIBModelOutput(
-            last_hidden_state=fused,
+        text_outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        attention_kwargs = {"output_attentions": output_attentions, **kwargs}
+        text_inputs = self.text_projection(text_outputs.last_hidden_state)
+        text_latents, text_mean, text_logvar, attentions = self.text_variational_encoder(
+            text_inputs, text_mask, **attention_kwargs
+        )
+        use_kl = self.config.use_refinement_regularizer
+        outputs = MMIBModelOutput(
+            last_hidden_state=text_latents,
             text_latent_mean=text_mean,
             text_latent_logvar=text_logvar,
-            vision_latent_mean=vision_mean,
-            vision_latent_logvar=vision_logvar,
-            kl_text=self._kl_divergence(text_mean, text_logvar, text_mask),
-            kl_vision=self._kl_divergence(vision_mean, vision_logvar, image_mask),
-            alignment_loss=self._alignment_loss(text_latents, text_mask, vision_latents, image_mask),
+            kl_text=self._kl_divergence(text_mean, text_logvar, text_mask) if use_kl else None,
         )
+        if not self.config.text_only:
+            image_features, image_mask = self._image_inputs(pixel_values, image_features, image_mask, batch_size)
+            vision_inputs = self.vision_projection(image_features.to(text_inputs.dtype))
+            vision_latents, vision_mean, vision_logvar, vision_attentions = self.vision_variational_encoder(
+                vision_inputs, image_mask, **attention_kwargs
+            )
+            text_attended_vision, vision_to_text = self.vision_to_text_encoder(
+                vision_latents, text_latents, text_mask, **attention_kwargs
+            )
+            fused, text_to_vision = self.text_to_vision_encoder(
+                text_latents, text_attended_vision, image_mask, **attention_kwargs
+            )
+            attentions += vision_attentions + _present(vision_to_text, text_to_vision)
+            outputs.last_hidden_state = fused
+            outputs.vision_latent_mean = vision_mean
+            outputs.vision_latent_logvar = vision_logvar
+            if use_kl:
+                outputs.kl_vision = self._kl_divergence(vision_mean, vision_logvar, image_mask)
+            if self.config.use_alignment_regularizer:
+                outputs.alignment_loss = self._alignment_loss(text_latents, text_mask, vision_latents, image_mask)
+        if output_hidden_states:
+            mmib_states = (text_latents,) if self.config.text_only else (text_latents, outputs.last_hidden_state)
+            outputs.hidden_states = text_outputs.hidden_states + mmib_states
+        if output_attentions:
+            outputs.attentions = attentions
+        return outputs if return_dict else outputs.to_tuple()
 
 
-def _regularizers(outputs: MMIBModelOutput) -> dict[str, torch.Tensor]:
-    return {"kl_text": outputs.kl_text, "kl_vision": outputs.kl_vision, "alignment_loss": outputs.alignment_loss}
+def mmib_total_loss(
+    config: MMIBConfig,
+    task_loss: torch.Tensor,
+    kl_text: torch.Tensor | None = None,
+    kl_vision: torch.Tensor | None = None,
+    alignment_loss: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """
+    The MMIB training objective (paper eq. 29), the one definition that the heads' `loss`, `MMIBTrainer`, the
+    benchmarks and the tests use.
+
+    Args:
+        config ([`MMIBConfig`]): gives the weights `beta_text`, `beta_vision` and `alignment_weight`.
+        task_loss (`torch.Tensor` of shape `()`): CRF negative log-likelihood (MNER) or cross-entropy (MRE).
+        kl_text, kl_vision, alignment_loss (`torch.Tensor` of shape `()`, *optional*): the regularizers;
+            `None` for a term that the model does not compute (ablation switches, `text_only`).
+
+    Returns:
+        `torch.Tensor` of shape `()`: task_loss + beta_text * kl_text + beta_vision * kl_vision
+        + alignment_weight * alignment_loss, leaving out the `None` terms.
+    """
+    loss = task_loss
+    for weight, term in (
+        (config.beta_text, kl_text),
+        (config.beta_vision, kl_vision),
+        (config.alignment_weight, alignment_loss),
+    ):
+        if term is not None:
+            loss = loss + weight * term
+    return loss
+
+
+def _loss_fields(config: MMIBConfig, task_loss: torch.Tensor | None, outputs: MMIBModelOutput) -> dict:
+    """The loss fields of a head output: eq. 29 as `loss` when there is a task loss, and each of its parts."""
+    regularizers = {
+        "kl_text": outputs.kl_text,
+        "kl_vision": outputs.kl_vision,
+        "alignment_loss": outputs.alignment_loss,
+    }
+    loss = None if task_loss is None else mmib_total_loss(config, task_loss, **regularizers)
+    return {
+        "loss": loss,
+        "task_loss": task_loss,
+        **regularizers,
+        "hidden_states": outputs.hidden_states,
+        "attentions": outputs.attentions,
+    }
+
+
+def _classifier_dropout(config: MMIBConfig) -> nn.Dropout:
+    return nn.Dropout(config.apenc_dropout if config.classifier_dropout is None else config.classifier_dropout)
 
 
 class MMIBForTokenClassification(MMIBPreTrainedModel):
@@ -550,7 +776,7 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
     def __init__(self, config: MMIBConfig):
         super().__init__(config)
         self.mmib = MMIBModel(config)
-        self.dropout = nn.Dropout(config.apenc_dropout)
+        self.dropout = _classifier_dropout(config)
         self.classifier = nn.Linear(config.latent_size, config.num_labels)
         self.crf = MMIBCRF(config.num_labels)
         self.post_init()
@@ -571,44 +797,67 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
     def forward(
         self,
         input_ids: torch.LongTensor,
-        word_index: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
+        word_index: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         image_features: torch.FloatTensor | None = None,
         image_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-    ) -> MMIBTokenClassifierOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MMIBTokenClassifierOutput | tuple:
         r"""
         Args:
             word_index (`torch.LongTensor` of shape `(B, W)`): position of the first sub-word of each word, -1 for
                 padded words (from [`MMIBProcessor`]).
             labels (`torch.LongTensor` of shape `(B, W)`, *optional*): word-level label ids, -100 at padding.
-            Other arguments: as in [`MMIBModel.forward`].
+            word_index (`torch.LongTensor` of shape `(B, W)`) is required; it is a keyword-or-fourth argument so that
+                the BERT call order `model(input_ids, attention_mask)` holds.
+            Other arguments (`output_attentions`, `output_hidden_states`, `return_dict`, `**kwargs` included): as
+                in [`MMIBModel.forward`].
 
         Returns:
-            [`MMIBTokenClassifierOutput`]; `predictions` is filled in eval mode.
+            [`MMIBTokenClassifierOutput`] (or a tuple of its non-`None` fields with `return_dict=False`);
+            `predictions` is filled in eval mode.
         """
+        if word_index is None:
+            raise ValueError(
+                "word_index is required (from MMIBProcessor). The call order is input_ids, attention_mask, "
+                "token_type_ids, word_index, ...: pass word_index by keyword."
+            )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.mmib(
-            input_ids=input_ids,
+            input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             pixel_values=pixel_values,
             image_features=image_features,
             image_mask=image_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
         )
         word_mask = word_index >= 0
         word_states = outputs.last_hidden_state.gather(
             1, word_index.clamp(min=0)[:, :, None].expand(-1, -1, outputs.last_hidden_state.shape[-1])
         )
         logits = self.classifier(self.dropout(word_states))
-        loss = None
+        task_loss = None
         if labels is not None:
             if (word_mask & (labels < 0)).any():
                 raise ValueError("labels hold -100 at a word position: every word needs a label.")
-            loss = self.crf.negative_log_likelihood(logits.float(), labels, word_mask).mean()
+            # Mean over the posts that kept a word: a post truncated to nothing neither counts nor dilutes the rest.
+            posts_with_words = word_mask[:, 0].sum().clamp(min=1)
+            task_loss = self.crf.negative_log_likelihood(logits.float(), labels, word_mask).sum() / posts_with_words
         predictions = None if self.training else self.decode(logits, word_index)
-        return MMIBTokenClassifierOutput(loss=loss, logits=logits, predictions=predictions, **_regularizers(outputs))
+        output = MMIBTokenClassifierOutput(
+            logits=logits, predictions=predictions, **_loss_fields(self.config, task_loss, outputs)
+        )
+        return output if return_dict else output.to_tuple()
 
 
 class MMIBForRelationClassification(MMIBPreTrainedModel):
@@ -617,7 +866,7 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
     def __init__(self, config: MMIBConfig):
         super().__init__(config)
         self.mmib = MMIBModel(config)
-        self.dropout = nn.Dropout(config.apenc_dropout)
+        self.dropout = _classifier_dropout(config)
         self.classifier = nn.Linear(2 * config.latent_size, config.num_labels)
         self.post_init()
 
@@ -637,43 +886,68 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
     def forward(
         self,
         input_ids: torch.LongTensor,
-        entity_positions: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
+        entity_positions: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         image_features: torch.FloatTensor | None = None,
         image_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-    ) -> MMIBRelationClassifierOutput:
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MMIBRelationClassifierOutput | tuple:
         r"""
         Args:
             entity_positions (`torch.LongTensor` of shape `(B, 2, 2)`): token positions of the markers
                 `[[<s>, </s>], [<o>, </o>]]` around the head and tail entities (from [`MMIBProcessor`]).
             labels (`torch.LongTensor` of shape `(B,)`, *optional*): relation ids.
-            Other arguments: as in [`MMIBModel.forward`].
+            entity_positions is required; it is a keyword-or-fourth argument so that the BERT call order holds.
+            Other arguments (`output_attentions`, `output_hidden_states`, `return_dict`, `**kwargs` included): as
+                in [`MMIBModel.forward`].
 
         Returns:
-            [`MMIBRelationClassifierOutput`].
+            [`MMIBRelationClassifierOutput`] (or a tuple of its non-`None` fields with `return_dict=False`).
         """
+        if entity_positions is None:
+            raise ValueError(
+                "entity_positions is required (from MMIBProcessor). The call order is input_ids, attention_mask, "
+                "token_type_ids, entity_positions, ...: pass entity_positions by keyword."
+            )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.mmib(
-            input_ids=input_ids,
+            input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             pixel_values=pixel_values,
             image_features=image_features,
             image_mask=image_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
         )
         entity_vectors = self._entity_vectors(outputs.last_hidden_state, entity_positions)
         logits = self.classifier(self.dropout(entity_vectors))
-        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
-        return MMIBRelationClassifierOutput(loss=loss, logits=logits, **_regularizers(outputs))
+        task_loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        output = MMIBRelationClassifierOutput(logits=logits, **_loss_fields(self.config, task_loss, outputs))
+        return output if return_dict else output.to_tuple()
 
 
-MMIBModel.register_for_auto_class("AutoModel")
-MMIBForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
-MMIBForRelationClassification.register_for_auto_class("AutoModelForSequenceClassification")
+# The one table of MMIB's Auto classes: the checkpoints' `auto_map` and the in-process registration in
+# `mmib/__init__.py` are both built from it.
+AUTO_CLASSES = {
+    MMIBModel: "AutoModel",
+    MMIBForTokenClassification: "AutoModelForTokenClassification",
+    MMIBForRelationClassification: "AutoModelForSequenceClassification",
+}
+for _model_class, _auto_class in AUTO_CLASSES.items():
+    _model_class.register_for_auto_class(_auto_class)
 
 __all__ = [
+    "AUTO_CLASSES",
+    "mmib_total_loss",
     "MMIBPreTrainedModel",
     "MMIBModel",
     "MMIBForTokenClassification",

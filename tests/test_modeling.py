@@ -1,7 +1,6 @@
 """MMIB model behaviour on tiny random towers: CRF, regularizers, masking, modes, gradients, image paths."""
 
 import itertools
-import math
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ import torch.nn.functional as F
 
 from conftest import IMAGE_SIZE, tiny_config, tiny_text_config
 from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBModel
-from mmib.modeling_mmib import MMIBCRF
+from mmib.modeling_mmib import MMIBCRF, mmib_total_loss
 
 NUM_SLOTS = 3  # 1 image + num_crops=2
 
@@ -100,10 +99,25 @@ def test_crf_padding_values_do_not_matter():
 
 def test_crf_rejects_bad_masks():
     crf = MMIBCRF(2)
-    with pytest.raises(ValueError, match="at least one word"):
-        crf.decode(torch.zeros(1, 2, 2), torch.tensor([[False, False]]))
     with pytest.raises(ValueError, match="prefix"):
         crf.decode(torch.zeros(1, 3, 2), torch.tensor([[True, False, True]]))
+
+
+def test_crf_row_without_words_has_no_loss_and_no_path():
+    torch.manual_seed(5)
+    crf = MMIBCRF(3)
+    for parameter in crf.parameters():
+        parameter.data.normal_()
+    emissions = torch.randn(2, 3, 3)
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    tags = torch.tensor([[1, 2, 0], [0, 0, 0]])
+    with torch.no_grad():
+        nll = crf.negative_log_likelihood(emissions, tags, mask)
+        decoded = crf.decode(emissions, mask)
+    log_partition, best, scores = brute_force(crf, emissions[0, :2], 2)
+    assert nll[0].item() == pytest.approx((log_partition - scores[(1, 2)]).item(), abs=1e-5)
+    assert nll[1].item() == 0.0
+    assert decoded[0, :2].tolist() == best and decoded[1].tolist() == [-100, -100, -100]
 
 
 # --- regularizers ------------------------------------------------------------------------------------------------
@@ -250,14 +264,10 @@ def test_input_validation(model):
 # --- gradients and the frozen tower ---------------------------------------------------------------------------------
 
 
-def total_loss(outputs) -> torch.Tensor:
-    return outputs.loss + outputs.kl_text + outputs.kl_vision + outputs.alignment_loss
-
-
 def test_gradients_reach_every_trainable_parameter_and_not_the_frozen_tower(model):
     model.train()
     assert not model.mmib.vision_model.training
-    total_loss(model(**make_batch())).backward()
+    model(**make_batch()).loss.backward()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(not name.startswith("mmib.vision_model.") for name in trainable)
     assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
@@ -276,7 +286,7 @@ def test_unfrozen_tower_trains():
     torch.manual_seed(0)
     model = MMIBForTokenClassification(tiny_config(freeze_vision_encoder=False)).train()
     assert model.mmib.vision_model.training
-    total_loss(model(**make_batch())).backward()
+    model(**make_batch()).loss.backward()
     assert all(p.grad is not None for p in model.mmib.vision_model.parameters())
 
 
@@ -305,18 +315,41 @@ def test_relation_head_uses_the_marked_states(pooling):
     expected_logits = model.classifier(torch.stack(vectors))
     assert outputs.logits.shape == (3, 3)
     assert torch.allclose(outputs.logits, expected_logits, atol=1e-5)
-    assert outputs.loss.item() == pytest.approx(F.cross_entropy(expected_logits, labels).item(), rel=1e-5)
+    assert outputs.task_loss.item() == pytest.approx(F.cross_entropy(expected_logits, labels).item(), rel=1e-5)
 
 
-def test_token_classification_loss_is_mean_crf_nll(model):
+def all_path_scores(crf: MMIBCRF, emissions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All label paths of one post (`(W, K)` emissions) and their scores: `(K**W, W)` paths, `(K**W,)` scores."""
+    num_words, num_labels = emissions.shape
+    paths = torch.tensor(list(itertools.product(range(num_labels), repeat=num_words)))
+    scores = crf.start_transitions[paths[:, 0]] + crf.end_transitions[paths[:, -1]]
+    scores = scores + emissions[torch.arange(num_words), paths].sum(dim=1)
+    scores = scores + crf.transitions[paths[:, :-1], paths[:, 1:]].sum(dim=1)
+    return paths, scores
+
+
+def test_token_classification_loss_is_the_brute_force_crf_nll_plus_the_weighted_regularizers():
+    torch.manual_seed(0)
+    labels3 = {0: "O", 1: "B-PER", 2: "I-PER"}
+    model = MMIBForTokenClassification(tiny_config(id2label=labels3, **WEIGHTS)).eval()
+    for parameter in model.crf.parameters():
+        parameter.data.normal_()  # transitions that matter
     batch = make_batch()
+    batch["labels"] = batch["labels"] % 3
+    batch["labels"][batch["word_index"] < 0] = -100
     with torch.no_grad():
         outputs = model(**batch)
-        mask = batch["word_index"] >= 0
-        expected = model.crf.negative_log_likelihood(outputs.logits, batch["labels"], mask).mean()
-    assert outputs.logits.shape == (3, 4, 9)
-    assert outputs.loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert math.isfinite(outputs.loss.item())
+    assert outputs.logits.shape == (3, 4, 3)
+    nlls = []
+    for post in range(3):
+        length = int((batch["word_index"][post] >= 0).sum())
+        paths, scores = all_path_scores(model.crf, outputs.logits[post, :length])
+        gold = (paths == batch["labels"][post, :length]).all(dim=1)
+        nlls.append((torch.logsumexp(scores, 0) - scores[gold][0]).item())
+        assert outputs.predictions[post, :length].tolist() == paths[scores.argmax()].tolist()
+    assert outputs.task_loss.item() == pytest.approx(sum(nlls) / 3, rel=1e-5)
+    expected = sum(nlls) / 3 + 0.5 * outputs.kl_text + 0.25 * outputs.kl_vision + 2.0 * outputs.alignment_loss
+    assert outputs.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_any_vision_model_with_a_pooled_output_works():
@@ -337,5 +370,196 @@ def test_any_vision_model_with_a_pooled_output_works():
     with torch.no_grad():
         outputs = model(**batch)
         features = model.mmib.get_image_features(batch["pixel_values"])
-    assert features.shape == (3, NUM_SLOTS, 24)
-    assert torch.isfinite(outputs.loss) and outputs.predictions.shape == (3, 4)
+        # Independently: the ViT's own pooled output, one image at a time.
+        for post, slot in itertools.product(range(3), range(NUM_SLOTS)):
+            image = batch["pixel_values"][post, slot][None]
+            expected = model.mmib.vision_model(pixel_values=image).pooler_output[0]
+            assert torch.allclose(features[post, slot], expected, atol=1e-5)
+        from_features = model(**{**batch, "pixel_values": None, "image_features": features})
+        changed = batch["pixel_values"].clone()
+        changed[0, 0] = torch.randn(3, IMAGE_SIZE, IMAGE_SIZE)
+        after_change = model(**{**batch, "pixel_values": changed})
+    assert torch.allclose(outputs.logits, from_features.logits, atol=1e-5)
+    # The ViT features reach the head: a different present image changes post 0, and only post 0.
+    assert not torch.allclose(after_change.logits[0], outputs.logits[0], atol=1e-4)
+    assert torch.allclose(after_change.logits[1:], outputs.logits[1:], atol=1e-6)
+
+
+# --- one objective and the ablation switches --------------------------------------------------------------------
+
+
+def no_dropout_config(**kwargs):
+    text_config = tiny_text_config()
+    text_config.hidden_dropout_prob = text_config.attention_probs_dropout_prob = 0.0
+    return tiny_config(text_config=text_config, apenc_dropout=0.0, **kwargs)
+
+
+WEIGHTS = dict(beta_text=0.5, beta_vision=0.25, alignment_weight=2.0)
+
+
+def test_loss_is_the_weighted_sum_of_eq_29(model):
+    model.config.update(WEIGHTS)
+    with torch.no_grad():
+        outputs = model(**make_batch())
+    expected = (
+        outputs.task_loss.item()
+        + 0.5 * outputs.kl_text.item()
+        + 0.25 * outputs.kl_vision.item()
+        + 2.0 * outputs.alignment_loss.item()
+    )
+    assert outputs.loss.item() == pytest.approx(expected, rel=1e-6)
+    assert outputs.kl_text.item() > 0 and outputs.kl_vision.item() > 0 and outputs.alignment_loss.item() > 0
+    assert mmib_total_loss(model.config, outputs.task_loss).item() == outputs.task_loss.item()
+    without_labels = model(**{**make_batch(), "labels": None})
+    assert without_labels.loss is None and without_labels.task_loss is None
+
+
+ABLATIONS = {
+    # switches -> (prefixes of the parameters that must not exist, absent output fields)
+    "no_refinement": (
+        {"use_refinement_regularizer": False},
+        ("mmib.text_variational_encoder.logvar_encoder.", "mmib.vision_variational_encoder.logvar_encoder."),
+        ("kl_text", "kl_vision"),
+    ),
+    "no_alignment": ({"use_alignment_regularizer": False}, ("mmib.discriminator.",), ("alignment_loss",)),
+    "no_regularizers": (
+        {"use_refinement_regularizer": False, "use_alignment_regularizer": False},
+        (
+            "mmib.text_variational_encoder.logvar_encoder.",
+            "mmib.vision_variational_encoder.logvar_encoder.",
+            "mmib.discriminator.",
+        ),
+        ("kl_text", "kl_vision", "alignment_loss"),
+    ),
+    "text_only": (
+        {"text_only": True},
+        (
+            "mmib.vision_model.",
+            "mmib.vision_projection.",
+            "mmib.vision_variational_encoder.",
+            "mmib.discriminator.",
+            "mmib.vision_to_text_encoder.",
+            "mmib.text_to_vision_encoder.",
+        ),
+        ("kl_vision", "alignment_loss"),
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", list(ABLATIONS))
+def test_ablation_switch_removes_its_term_and_its_modules(variant):
+    switches, removed_prefixes, absent = ABLATIONS[variant]
+    torch.manual_seed(0)
+    full = MMIBForTokenClassification(tiny_config(freeze_vision_encoder=False, **WEIGHTS))
+    torch.manual_seed(0)
+    ablated = MMIBForTokenClassification(tiny_config(freeze_vision_encoder=False, **WEIGHTS, **switches)).train()
+    full_names = {name for name, _ in full.named_parameters()}
+    ablated_names = {name for name, _ in ablated.named_parameters()}
+    # Exactly the disabled modules are gone; each of them existed in the full model.
+    assert ablated_names <= full_names
+    assert full_names - ablated_names == {name for name in full_names if name.startswith(removed_prefixes)}
+    assert all(any(name.startswith(prefix) for name in full_names) for prefix in removed_prefixes)
+
+    torch.manual_seed(1)
+    outputs = ablated(**make_batch())
+    for field in absent:
+        assert getattr(outputs, field) is None, field
+    weights = {"kl_text": 0.5, "kl_vision": 0.25, "alignment_loss": 2.0}
+    expected = outputs.task_loss.item() + sum(
+        weight * getattr(outputs, name).item() for name, weight in weights.items() if name not in absent
+    )
+    assert outputs.loss.item() == pytest.approx(expected, rel=1e-6)
+    outputs.loss.backward()
+    # Everything that is left (the unfrozen vision tower included) gets a gradient.
+    assert [name for name, p in ablated.named_parameters() if p.grad is None] == []
+
+
+def test_without_refinement_the_latent_is_the_mean_in_training():
+    torch.manual_seed(0)
+    model = MMIBModel(no_dropout_config(use_refinement_regularizer=False)).train()
+    inputs = encoder_inputs(make_batch())
+    with torch.no_grad():
+        first, second = model(**inputs), model(**inputs)
+        model.eval()
+        evaluated = model(**inputs)
+    assert first.text_latent_logvar is None and first.vision_latent_logvar is None
+    assert torch.equal(first.last_hidden_state, second.last_hidden_state)
+    assert torch.allclose(first.last_hidden_state, evaluated.last_hidden_state, atol=1e-6)
+
+
+def test_text_only_model_is_the_text_path_and_ignores_images(tmp_path):
+    torch.manual_seed(0)
+    model = MMIBForTokenClassification(tiny_config(text_only=True)).eval()
+    assert not any("vision" in name or "discriminator" in name for name, _ in model.named_parameters())
+    batch = make_batch()
+    with torch.no_grad():
+        outputs = model(**batch)
+        without_images = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            word_index=batch["word_index"],
+            labels=batch["labels"],
+        )
+        states = model.mmib.text_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+        mean = model.mmib.text_variational_encoder.mean_encoder(states, states, batch["attention_mask"].bool())[0]
+        word_states = torch.stack([mean[row, batch["word_index"][row].clamp(min=0)] for row in range(3)])
+        expected_logits = model.classifier(word_states)
+    assert torch.allclose(outputs.logits, expected_logits, atol=1e-5)
+    assert torch.equal(outputs.logits, without_images.logits)
+    assert outputs.kl_vision is None and outputs.alignment_loss is None
+    assert outputs.loss.item() == pytest.approx(outputs.task_loss.item() + 0.1 * outputs.kl_text.item(), rel=1e-6)
+
+    model.save_pretrained(tmp_path)
+    reloaded = MMIBForTokenClassification.from_pretrained(tmp_path).eval()
+    assert reloaded.config.text_only and reloaded.mmib.vision_model is None
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).logits, outputs.logits)
+
+
+# --- edge cases ------------------------------------------------------------------------------------------------------
+
+
+def test_post_without_kept_words_gets_no_tags_and_leaves_the_rest_of_the_batch_alone(model):
+    batch = make_batch()
+    truncated = {key: value.clone() for key, value in batch.items()}
+    truncated["word_index"][1] = -1  # every word of post 1 lies beyond max_length
+    truncated["labels"][1] = -100
+    with torch.no_grad():
+        full = model(**batch)
+        outputs = model(**truncated)
+        rest = model(**{key: value[[0, 2]] for key, value in batch.items()})
+        mask = batch["word_index"] >= 0
+        per_post = model.crf.negative_log_likelihood(full.logits, batch["labels"], mask)
+    assert outputs.predictions[1].tolist() == [-100] * 4
+    assert torch.equal(outputs.predictions[[0, 2]], full.predictions[[0, 2]])
+    assert torch.equal(outputs.predictions[[0, 2]], rest.predictions)
+    # The loss is the mean over the two posts that kept words, as for a batch without post 1.
+    assert outputs.task_loss.item() == pytest.approx((per_post[0] + per_post[2]).item() / 2, rel=1e-5)
+    assert outputs.task_loss.item() == pytest.approx(rest.task_loss.item(), rel=1e-5)
+    model.train()
+    outputs = model(**truncated)
+    outputs.loss.backward()
+    assert torch.isfinite(outputs.loss)
+
+
+def test_first_slot_pooling_uses_the_first_present_image_slot():
+    torch.manual_seed(1)
+    base = MMIBModel(tiny_config(alignment_pooling="first", num_negatives=1)).eval()
+    for parameter in base.discriminator.parameters():
+        parameter.data.normal_()  # a discriminator far from chance, so that the pooled slot shows in the loss
+    text = torch.randn(3, 4, 32)
+    text_mask = torch.ones(3, 4, dtype=torch.bool)
+    vision = torch.randn(3, 3, 32)
+    # Post 0: whole image; post 1: crops only (slot 0 masked); post 2: only the second crop.
+    image_mask = torch.tensor([[1, 1, 0], [0, 1, 1], [0, 0, 1]]).bool()
+    with torch.no_grad():
+        loss = base._alignment_loss(text, text_mask, vision, image_mask)
+        text_pooled = text[:, 0]
+        vision_pooled = torch.stack([vision[0, 0], vision[1, 1], vision[2, 2]])
+        positive = -F.logsigmoid(base.discriminator(text_pooled, vision_pooled)).mean()
+        negative = -F.logsigmoid(-base.discriminator(text_pooled, vision_pooled.roll(1, 0))).mean()
+        masked_slot_used = base._alignment_loss(text, text_mask, vision, torch.ones(3, 3, dtype=torch.bool))
+    assert loss.item() == pytest.approx((positive + negative).item(), rel=1e-5)
+    assert loss.item() != pytest.approx(masked_slot_used.item(), rel=1e-3)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, List, Value
+from test_modeling import all_path_scores
 from transformers import EvalPrediction, TrainingArguments
 
 from conftest import NER_LABELS, make_image_processor, make_tokenizer, tiny_config
@@ -71,7 +72,7 @@ def test_compute_loss_adds_the_weighted_regularizers_and_logs_their_means(traine
     trainer.model.eval()
     with torch.no_grad():
         loss, outputs = trainer.compute_loss(trainer.model, batch, return_outputs=True)
-    expected = outputs.loss + 0.5 * outputs.kl_text + 0.25 * outputs.kl_vision + 2.0 * outputs.alignment_loss
+    expected = outputs.task_loss + 0.5 * outputs.kl_text + 0.25 * outputs.kl_vision + 2.0 * outputs.alignment_loss
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
     trainer.model.train()
@@ -82,7 +83,7 @@ def test_compute_loss_adds_the_weighted_regularizers_and_logs_their_means(traine
         parts.append(outputs)
     logs = {"loss": 1.0}
     trainer.log(logs)
-    assert logs["task_loss"] == pytest.approx(round((parts[0].loss + parts[1].loss).item() / 2, 4), abs=1e-4)
+    assert logs["task_loss"] == pytest.approx(round((parts[0].task_loss + parts[1].task_loss).item() / 2, 4), abs=1e-4)
     assert logs["kl_text"] == pytest.approx(round((parts[0].kl_text + parts[1].kl_text).item() / 2, 4), abs=1e-4)
     assert trainer._loss_part_count == 0
     eval_logs = {"eval_loss": 1.0}
@@ -90,12 +91,53 @@ def test_compute_loss_adds_the_weighted_regularizers_and_logs_their_means(traine
     assert "task_loss" not in eval_logs
 
 
+def bio_entities(tags: list[str]) -> set[tuple[int, int, str]]:
+    """(start, end, type) spans of a BIO sequence, written out for the test (an I- without its B- starts nothing)."""
+    spans, start, kind = set(), None, None
+    for position, tag in enumerate([*tags, "O"]):
+        if start is not None and tag != f"I-{kind}":
+            spans.add((start, position, kind))
+            start = None
+        if tag.startswith("B-"):
+            start, kind = position, tag[2:]
+    return spans
+
+
 def test_predict_returns_viterbi_paths_and_word_level_metrics(trainer):
+    model = trainer.model
+    label_id = {name: index for index, name in enumerate(NER_LABELS)}
+    with torch.no_grad():
+        # Transitions that spell B-PER I-PER O B-LOC over four words, far above the tiny random emissions.
+        model.crf.start_transitions.fill_(-5.0)
+        model.crf.start_transitions[label_id["B-PER"]] = 5.0
+        model.crf.end_transitions.fill_(-5.0)
+        model.crf.end_transitions[label_id["B-LOC"]] = 5.0
+        model.crf.transitions.fill_(-5.0)
+        for previous, current in [("B-PER", "I-PER"), ("I-PER", "O"), ("O", "B-LOC")]:
+            model.crf.transitions[label_id[previous], label_id[current]] = 5.0
     output = trainer.predict(ner_dataset())
-    assert output.predictions.shape == (2, 4)
-    assert np.isin(output.predictions, np.arange(len(NER_LABELS))).all()
-    assert {"test_precision", "test_recall", "test_f1", "test_truncated_words"} <= set(output.metrics)
+
+    model.eval()
+    batch = trainer.data_collator(list(ner_dataset()))
+    with torch.no_grad():
+        logits = model(**batch).logits
+    for post in range(2):
+        paths, scores = all_path_scores(model.crf, logits[post])
+        assert output.predictions[post].tolist() == paths[scores.argmax()].tolist()
+    designed = [label_id[tag] for tag in ("B-PER", "I-PER", "O", "B-LOC")]
+    assert output.predictions.tolist() == [designed, designed]
     assert output.label_ids.tolist() == [[1, 2, 0, 3], [0, 0, 3, 0]]
+
+    gold = [bio_entities([NER_LABELS[i] for i in row]) for row in output.label_ids.tolist()]
+    predicted = [bio_entities([NER_LABELS[i] for i in row]) for row in output.predictions.tolist()]
+    correct = sum(len(g & p) for g, p in zip(gold, predicted))
+    precision = correct / sum(map(len, predicted))
+    recall = correct / sum(map(len, gold))
+    assert (correct, precision, recall) == (2, 0.5, pytest.approx(2 / 3))
+    assert output.metrics["test_precision"] == pytest.approx(precision)
+    assert output.metrics["test_recall"] == pytest.approx(recall)
+    assert output.metrics["test_f1"] == pytest.approx(2 * precision * recall / (precision + recall))
+    assert output.metrics["test_truncated_words"] == 0
 
 
 def test_truncated_words_are_predicted_o_and_scored():
