@@ -23,7 +23,6 @@ import transformers
 import yaml
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -44,6 +43,7 @@ from mmib.predictions import (
     relation_labels_from_logits,
 )
 from mmib.trainer import MMIBTrainer
+from mmib.vision_towers import load_image_processor
 
 logger = logging.getLogger("train_mmib")
 
@@ -219,7 +219,7 @@ def build_processor_and_model(model_args: ModelArguments, task: str, label_names
             raise ValueError(f"The checkpoint's processor does task {processor.task!r}, the dataset {task!r}.")
         return processor, model
     tokenizer = AutoTokenizer.from_pretrained(model_args.text_model_name_or_path)
-    image_processor = AutoImageProcessor.from_pretrained(model_args.vision_model_name_or_path)
+    image_processor = load_image_processor(model_args.vision_model_name_or_path)
     processor = MMIBProcessor(
         image_processor,
         tokenizer,
