@@ -351,6 +351,8 @@ class MMIBPreTrainedModel(PreTrainedModel):
         vision_model = None
         if isinstance(vision_model_name_or_path, PreTrainedConfig):
             vision_config = _vision_sub_config(vision_model_name_or_path)
+            if vision_config.model_type == "timm_wrapper":
+                vision_model = _timm_initialised_tower(vision_config)
         else:
             vision_config = _vision_sub_config(AutoConfig.from_pretrained(vision_model_name_or_path))
             vision_model = AutoModel.from_pretrained(vision_model_name_or_path, config=vision_config)
@@ -369,6 +371,18 @@ def _vision_sub_config(config: PreTrainedConfig) -> PreTrainedConfig:
     """The image tower's config: the `vision_config` of a dual encoder (CLIP, SigLIP), whose vision model classes
     load the vision half of its weights, else the config itself."""
     return getattr(config, "vision_config", None) or config
+
+
+def _timm_initialised_tower(config: PreTrainedConfig) -> PreTrainedModel:
+    """A random timm tower with timm's own initialisation. transformers draws every timm convolution from
+    N(0, 0.02), under which activations vanish through a deep CNN (EfficientNet-Lite0's pooled features come out
+    ~1e-20), which would make a "random tower" baseline meaningless."""
+    import timm  # a TimmWrapper tower needs timm in any case
+
+    tower = AutoModel.from_config(config)
+    fresh = timm.create_model(config.architecture, pretrained=False, num_classes=0, **(config.model_args or {}))
+    tower.timm_model.load_state_dict(fresh.state_dict())
+    return tower
 
 
 class MMIBModel(MMIBPreTrainedModel):

@@ -39,7 +39,13 @@ INVERTED_RESIDUAL_NAMES = {
     "_project_conv": "conv_pwl",
     "_bn2": "bn3",
 }
-TOP_LEVEL_NAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+TOP_LEVEL_NAMES = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
 
 
 def source_state_dict_path() -> Path:
@@ -48,7 +54,9 @@ def source_state_dict_path() -> Path:
 
 def timm_block_names(timm_model: torch.nn.Module) -> list[str]:
     """`blocks.<stage>.<index>` of every block in execution order, the order of the source's `_blocks.<n>`."""
-    return [f"blocks.{stage}.{index}" for stage, blocks in enumerate(timm_model.blocks) for index in range(len(blocks))]
+    return [
+        f"blocks.{stage}.{index}" for stage, blocks in enumerate(timm_model.blocks) for index in range(len(blocks))
+    ]
 
 
 def rename(source: dict[str, torch.Tensor], block_names: list[str]) -> dict[str, torch.Tensor]:
@@ -58,9 +66,8 @@ def rename(source: dict[str, torch.Tensor], block_names: list[str]) -> dict[str,
         parts = name.split(".")
         if parts[0] == "_blocks":
             block, layer = int(parts[1]), parts[2]
-            names = SEPARABLE_BLOCK_NAMES if "_expand_conv" not in _layers_of_block(source, block) else (
-                INVERTED_RESIDUAL_NAMES
-            )
+            expands = "_expand_conv" in _layers_of_block(source, block)
+            names = INVERTED_RESIDUAL_NAMES if expands else SEPARABLE_BLOCK_NAMES
             if layer not in names:
                 raise ValueError(f"Unexpected tensor {name} in the source state dict.")
             renamed[".".join([block_names[block], names[layer], *parts[3:]])] = tensor
@@ -84,10 +91,14 @@ def load_into_timm(source_path: Path) -> torch.nn.Module:
     expected = timm_model.state_dict()
     missing, unexpected = sorted(set(expected) - set(renamed)), sorted(set(renamed) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"Renamed weights do not fit {ARCHITECTURE}: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+        raise ValueError(
+            f"Renamed weights do not fit {ARCHITECTURE}: missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
     for name, tensor in renamed.items():
         if tensor.shape != expected[name].shape:
-            raise ValueError(f"{name}: shape {tuple(tensor.shape)} in the source, {tuple(expected[name].shape)} in timm.")
+            raise ValueError(
+                f"{name}: shape {tuple(tensor.shape)} in the source, {tuple(expected[name].shape)} in timm."
+            )
     timm_model.load_state_dict(renamed, strict=True)
     return timm_model.eval()
 

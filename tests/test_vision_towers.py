@@ -32,7 +32,12 @@ from mmib.vision_towers import load_image_processor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMER_SHAPE = dict(
-    hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=8
+    hidden_size=16,
+    intermediate_size=24,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=IMAGE_SIZE,
+    patch_size=8,
 )
 
 
@@ -206,6 +211,20 @@ def test_from_text_vision_pretrained_loads_a_tower_folder(family, text_tower_fol
     assert all(torch.equal(loaded[name], expected[name]) for name in expected)
 
 
+def test_a_random_timm_tower_keeps_timms_initialisation(text_tower_folder):
+    torch.manual_seed(0)
+    model = MMIBForTokenClassification.from_text_vision_pretrained(
+        str(text_tower_folder),
+        TimmWrapperConfig(architecture="test_efficientnet"),
+        apenc_num_attention_heads=4,
+        id2label={0: "O"},
+    ).eval()
+    with torch.no_grad():
+        features = model.mmib.get_image_features(torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE))
+    # transformers' N(0, 0.02) initialisation of timm convolutions gives features of std ~1e-14 here.
+    assert features.std() > 1e-3
+
+
 def test_load_image_processor_reads_the_towers_own_settings(tmp_path):
     transformers_tower, timm_tower, bare_tower = tmp_path / "vit", tmp_path / "timm", tmp_path / "bare"
     ConvNextImageProcessor(size={"shortest_edge": 48}, image_mean=[0.1, 0.2, 0.3]).save_pretrained(transformers_tower)
@@ -263,7 +282,6 @@ def test_converted_efficientnet_lite0_classifies_skimage_pictures(efficientnet_l
 def test_converted_efficientnet_lite0_equals_timm_with_the_original_weights(efficientnet_lite0):
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
     from convert_efficientnet_lite0 import load_into_timm, source_state_dict_path
-
     from transformers import AutoModelForImageClassification
 
     reference = load_into_timm(source_state_dict_path()).double()
