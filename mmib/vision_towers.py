@@ -14,7 +14,8 @@ _TIMM_CONFIG_FILE = "config.json"
 def load_image_processor(vision_model_name_or_path: str) -> BaseImageProcessor:
     """
     The image processor that a vision tower was trained with: `AutoImageProcessor.from_pretrained` of its folder or
-    Hub id (resize, crop, mean/std of that checkpoint; e.g. `TimmWrapperImageProcessor` for a timm tower).
+    Hub id (resize, crop, mean/std of that checkpoint; e.g. `TimmWrapperImageProcessor` for a timm tower, made
+    savable with an [`MMIBProcessor`]).
 
     Args:
         vision_model_name_or_path (`str`): the folder or Hub id given as the vision tower.
@@ -31,7 +32,13 @@ def load_image_processor(vision_model_name_or_path: str) -> BaseImageProcessor:
             f"{_TIMM_CONFIG_FILE}), so the tower's preprocessing is unknown. Save the processor the tower was "
             f"trained with there (`image_processor.save_pretrained('{folder}')`)."
         )
-    return AutoImageProcessor.from_pretrained(vision_model_name_or_path)
+    image_processor = AutoImageProcessor.from_pretrained(vision_model_name_or_path)
+    if type(image_processor).__name__ == "TimmWrapperImageProcessor":
+        # It is built from `pretrained_cfg` but does not keep it, so the copy saved inside an MMIB checkpoint could
+        # not be rebuilt. Its resolved `data_config` (size, crop, interpolation, mean, std) is a complete
+        # `pretrained_cfg`; stored as an attribute it becomes part of the saved dict.
+        image_processor.pretrained_cfg = dict(image_processor.data_config)
+    return image_processor
 
 
 def _has_image_processor_settings(folder: Path) -> bool:

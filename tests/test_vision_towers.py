@@ -25,8 +25,8 @@ from transformers import (
     ViTConfig,
 )
 
-from conftest import IMAGE_SIZE, make_image_processor, tiny_config, tiny_text_config, tiny_vision_config
-from mmib import MMIBForTokenClassification
+from conftest import IMAGE_SIZE, make_image, make_image_processor, tiny_config, tiny_text_config, tiny_vision_config
+from mmib import MMIBForTokenClassification, MMIBProcessor
 from mmib.features import vision_fingerprint
 from mmib.vision_towers import load_image_processor
 
@@ -246,6 +246,25 @@ def test_load_image_processor_reads_the_towers_own_settings(tmp_path):
     AutoModel.from_config(tiny_vision_config()).config.save_pretrained(bare_tower)
     with pytest.raises(ValueError, match="bare has no image processor settings"):
         load_image_processor(str(bare_tower))
+
+
+def test_a_timm_image_processor_survives_the_mmib_processor_round_trip(tmp_path, tokenizer):
+    timm_tower = tmp_path / "timm"
+    timm_tower.mkdir()
+    timm_config = TimmWrapperConfig(architecture="test_efficientnet").to_dict()
+    timm_config["pretrained_cfg"] = {"input_size": [3, 40, 40], "mean": [0.5] * 3, "std": [0.25] * 3, "crop_pct": 0.8}
+    (timm_tower / "config.json").write_text(json.dumps(timm_config))
+    processor = MMIBProcessor(load_image_processor(str(timm_tower)), tokenizer, num_crops=1)
+    processor.save_pretrained(tmp_path / "checkpoint")
+    reloaded = MMIBProcessor.from_pretrained(tmp_path / "checkpoint")
+    assert reloaded.image_processor.data_config == processor.image_processor.data_config
+    image = make_image(0, size=(64, 48))
+    torch.testing.assert_close(
+        reloaded([["the", "city"]], images=[image])["pixel_values"],
+        processor([["the", "city"]], images=[image])["pixel_values"],
+        rtol=0,
+        atol=0,
+    )
 
 
 # --- the converted EfficientNet-Lite0 ----------------------------------------------------------------------------
