@@ -29,7 +29,8 @@ class MMIBConfig(PreTrainedConfig):
             tower's `pooler_output` (ResNet and ConvNeXt: global average pool, + LayerNorm for ConvNeXt; CLIP vision:
             the post-LayerNorm CLS token; SigLIP vision: its attention-pooling head; timm: the model's own head
             pooling, `forward_head(pre_logits=True)`). `"cls"`: the first token of `last_hidden_state`. `"mean"`:
-            the mean of `last_hidden_state` over patches (tokens, or the H x W positions of a CNN feature map).
+            the mean of `last_hidden_state` over its tokens (all of them, e.g. the CLS token with the patches) or
+            over the H x W positions of a CNN feature map.
             Defaults to `"cls"` for ViT and DeiT (their `pooler_output` is an extra dense + tanh layer that image
             classification checkpoints do not train) and `"pooler"` for every other tower.
         latent_size (`int`, *optional*):
