@@ -137,7 +137,8 @@ def test_save_and_reload_give_equal_outputs(family, tmp_path):
     batch = make_batch()
     with torch.no_grad():
         before, after = model(**batch), reloaded(**batch)
-    torch.testing.assert_close(after.logits, before.logits, rtol=0, atol=0)
+    # Equal up to float32 rounding: memory-mapped safetensors weights may take another (unaligned) GEMM kernel.
+    torch.testing.assert_close(after.logits, before.logits, rtol=1e-5, atol=1e-6)
     assert torch.equal(after.predictions, before.predictions)
 
 
