@@ -8,11 +8,11 @@ halves disagree. `train_mmib.py` uses both.
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoTokenizer,
     BaseImageProcessor,
     ConvNextImageProcessor,
@@ -22,6 +22,7 @@ from transformers.utils import cached_file
 
 from .modeling_mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBPreTrainedModel
 from .processing_mmib import MMIBProcessor, check_processor_matches_config
+from .vision_towers import has_image_processor_settings, load_image_processor
 
 # The paper's settings: 4 crops and 128 tokens for Twitter-2015/2017 NER, 3 crops and 80 tokens for MNRE.
 TASK_DEFAULTS = {"ner": {"num_crops": 4, "max_length": 128}, "re": {"num_crops": 3, "max_length": 80}}
@@ -43,15 +44,19 @@ def resnet_image_processor() -> ConvNextImageProcessor:
 
 
 def image_processor_for(vision_model_name_or_path: str | os.PathLike) -> BaseImageProcessor:
-    """The vision tower's own image processor when its folder or Hub repository has a `preprocessor_config.json`,
-    else [`resnet_image_processor`]."""
-    found = cached_file(
-        vision_model_name_or_path,
-        "preprocessor_config.json",
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-    )
-    return AutoImageProcessor.from_pretrained(vision_model_name_or_path) if found else resnet_image_processor()
+    """The vision tower's own image processor ([`~mmib.vision_towers.load_image_processor`]) when its folder or Hub
+    repository has image processor settings (a `preprocessor_config.json`, or a timm `pretrained_cfg`), else
+    [`resnet_image_processor`]."""
+    if os.path.isdir(vision_model_name_or_path):
+        found = has_image_processor_settings(Path(vision_model_name_or_path))
+    else:
+        found = cached_file(
+            vision_model_name_or_path,
+            "preprocessor_config.json",
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+    return load_image_processor(vision_model_name_or_path) if found else resnet_image_processor()
 
 
 def build_model_and_processor(

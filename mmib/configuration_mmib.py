@@ -1,9 +1,12 @@
 """MMIB model configuration."""
 
+import functools
+import json
 from typing import Literal
 
+import torch
 from transformers import PreTrainedConfig
-from transformers.models.auto import CONFIG_MAPPING, AutoConfig
+from transformers.models.auto import CONFIG_MAPPING, AutoConfig, AutoModel
 
 
 class MMIBConfig(PreTrainedConfig):
@@ -18,8 +21,18 @@ class MMIBConfig(PreTrainedConfig):
             Configuration of the text tower: any BERT-like encoder known to `AutoModel`. Defaults to `BertConfig()`
             (the shape of `bert-base-cased`).
         vision_config (`dict` or `PreTrainedConfig`, *optional*):
-            Configuration of the vision tower: any `AutoModel` vision model whose output has a `pooler_output`.
-            Defaults to `ResNetConfig()` (the shape of `microsoft/resnet-50`).
+            Configuration of the vision tower: any `AutoModel` image backbone (ResNet, ConvNeXt, ViT,
+            `CLIPVisionConfig`, `SiglipVisionConfig`, `TimmWrapperConfig` for any timm architecture, ...). Defaults
+            to `ResNetConfig()` (the shape of `microsoft/resnet-50`).
+        vision_feature_pooling (`str`, *optional*):
+            How [`MMIBModel.get_image_features`] turns the tower's output into one vector per image. `"pooler"`: the
+            tower's `pooler_output` (ResNet and ConvNeXt: global average pool, + LayerNorm for ConvNeXt; CLIP vision:
+            the post-LayerNorm CLS token; SigLIP vision: its attention-pooling head; timm: the model's own head
+            pooling, `forward_head(pre_logits=True)`). `"cls"`: the first token of `last_hidden_state`. `"mean"`:
+            the mean of `last_hidden_state` over its tokens (all of them, e.g. the CLS token with the patches) or
+            over the H x W positions of a CNN feature map.
+            Defaults to `"cls"` for ViT and DeiT (their `pooler_output` is an extra dense + tanh layer that image
+            classification checkpoints do not train) and `"pooler"` for every other tower.
         latent_size (`int`, *optional*):
             Size d of every latent variable and fused representation. Defaults to the text tower's hidden size; when
             it differs, the text states are projected to it.
@@ -90,6 +103,7 @@ class MMIBConfig(PreTrainedConfig):
 
     text_config: dict | PreTrainedConfig | None = None
     vision_config: dict | PreTrainedConfig | None = None
+    vision_feature_pooling: Literal["pooler", "cls", "mean"] | None = None
     latent_size: int | None = None
     apenc_num_attention_heads: int = 12
     apenc_intermediate_size: int | None = None
@@ -113,6 +127,8 @@ class MMIBConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         self.text_config = _build_sub_config(self.text_config, "bert")
         self.vision_config = _build_sub_config(self.vision_config, "resnet")
+        if self.vision_feature_pooling is None:
+            self.vision_feature_pooling = "cls" if self.vision_config.model_type in _CLS_POOLED_TOWERS else "pooler"
         if self.latent_size is None:
             self.latent_size = self.text_config.hidden_size
         if self.apenc_intermediate_size is None:
@@ -122,6 +138,7 @@ class MMIBConfig(PreTrainedConfig):
                 f"latent_size ({self.latent_size}) must be divisible by apenc_num_attention_heads "
                 f"({self.apenc_num_attention_heads})."
             )
+        _check_choice("vision_feature_pooling", self.vision_feature_pooling, ("pooler", "cls", "mean"))
         _check_choice("kl_reduction", self.kl_reduction, ("mean", "sum"))
         _check_choice("alignment_pooling", self.alignment_pooling, ("mean", "first"))
         _check_choice("entity_pooling", self.entity_pooling, ("start", "span_mean"))
@@ -131,9 +148,33 @@ class MMIBConfig(PreTrainedConfig):
 
     @property
     def vision_feature_size(self) -> int:
-        """Size of the pooled vision-tower output: the last stage width for CNNs, `hidden_size` otherwise."""
+        """
+        Size of the pooled vision vector: the last stage width `hidden_sizes[-1]` for CNNs (ResNet, ConvNeXt),
+        `hidden_size` for ViT, CLIP and SigLIP vision; for a timm tower the width of its head pooling
+        (`head_hidden_size`, e.g. 1024 for MobileNetV3 whose head adds a 1x1 conv) or of its feature map
+        (`num_features`) for `"cls"` / `"mean"` pooling.
+        """
+        if self.vision_config.model_type == "timm_wrapper":
+            num_features, head_hidden_size = _timm_feature_sizes(
+                self.vision_config.architecture, json.dumps(self.vision_config.model_args, sort_keys=True)
+            )
+            return head_hidden_size if self.vision_feature_pooling == "pooler" else num_features
         hidden_sizes = getattr(self.vision_config, "hidden_sizes", None)
         return hidden_sizes[-1] if hidden_sizes else self.vision_config.hidden_size
+
+
+# ViT and DeiT pool with a dense + tanh layer on the CLS token that is random in image classification checkpoints.
+_CLS_POOLED_TOWERS = ("vit", "deit")
+
+
+@functools.lru_cache
+def _timm_feature_sizes(architecture: str, model_args_json: str) -> tuple[int, int]:
+    """`(num_features, head_hidden_size)` of a timm architecture, read off the model built on the meta device (no
+    memory, ~50 ms): timm configs do not record them."""
+    config = CONFIG_MAPPING["timm_wrapper"](architecture=architecture, model_args=json.loads(model_args_json))
+    with torch.device("meta"):
+        timm_model = AutoModel.from_config(config).timm_model
+    return timm_model.num_features, getattr(timm_model, "head_hidden_size", timm_model.num_features)
 
 
 def _build_sub_config(value: dict | PreTrainedConfig | None, default_model_type: str) -> PreTrainedConfig:

@@ -171,9 +171,11 @@ class ImageFeatureStore:
 
 
 def vision_fingerprint(model: MMIBModel, image_processor: BaseImageProcessor) -> str:
-    """sha256 over the vision tower's weights and config and the image processor's settings."""
+    """sha256 over the vision tower's weights and config, its pooling and the image processor's settings: the same
+    tower pooled another way, or fed other pixels, makes other features."""
     digest = hashlib.sha256()
     digest.update(model.config.vision_config.to_json_string().encode())
+    digest.update(model.config.vision_feature_pooling.encode())
     digest.update(image_processor.to_json_string().encode())
     for name, tensor in sorted(model.vision_model.state_dict().items()):
         digest.update(name.encode())

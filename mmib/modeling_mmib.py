@@ -461,9 +461,11 @@ class MMIBPreTrainedModel(PreTrainedModel):
 
         Args:
             text_model_name_or_path (`str`): Hub id or folder of a BERT-like encoder (e.g. `bert-base-cased`).
-            vision_model_name_or_path (`str` or `PreTrainedConfig`): Hub id or folder of a vision model (e.g.
-                `microsoft/resnet-50`), or a vision config, which gives a randomly initialised tower (for offline
-                smoke runs where no pretrained image weights exist).
+            vision_model_name_or_path (`str` or `PreTrainedConfig`): Hub id or folder of an image backbone of any
+                family in [`MMIBConfig`] (e.g. `microsoft/resnet-50`, `google/vit-base-patch16-224`, a timm model
+                such as `timm/resnet18.a1_in1k`, or the folder of `scripts/convert_efficientnet_lite0.py`); of a
+                CLIP or SigLIP checkpoint only the vision half is loaded. Or a config, which gives a randomly
+                initialised tower (tests and offline smoke runs).
             config_kwargs: other [`MMIBConfig`] fields (`num_crops`, `id2label`, ...).
 
         Returns:
@@ -473,10 +475,12 @@ class MMIBPreTrainedModel(PreTrainedModel):
         text_model = AutoModel.from_pretrained(text_model_name_or_path, **_text_tower_kwargs(text_config))
         vision_model = None
         if isinstance(vision_model_name_or_path, PreTrainedConfig):
-            vision_config = vision_model_name_or_path
+            vision_config = _vision_sub_config(vision_model_name_or_path)
+            if vision_config.model_type == "timm_wrapper":
+                vision_model = _timm_initialised_tower(vision_config)
         else:
-            vision_model = AutoModel.from_pretrained(vision_model_name_or_path)
-            vision_config = vision_model.config
+            vision_config = _vision_sub_config(AutoConfig.from_pretrained(vision_model_name_or_path))
+            vision_model = AutoModel.from_pretrained(vision_model_name_or_path, config=vision_config)
         config = MMIBConfig(text_config=text_model.config, vision_config=vision_config, **config_kwargs)
         model = cls(config)
         # Loaded after construction: post_init() would re-initialise towers passed into __init__.
@@ -486,6 +490,24 @@ class MMIBPreTrainedModel(PreTrainedModel):
             base.vision_model.load_state_dict(vision_model.state_dict())
         model.train()
         return model
+
+
+def _vision_sub_config(config: PreTrainedConfig) -> PreTrainedConfig:
+    """The image tower's config: the `vision_config` of a dual encoder (CLIP, SigLIP), whose vision model classes
+    load the vision half of its weights, else the config itself."""
+    return getattr(config, "vision_config", None) or config
+
+
+def _timm_initialised_tower(config: PreTrainedConfig) -> PreTrainedModel:
+    """A random timm tower with timm's own initialisation. transformers draws every timm convolution from
+    N(0, 0.02), under which activations vanish through a deep CNN (EfficientNet-Lite0's pooled features come out
+    ~1e-20), which would make a "random tower" baseline meaningless."""
+    import timm  # a TimmWrapper tower needs timm in any case
+
+    tower = AutoModel.from_config(config)
+    fresh = timm.create_model(config.architecture, pretrained=False, num_classes=0, **(config.model_args or {}))
+    tower.timm_model.load_state_dict(fresh.state_dict())
+    return tower
 
 
 class MMIBModel(MMIBPreTrainedModel):
@@ -528,7 +550,9 @@ class MMIBModel(MMIBPreTrainedModel):
 
     def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
         """
-        Pooled vision-tower features, the inputs that `image_features` caches.
+        One pooled vision-tower vector per image, the inputs that `image_features` caches. The pooling is
+        `config.vision_feature_pooling`: the tower's `pooler_output` (ResNet, ConvNeXt, CLIP and SigLIP vision,
+        timm), its CLS token (ViT, DeiT), or the mean of its patches.
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(..., 3, H, W)`): images or crops.
@@ -540,7 +564,23 @@ class MMIBModel(MMIBPreTrainedModel):
         # Channels-last inputs make CPU (oneDNN) and GPU convolutions faster: 1.2-1.6x for ResNet-50 on 2 CPU cores.
         flat = pixel_values.reshape(-1, *pixel_values.shape[-3:]).contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision_encoder):
-            pooled = self.vision_model(pixel_values=flat).pooler_output
+            outputs = self.vision_model(pixel_values=flat)
+        pooling = self.config.vision_feature_pooling
+        if pooling == "pooler":
+            if outputs.pooler_output is None:
+                raise ValueError(
+                    f"The {type(self.vision_model).__name__} vision tower returns no pooler_output: set "
+                    "config.vision_feature_pooling to 'cls' or 'mean'."
+                )
+            # ResNet's pooler output keeps its 1 x 1 spatial dimensions; the reshape below drops them.
+            pooled = outputs.pooler_output
+        elif outputs.last_hidden_state.dim() == 4:
+            if pooling == "cls":
+                raise ValueError("vision_feature_pooling='cls' needs a token sequence; this tower is convolutional.")
+            pooled = outputs.last_hidden_state.mean(dim=(-2, -1))
+        else:
+            tokens = outputs.last_hidden_state
+            pooled = tokens[:, 0] if pooling == "cls" else tokens.mean(dim=1)
         return pooled.reshape(*leading_shape, -1)
 
     def _image_inputs(
