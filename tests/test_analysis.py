@@ -239,15 +239,22 @@ def test_ablation_refuses_a_config_without_the_switches(monkeypatch):
 
 
 def test_sweep_series_share_runs_and_plot(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("num_train_epochs: 1\n")
     trainer = FakeTrainer(tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        beta_sweep.run_sweep(str(tmp_path / "missing.yaml"), tmp_path / "out", runner=trainer)
     points = beta_sweep.run_sweep(
-        "config.yaml", tmp_path / "out", beta_text=[0.0, 1.0], beta_vision=[0.1, 1.0], seeds=[1, 2], runner=trainer
+        str(config), tmp_path / "out", beta_text=[0.0, 1.0], beta_vision=[0.1, 1.0], seeds=[1, 2], runner=trainer
     )
     # Series: (0, 1), (1, 1) | (1, 0.1), (1, 1) | both over {0, 0.1, 1}: (0, 0), (0.1, 0.1), (1, 1) -> 5 settings.
     assert len(points) == 7
     assert len(trainer.commands) == 5 * 2
-    flags = [(command[command.index("--beta_text") + 1], command[command.index("--beta_vision") + 1]) for command in trainer.commands]
-    assert sorted(set(flags)) == [("0", "0"), ("0", "1"), ("0.1", "0.1"), ("1", "0.1"), ("1", "1")]
+    flags = [
+        (float(command[command.index("--beta_text") + 1]), float(command[command.index("--beta_vision") + 1]))
+        for command in trainer.commands
+    ]
+    assert sorted(set(flags)) == [(0, 0), (0, 1), (0.1, 0.1), (1, 0.1), (1, 1)]
     both = [point for point in points if point.series == "both"]
     assert [(point.beta_text, point.beta_vision) for point in both] == [(0.0, 0.0), (0.1, 0.1), (1.0, 1.0)]
     assert both[2].mean_std("test") == pytest.approx((0.47, statistics.stdev([0.48, 0.46])))
@@ -258,12 +265,12 @@ def test_sweep_series_share_runs_and_plot(tmp_path):
     for extension in ("png", "svg"):
         assert (tmp_path / "out" / f"beta_sweep.{extension}").stat().st_size > 1000
     with pytest.raises(ValueError, match=">= 0"):
-        beta_sweep.run_sweep("config.yaml", tmp_path / "out", beta_text=[-1.0], runner=trainer)
+        beta_sweep.run_sweep(str(config), tmp_path / "out", beta_text=[-1.0], runner=trainer)
 
 
 def test_training_command_order_and_values(tmp_path):
     run = TrainingRun("x/seed-4", 4, config_overrides={"text_only": True}, flags={"beta_text": 0.5})
-    command = training_command("c.json", run, tmp_path / "x", ["--config_overrides", "latent_size=8"], tmp_path)
+    command = training_command("c.yaml", run, tmp_path / "x", ["--config_overrides", "latent_size=8"], tmp_path)
     assert command[1].endswith("train_mmib.py") and Path(command[1]).is_file() and command[0] == sys.executable
     assert command[command.index("--config_overrides", 4) + 1] == "latent_size=8,text_only=true"
     assert command[-4:] == ["--seed", "4", "--output_dir", str(tmp_path / "x")]

@@ -111,7 +111,7 @@ def execute_runs(
     returns the results of all of them by run name.
 
     Args:
-        config_file (`str`): `train_mmib.py` config file (YAML / JSON), or its first flag.
+        config_file (`str`): `train_mmib.py` config file (YAML / JSON).
         runs (`Sequence[TrainingRun]`): the runs.
         output_dir (`str` or `Path`): each run writes to `output_dir/<run.name>`.
         extra_args (`Sequence[str]`): more `train_mmib.py` flags for every run.
@@ -121,6 +121,8 @@ def execute_runs(
     """
     from tqdm.auto import tqdm
 
+    if not Path(config_file).is_file():
+        raise FileNotFoundError(f"Training config {config_file} not found.")
     output_dir = Path(output_dir)
     results = {}
     for run in tqdm(runs, desc="training runs", unit="run"):
