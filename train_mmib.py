@@ -362,7 +362,7 @@ def main() -> None:
     processor, model = build_processor_and_model(model_args, task, label_names)
 
     feature_store = None
-    if model.config.freeze_vision_encoder:
+    if model.config.freeze_vision_encoder and not model.config.text_only:
         paths = [path for dataset in data.values() for path in dataset["image"]]
         paths += [path for dataset in data.values() for crops in dataset["crops"] for path in crops]
         # The main process fills --image_feature_cache first; the other processes then read it.

@@ -2,8 +2,8 @@
 
 Model: `MMIBForTokenClassification.from_text_vision_pretrained(<MiniLM>, ResNetConfig())` (MiniLM-L6 text tower,
 ResNet-50-shaped vision tower with random weights), batches of real Twitter-2017 posts with synthetic 224x224
-pixels for the image and 4 crops of every post. One optimizer step = forward + loss (task + beta_text kl_text +
-beta_vision kl_vision + alignment_weight alignment_loss, as `MMIBTrainer.compute_loss`) + backward + gradient
+pixels for the image and 4 crops of every post. One optimizer step = forward + loss (`outputs.loss`, the objective
+of paper eq. 29 that `MMIBTrainer.compute_loss` also uses) + backward + gradient
 clipping to norm 1 (as `Trainer`) + fused AdamW step (the `Trainer` default optimizer). Variants:
 
 - `authors`: `pixel_values` every step, so the frozen ResNet-50 re-runs on 8 x (1 + 4) = 40 images per step, as the
@@ -120,17 +120,6 @@ def compute_image_features(
     return features, seconds
 
 
-def total_loss(model: MMIBForTokenClassification, outputs: Any) -> torch.Tensor:
-    """Paper eq. 29 with the config weights, as `MMIBTrainer.compute_loss`."""
-    config = model.config
-    return (
-        outputs.loss
-        + config.beta_text * outputs.kl_text
-        + config.beta_vision * outputs.kl_vision
-        + config.alignment_weight * outputs.alignment_loss
-    )
-
-
 def train_step(
     model: MMIBForTokenClassification,
     optimizer: torch.optim.Optimizer,
@@ -143,8 +132,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         outputs = model(**text_inputs, **image_inputs)
-        loss = total_loss(model, outputs)
-    loss.backward()
+    outputs.loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
     optimizer.step()
     return time.perf_counter() - start

@@ -19,6 +19,7 @@ from .modeling_mmib import (
     MMIBForTokenClassification,
     MMIBModel,
     MMIBPreTrainedModel,
+    mmib_total_loss,
 )
 from .processing_mmib import MMIBProcessor
 
@@ -37,4 +38,5 @@ __all__ = [
     "MMIBModel",
     "MMIBPreTrainedModel",
     "MMIBProcessor",
+    "mmib_total_loss",
 ]

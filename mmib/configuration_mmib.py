@@ -48,6 +48,18 @@ class MMIBConfig(PreTrainedConfig):
             In-batch negatives per post for the alignment regularizer: among the posts that have an image, post i
             is paired with the images of posts i-1, ..., i-k (the batch rolled by 1..k). Capped at that number
             minus one, so a batch with a single image has no negative term.
+        use_refinement_regularizer (`bool`, *optional*, defaults to `True`):
+            Ablation switch for the refinement regularizer L_rr (the two KL terms). `False`: the variational encoders
+            have no log-variance APEnc layer, Z = mean in training too, and `kl_text` / `kl_vision` are `None` and
+            absent from the loss.
+        use_alignment_regularizer (`bool`, *optional*, defaults to `True`):
+            Ablation switch for the alignment regularizer L_ar. `False`: the model has no discriminator, and
+            `alignment_loss` is `None` and absent from the loss.
+        text_only (`bool`, *optional*, defaults to `False`):
+            Text-only baseline: no vision tower, no vision projection or variational encoder, no discriminator and
+            no fusion APEnc layers; the text latents Z^T go straight to the same task head. `pixel_values`,
+            `image_features` and `image_mask` are accepted and ignored, so the processor's output runs unchanged;
+            `kl_vision` and `alignment_loss` are `None`. `vision_config` is kept (and saved) but builds nothing.
         freeze_vision_encoder (`bool`, *optional*, defaults to `True`):
             Keep the vision tower frozen and in eval mode (BatchNorm statistics do not drift), which also makes its
             features cacheable. `False` trains it.
@@ -86,6 +98,9 @@ class MMIBConfig(PreTrainedConfig):
     kl_reduction: Literal["mean", "sum"] = "mean"
     alignment_pooling: Literal["mean", "first"] = "mean"
     num_negatives: int = 1
+    use_refinement_regularizer: bool = True
+    use_alignment_regularizer: bool = True
+    text_only: bool = False
     freeze_vision_encoder: bool = True
     entity_pooling: Literal["start", "span_mean"] = "start"
     layer_norm_eps: float = 1e-12

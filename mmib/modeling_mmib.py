@@ -24,17 +24,20 @@ class MMIBModelOutput(ModelOutput):
         text_latent_mean (`torch.FloatTensor` of shape `(B, L, d)`):
             Mean of q(Z^T | X^T).
         text_latent_logvar (`torch.FloatTensor` of shape `(B, L, d)`):
-            Log-variance of q(Z^T | X^T).
+            Log-variance of q(Z^T | X^T); `None` without the refinement regularizer.
         vision_latent_mean (`torch.FloatTensor` of shape `(B, N, d)`):
-            Mean of q(Z^V | X^V).
+            Mean of q(Z^V | X^V); `None` for a `text_only` model.
         vision_latent_logvar (`torch.FloatTensor` of shape `(B, N, d)`):
-            Log-variance of q(Z^V | X^V).
+            Log-variance of q(Z^V | X^V); `None` for a `text_only` model or without the refinement regularizer.
         kl_text (`torch.FloatTensor` of shape `()`):
-            KL(q(Z^T | X^T) || N(0, I)) over valid tokens, reduced as `config.kl_reduction` says.
+            KL(q(Z^T | X^T) || N(0, I)) over valid tokens, reduced as `config.kl_reduction` says, in fp32; `None`
+            when `config.use_refinement_regularizer` is False.
         kl_vision (`torch.FloatTensor` of shape `()`):
-            KL(q(Z^V | X^V) || N(0, I)) over present image slots; 0 when the batch has no image.
+            KL(q(Z^V | X^V) || N(0, I)) over present image slots, in fp32; 0 when the batch has no image; `None`
+            without the refinement regularizer or for a `text_only` model.
         alignment_loss (`torch.FloatTensor` of shape `()`):
-            Discriminator binary cross-entropy of the alignment regularizer; 0 when no post has an image.
+            Discriminator binary cross-entropy of the alignment regularizer, in fp32; 0 when no post has an image;
+            `None` when `config.use_alignment_regularizer` is False or for a `text_only` model.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -54,17 +57,20 @@ class MMIBTokenClassifierOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
-            Task loss only: CRF negative log-likelihood, mean over posts. The regularizers are separate fields;
-            `MMIBTrainer.compute_loss` adds them with the config's weights.
+            The training objective of paper eq. 29, [`mmib_total_loss`]: `task_loss` + beta_text * `kl_text` +
+            beta_vision * `kl_vision` + alignment_weight * `alignment_loss` (absent terms left out).
+        task_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            CRF negative log-likelihood, mean over posts.
         logits (`torch.FloatTensor` of shape `(B, W, K)`):
             CRF emission scores at the first sub-word of each word.
         predictions (`torch.LongTensor` of shape `(B, W)`, *optional*, returned in eval mode):
             Viterbi label ids per word, -100 at padded word positions.
-        kl_text, kl_vision, alignment_loss (`torch.FloatTensor` of shape `()`):
+        kl_text, kl_vision, alignment_loss (`torch.FloatTensor` of shape `()`, *optional*):
             As in [`MMIBModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
+    task_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     predictions: torch.LongTensor | None = None
     kl_text: torch.FloatTensor | None = None
@@ -79,14 +85,17 @@ class MMIBRelationClassifierOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
-            Task loss only: cross-entropy, mean over posts.
+            The training objective of paper eq. 29, [`mmib_total_loss`], as in [`MMIBTokenClassifierOutput`].
+        task_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            Cross-entropy, mean over posts.
         logits (`torch.FloatTensor` of shape `(B, R)`):
             Relation scores (before softmax).
-        kl_text, kl_vision, alignment_loss (`torch.FloatTensor` of shape `()`):
+        kl_text, kl_vision, alignment_loss (`torch.FloatTensor` of shape `()`, *optional*):
             As in [`MMIBModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
+    task_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     kl_text: torch.FloatTensor | None = None
     kl_vision: torch.FloatTensor | None = None
@@ -177,7 +186,8 @@ class MMIBVariationalEncoder(nn.Module):
     def __init__(self, config: MMIBConfig):
         super().__init__()
         self.mean_encoder = MMIBAttentivePropagationEncoder(config)
-        self.logvar_encoder = MMIBAttentivePropagationEncoder(config)
+        # Without the refinement regularizer the latent is deterministic: there is no variance to learn.
+        self.logvar_encoder = MMIBAttentivePropagationEncoder(config) if config.use_refinement_regularizer else None
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
@@ -187,9 +197,12 @@ class MMIBVariationalEncoder(nn.Module):
 
         Returns:
             `(latents, mean, logvar)`, each of shape `(B, L, d)`. `latents` is a reparameterised sample
-            mean + exp(logvar / 2) * eps in training mode and the mean in eval mode.
+            mean + exp(logvar / 2) * eps in training mode and the mean in eval mode. Without a log-variance encoder
+            (`config.use_refinement_regularizer=False`), `logvar` is `None` and `latents` is the mean.
         """
         mean = self.mean_encoder(states, states, mask)
+        if self.logvar_encoder is None:
+            return mean, mean, None
         logvar = self.logvar_encoder(states, states, mask)
         if not self.training:
             return mean, mean, logvar
@@ -357,7 +370,7 @@ class MMIBPreTrainedModel(PreTrainedModel):
         # Loaded after construction: post_init() would re-initialise towers passed into __init__.
         base = getattr(model, cls.base_model_prefix, model)
         base.text_model.load_state_dict(text_model.state_dict())
-        if vision_model is not None:
+        if vision_model is not None and base.vision_model is not None:
             base.vision_model.load_state_dict(vision_model.state_dict())
         model.train()
         return model
@@ -372,24 +385,30 @@ class MMIBModel(MMIBPreTrainedModel):
     def __init__(self, config: MMIBConfig):
         super().__init__(config)
         self.text_model = AutoModel.from_config(config.text_config, **_text_tower_kwargs(config.text_config))
-        self.vision_model = AutoModel.from_config(config.vision_config)
         text_size = config.text_config.hidden_size
         self.text_projection = (
             nn.Identity() if text_size == config.latent_size else nn.Linear(text_size, config.latent_size)
         )
-        self.vision_projection = nn.Linear(config.vision_feature_size, config.latent_size)
         self.text_variational_encoder = MMIBVariationalEncoder(config)
-        self.vision_variational_encoder = MMIBVariationalEncoder(config)
-        self.discriminator = MMIBDiscriminator(config)
-        self.vision_to_text_encoder = MMIBAttentivePropagationEncoder(config)
-        self.text_to_vision_encoder = MMIBAttentivePropagationEncoder(config)
-        if config.freeze_vision_encoder:
-            self.vision_model.requires_grad_(False)
+        # Ablations build only what they run: a module that never runs would be dead weight in the checkpoint and
+        # an unused parameter under DDP.
+        self.vision_model = self.vision_projection = self.vision_variational_encoder = None
+        self.vision_to_text_encoder = self.text_to_vision_encoder = self.discriminator = None
+        if not config.text_only:
+            self.vision_model = AutoModel.from_config(config.vision_config)
+            self.vision_projection = nn.Linear(config.vision_feature_size, config.latent_size)
+            self.vision_variational_encoder = MMIBVariationalEncoder(config)
+            if config.use_alignment_regularizer:
+                self.discriminator = MMIBDiscriminator(config)
+            self.vision_to_text_encoder = MMIBAttentivePropagationEncoder(config)
+            self.text_to_vision_encoder = MMIBAttentivePropagationEncoder(config)
+            if config.freeze_vision_encoder:
+                self.vision_model.requires_grad_(False)
         self.post_init()
 
     def train(self, mode: bool = True) -> "MMIBModel":
         super().train(mode)
-        if self.config.freeze_vision_encoder:
+        if self.config.freeze_vision_encoder and self.vision_model is not None:
             self.vision_model.eval()
         return self
 
@@ -447,7 +466,8 @@ class MMIBModel(MMIBPreTrainedModel):
         return image_features, image_mask
 
     def _kl_divergence(self, mean: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """KL(N(mean, exp(logvar)) || N(0, I)) over the valid positions, reduced by `config.kl_reduction`."""
+        """KL(N(mean, exp(logvar)) || N(0, I)) over the valid positions, reduced by `config.kl_reduction`, in fp32."""
+        mean, logvar = mean.float(), logvar.float()
         per_position = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=-1)
         total = (per_position * mask.to(per_position.dtype)).sum()
         if self.config.kl_reduction == "sum":
@@ -473,14 +493,14 @@ class MMIBModel(MMIBPreTrainedModel):
         vision_pooled = self._pool(vision_latents, image_mask)[with_image]
         num_posts = text_pooled.shape[0]
         if num_posts == 0:
-            return text_latents.new_zeros(())
-        positives = self.discriminator(text_pooled, vision_pooled)
+            return text_latents.new_zeros((), dtype=torch.float32)
+        positives = self.discriminator(text_pooled, vision_pooled).float()
         loss = F.binary_cross_entropy_with_logits(positives, torch.ones_like(positives))
         num_negatives = min(self.config.num_negatives, num_posts - 1)
         if num_negatives > 0:
             negatives = torch.cat(
                 [
-                    self.discriminator(text_pooled, vision_pooled.roll(shift, 0))
+                    self.discriminator(text_pooled, vision_pooled.roll(shift, 0)).float()
                     for shift in range(1, num_negatives + 1)
                 ]
             )
@@ -507,6 +527,7 @@ class MMIBModel(MMIBPreTrainedModel):
                 precomputed [`~MMIBModel.get_image_features`] outputs, instead of `pixel_values`.
             image_mask (`torch.Tensor` of shape `(B, N)`, *optional*): True (1) where the slot holds an image.
                 Defaults to all slots present. With neither images nor features, every post is text-only.
+                A `config.text_only` model ignores the three image inputs.
 
         Returns:
             [`MMIBModelOutput`].
@@ -518,30 +539,81 @@ class MMIBModel(MMIBPreTrainedModel):
         text_states = self.text_model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         ).last_hidden_state
-        image_features, image_mask = self._image_inputs(pixel_values, image_features, image_mask, batch_size)
         text_inputs = self.text_projection(text_states)
-        vision_inputs = self.vision_projection(image_features.to(text_inputs.dtype))
-
         text_latents, text_mean, text_logvar = self.text_variational_encoder(text_inputs, text_mask)
+        use_kl = self.config.use_refinement_regularizer
+        kl_text = self._kl_divergence(text_mean, text_logvar, text_mask) if use_kl else None
+        if self.config.text_only:
+            return MMIBModelOutput(
+                last_hidden_state=text_latents,
+                text_latent_mean=text_mean,
+                text_latent_logvar=text_logvar,
+                kl_text=kl_text,
+            )
+
+        image_features, image_mask = self._image_inputs(pixel_values, image_features, image_mask, batch_size)
+        vision_inputs = self.vision_projection(image_features.to(text_inputs.dtype))
         vision_latents, vision_mean, vision_logvar = self.vision_variational_encoder(vision_inputs, image_mask)
 
         text_attended_vision = self.vision_to_text_encoder(vision_latents, text_latents, text_mask)
         fused = self.text_to_vision_encoder(text_latents, text_attended_vision, image_mask)
 
+        alignment_loss = None
+        if self.config.use_alignment_regularizer:
+            alignment_loss = self._alignment_loss(text_latents, text_mask, vision_latents, image_mask)
         return MMIBModelOutput(
             last_hidden_state=fused,
             text_latent_mean=text_mean,
             text_latent_logvar=text_logvar,
             vision_latent_mean=vision_mean,
             vision_latent_logvar=vision_logvar,
-            kl_text=self._kl_divergence(text_mean, text_logvar, text_mask),
-            kl_vision=self._kl_divergence(vision_mean, vision_logvar, image_mask),
-            alignment_loss=self._alignment_loss(text_latents, text_mask, vision_latents, image_mask),
+            kl_text=kl_text,
+            kl_vision=self._kl_divergence(vision_mean, vision_logvar, image_mask) if use_kl else None,
+            alignment_loss=alignment_loss,
         )
 
 
-def _regularizers(outputs: MMIBModelOutput) -> dict[str, torch.Tensor]:
-    return {"kl_text": outputs.kl_text, "kl_vision": outputs.kl_vision, "alignment_loss": outputs.alignment_loss}
+def mmib_total_loss(
+    config: MMIBConfig,
+    task_loss: torch.Tensor,
+    kl_text: torch.Tensor | None = None,
+    kl_vision: torch.Tensor | None = None,
+    alignment_loss: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """
+    The MMIB training objective (paper eq. 29), the one definition that the heads' `loss`, `MMIBTrainer`, the
+    benchmarks and the tests use.
+
+    Args:
+        config ([`MMIBConfig`]): gives the weights `beta_text`, `beta_vision` and `alignment_weight`.
+        task_loss (`torch.Tensor` of shape `()`): CRF negative log-likelihood (MNER) or cross-entropy (MRE).
+        kl_text, kl_vision, alignment_loss (`torch.Tensor` of shape `()`, *optional*): the regularizers;
+            `None` for a term that the model does not compute (ablation switches, `text_only`).
+
+    Returns:
+        `torch.Tensor` of shape `()`: task_loss + beta_text * kl_text + beta_vision * kl_vision
+        + alignment_weight * alignment_loss, leaving out the `None` terms.
+    """
+    loss = task_loss
+    for weight, term in (
+        (config.beta_text, kl_text),
+        (config.beta_vision, kl_vision),
+        (config.alignment_weight, alignment_loss),
+    ):
+        if term is not None:
+            loss = loss + weight * term
+    return loss
+
+
+def _loss_fields(config: MMIBConfig, task_loss: torch.Tensor | None, outputs: MMIBModelOutput) -> dict:
+    """The loss fields of a head output: eq. 29 as `loss` when there is a task loss, and each of its parts."""
+    regularizers = {
+        "kl_text": outputs.kl_text,
+        "kl_vision": outputs.kl_vision,
+        "alignment_loss": outputs.alignment_loss,
+    }
+    loss = None if task_loss is None else mmib_total_loss(config, task_loss, **regularizers)
+    return {"loss": loss, "task_loss": task_loss, **regularizers}
 
 
 class MMIBForTokenClassification(MMIBPreTrainedModel):
@@ -602,13 +674,15 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
             1, word_index.clamp(min=0)[:, :, None].expand(-1, -1, outputs.last_hidden_state.shape[-1])
         )
         logits = self.classifier(self.dropout(word_states))
-        loss = None
+        task_loss = None
         if labels is not None:
             if (word_mask & (labels < 0)).any():
                 raise ValueError("labels hold -100 at a word position: every word needs a label.")
-            loss = self.crf.negative_log_likelihood(logits.float(), labels, word_mask).mean()
+            task_loss = self.crf.negative_log_likelihood(logits.float(), labels, word_mask).mean()
         predictions = None if self.training else self.decode(logits, word_index)
-        return MMIBTokenClassifierOutput(loss=loss, logits=logits, predictions=predictions, **_regularizers(outputs))
+        return MMIBTokenClassifierOutput(
+            logits=logits, predictions=predictions, **_loss_fields(self.config, task_loss, outputs)
+        )
 
 
 class MMIBForRelationClassification(MMIBPreTrainedModel):
@@ -665,8 +739,8 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
         )
         entity_vectors = self._entity_vectors(outputs.last_hidden_state, entity_positions)
         logits = self.classifier(self.dropout(entity_vectors))
-        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
-        return MMIBRelationClassifierOutput(loss=loss, logits=logits, **_regularizers(outputs))
+        task_loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return MMIBRelationClassifierOutput(logits=logits, **_loss_fields(self.config, task_loss, outputs))
 
 
 MMIBModel.register_for_auto_class("AutoModel")
@@ -674,6 +748,7 @@ MMIBForTokenClassification.register_for_auto_class("AutoModelForTokenClassificat
 MMIBForRelationClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 __all__ = [
+    "mmib_total_loss",
     "MMIBPreTrainedModel",
     "MMIBModel",
     "MMIBForTokenClassification",

@@ -16,10 +16,11 @@ class MMIBTrainer(Trainer):
     """
     `Trainer` for [`MMIBForTokenClassification`] and [`MMIBForRelationClassification`].
 
-    - `compute_loss` returns task loss + beta_text * kl_text + beta_vision * kl_vision + alignment_weight *
-      alignment_loss, with the weights read from the model config (set them there, or with the `train_mmib.py`
-      flags of the same names).
-    - Each part is logged next to `loss` under its own name, averaged over the logging interval and over processes.
+    - `compute_loss` returns the model's `loss`, the objective of paper eq. 29 as [`mmib_total_loss`] defines it
+      (task loss + beta_text * kl_text + beta_vision * kl_vision + alignment_weight * alignment_loss, with the
+      weights from the model config; set them there, or with the `train_mmib.py` flags of the same names).
+    - Each part is logged next to `loss` under its own name, averaged over the logging interval and over processes;
+      a part that the model does not compute (ablation switches) is not logged.
     - `prediction_step` returns the CRF's Viterbi paths for NER (padded with -100) and the relation logits for RE.
     - `create_model_card` (called by `push_to_hub`) writes `model_card`, the MMIB card set by `train_mmib.py`,
       instead of the generic Trainer card.
@@ -41,24 +42,13 @@ class MMIBTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         outputs = model(**inputs)
-        config = self.accelerator.unwrap_model(model).config
-        parts = {
-            "task_loss": outputs.loss,
-            "kl_text": outputs.kl_text,
-            "kl_vision": outputs.kl_vision,
-            "alignment_loss": outputs.alignment_loss,
-        }
-        loss = (
-            parts["task_loss"]
-            + config.beta_text * parts["kl_text"]
-            + config.beta_vision * parts["kl_vision"]
-            + config.alignment_weight * parts["alignment_loss"]
-        )
         if model.training:
-            for name, value in parts.items():
-                self._loss_part_sums[name] += value.detach().float()
+            for name in LOSS_PARTS:
+                value = outputs.get(name)
+                if value is not None:
+                    self._loss_part_sums[name] += value.detach().float()
             self._loss_part_count += 1
-        return (loss, outputs) if return_outputs else loss
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
@@ -76,9 +66,11 @@ class MMIBTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._loss_part_count:
-            sums = torch.stack([self._loss_part_sums[name] for name in LOSS_PARTS]) / self._loss_part_count
+            # Every process runs the same config, so every process holds the same parts.
+            names = [name for name in LOSS_PARTS if name in self._loss_part_sums]
+            sums = torch.stack([self._loss_part_sums[name] for name in names]) / self._loss_part_count
             means = self.accelerator.reduce(sums, reduction="mean")
-            logs.update({name: round(value, 4) for name, value in zip(LOSS_PARTS, means.tolist())})
+            logs.update({name: round(value, 4) for name, value in zip(names, means.tolist())})
             self._loss_part_sums.clear()
             self._loss_part_count = 0
         super().log(logs, start_time)
@@ -92,5 +84,5 @@ class MMIBTrainer(Trainer):
     ):
         """As `Trainer.prediction_step`, keeping one output: `predictions` (NER paths) or `logits` (RE)."""
         kept = "predictions" if "word_index" in inputs else "logits"
-        dropped = [key for key in ("logits", "predictions", *LOSS_PARTS[1:]) if key != kept]
+        dropped = [key for key in ("logits", "predictions", *LOSS_PARTS) if key != kept]
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=dropped)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from conftest import IMAGE_SIZE, tiny_config, tiny_text_config
 from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBModel
-from mmib.modeling_mmib import MMIBCRF
+from mmib.modeling_mmib import MMIBCRF, mmib_total_loss
 
 NUM_SLOTS = 3  # 1 image + num_crops=2
 
@@ -250,14 +250,10 @@ def test_input_validation(model):
 # --- gradients and the frozen tower ---------------------------------------------------------------------------------
 
 
-def total_loss(outputs) -> torch.Tensor:
-    return outputs.loss + outputs.kl_text + outputs.kl_vision + outputs.alignment_loss
-
-
 def test_gradients_reach_every_trainable_parameter_and_not_the_frozen_tower(model):
     model.train()
     assert not model.mmib.vision_model.training
-    total_loss(model(**make_batch())).backward()
+    model(**make_batch()).loss.backward()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(not name.startswith("mmib.vision_model.") for name in trainable)
     assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
@@ -276,7 +272,7 @@ def test_unfrozen_tower_trains():
     torch.manual_seed(0)
     model = MMIBForTokenClassification(tiny_config(freeze_vision_encoder=False)).train()
     assert model.mmib.vision_model.training
-    total_loss(model(**make_batch())).backward()
+    model(**make_batch()).loss.backward()
     assert all(p.grad is not None for p in model.mmib.vision_model.parameters())
 
 
@@ -305,7 +301,7 @@ def test_relation_head_uses_the_marked_states(pooling):
     expected_logits = model.classifier(torch.stack(vectors))
     assert outputs.logits.shape == (3, 3)
     assert torch.allclose(outputs.logits, expected_logits, atol=1e-5)
-    assert outputs.loss.item() == pytest.approx(F.cross_entropy(expected_logits, labels).item(), rel=1e-5)
+    assert outputs.task_loss.item() == pytest.approx(F.cross_entropy(expected_logits, labels).item(), rel=1e-5)
 
 
 def test_token_classification_loss_is_mean_crf_nll(model):
@@ -315,7 +311,7 @@ def test_token_classification_loss_is_mean_crf_nll(model):
         mask = batch["word_index"] >= 0
         expected = model.crf.negative_log_likelihood(outputs.logits, batch["labels"], mask).mean()
     assert outputs.logits.shape == (3, 4, 9)
-    assert outputs.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert outputs.task_loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert math.isfinite(outputs.loss.item())
 
 
@@ -339,3 +335,136 @@ def test_any_vision_model_with_a_pooled_output_works():
         features = model.mmib.get_image_features(batch["pixel_values"])
     assert features.shape == (3, NUM_SLOTS, 24)
     assert torch.isfinite(outputs.loss) and outputs.predictions.shape == (3, 4)
+
+
+# --- one objective and the ablation switches --------------------------------------------------------------------
+
+
+def no_dropout_config(**kwargs):
+    text_config = tiny_text_config()
+    text_config.hidden_dropout_prob = text_config.attention_probs_dropout_prob = 0.0
+    return tiny_config(text_config=text_config, apenc_dropout=0.0, **kwargs)
+
+
+WEIGHTS = dict(beta_text=0.5, beta_vision=0.25, alignment_weight=2.0)
+
+
+def test_loss_is_the_weighted_sum_of_eq_29(model):
+    model.config.update(WEIGHTS)
+    with torch.no_grad():
+        outputs = model(**make_batch())
+    expected = (
+        outputs.task_loss.item()
+        + 0.5 * outputs.kl_text.item()
+        + 0.25 * outputs.kl_vision.item()
+        + 2.0 * outputs.alignment_loss.item()
+    )
+    assert outputs.loss.item() == pytest.approx(expected, rel=1e-6)
+    assert outputs.kl_text.item() > 0 and outputs.kl_vision.item() > 0 and outputs.alignment_loss.item() > 0
+    assert mmib_total_loss(model.config, outputs.task_loss).item() == outputs.task_loss.item()
+    without_labels = model(**{**make_batch(), "labels": None})
+    assert without_labels.loss is None and without_labels.task_loss is None
+
+
+ABLATIONS = {
+    # switches -> (prefixes of the parameters that must not exist, absent output fields)
+    "no_refinement": (
+        {"use_refinement_regularizer": False},
+        ("mmib.text_variational_encoder.logvar_encoder.", "mmib.vision_variational_encoder.logvar_encoder."),
+        ("kl_text", "kl_vision"),
+    ),
+    "no_alignment": ({"use_alignment_regularizer": False}, ("mmib.discriminator.",), ("alignment_loss",)),
+    "no_regularizers": (
+        {"use_refinement_regularizer": False, "use_alignment_regularizer": False},
+        (
+            "mmib.text_variational_encoder.logvar_encoder.",
+            "mmib.vision_variational_encoder.logvar_encoder.",
+            "mmib.discriminator.",
+        ),
+        ("kl_text", "kl_vision", "alignment_loss"),
+    ),
+    "text_only": (
+        {"text_only": True},
+        (
+            "mmib.vision_model.",
+            "mmib.vision_projection.",
+            "mmib.vision_variational_encoder.",
+            "mmib.discriminator.",
+            "mmib.vision_to_text_encoder.",
+            "mmib.text_to_vision_encoder.",
+        ),
+        ("kl_vision", "alignment_loss"),
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", list(ABLATIONS))
+def test_ablation_switch_removes_its_term_and_its_modules(variant):
+    switches, removed_prefixes, absent = ABLATIONS[variant]
+    torch.manual_seed(0)
+    full = MMIBForTokenClassification(tiny_config(freeze_vision_encoder=False, **WEIGHTS))
+    torch.manual_seed(0)
+    ablated = MMIBForTokenClassification(tiny_config(freeze_vision_encoder=False, **WEIGHTS, **switches)).train()
+    full_names = {name for name, _ in full.named_parameters()}
+    ablated_names = {name for name, _ in ablated.named_parameters()}
+    # Exactly the disabled modules are gone; each of them existed in the full model.
+    assert ablated_names <= full_names
+    assert full_names - ablated_names == {name for name in full_names if name.startswith(removed_prefixes)}
+    assert all(any(name.startswith(prefix) for name in full_names) for prefix in removed_prefixes)
+
+    torch.manual_seed(1)
+    outputs = ablated(**make_batch())
+    for field in absent:
+        assert getattr(outputs, field) is None, field
+    weights = {"kl_text": 0.5, "kl_vision": 0.25, "alignment_loss": 2.0}
+    expected = outputs.task_loss.item() + sum(
+        weight * getattr(outputs, name).item() for name, weight in weights.items() if name not in absent
+    )
+    assert outputs.loss.item() == pytest.approx(expected, rel=1e-6)
+    outputs.loss.backward()
+    # Everything that is left (the unfrozen vision tower included) gets a gradient.
+    assert [name for name, p in ablated.named_parameters() if p.grad is None] == []
+
+
+def test_without_refinement_the_latent_is_the_mean_in_training():
+    torch.manual_seed(0)
+    model = MMIBModel(no_dropout_config(use_refinement_regularizer=False)).train()
+    inputs = encoder_inputs(make_batch())
+    with torch.no_grad():
+        first, second = model(**inputs), model(**inputs)
+        model.eval()
+        evaluated = model(**inputs)
+    assert first.text_latent_logvar is None and first.vision_latent_logvar is None
+    assert torch.equal(first.last_hidden_state, second.last_hidden_state)
+    assert torch.allclose(first.last_hidden_state, evaluated.last_hidden_state, atol=1e-6)
+
+
+def test_text_only_model_is_the_text_path_and_ignores_images(tmp_path):
+    torch.manual_seed(0)
+    model = MMIBForTokenClassification(tiny_config(text_only=True)).eval()
+    assert not any("vision" in name or "discriminator" in name for name, _ in model.named_parameters())
+    batch = make_batch()
+    with torch.no_grad():
+        outputs = model(**batch)
+        without_images = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            word_index=batch["word_index"],
+            labels=batch["labels"],
+        )
+        states = model.mmib.text_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+        mean = model.mmib.text_variational_encoder.mean_encoder(states, states, batch["attention_mask"].bool())
+        word_states = torch.stack([mean[row, batch["word_index"][row].clamp(min=0)] for row in range(3)])
+        expected_logits = model.classifier(word_states)
+    assert torch.allclose(outputs.logits, expected_logits, atol=1e-5)
+    assert torch.equal(outputs.logits, without_images.logits)
+    assert outputs.kl_vision is None and outputs.alignment_loss is None
+    assert outputs.loss.item() == pytest.approx(outputs.task_loss.item() + 0.1 * outputs.kl_text.item(), rel=1e-6)
+
+    model.save_pretrained(tmp_path)
+    reloaded = MMIBForTokenClassification.from_pretrained(tmp_path).eval()
+    assert reloaded.config.text_only and reloaded.mmib.vision_model is None
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).logits, outputs.logits)

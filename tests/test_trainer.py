@@ -71,7 +71,7 @@ def test_compute_loss_adds_the_weighted_regularizers_and_logs_their_means(traine
     trainer.model.eval()
     with torch.no_grad():
         loss, outputs = trainer.compute_loss(trainer.model, batch, return_outputs=True)
-    expected = outputs.loss + 0.5 * outputs.kl_text + 0.25 * outputs.kl_vision + 2.0 * outputs.alignment_loss
+    expected = outputs.task_loss + 0.5 * outputs.kl_text + 0.25 * outputs.kl_vision + 2.0 * outputs.alignment_loss
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
     trainer.model.train()
@@ -82,7 +82,7 @@ def test_compute_loss_adds_the_weighted_regularizers_and_logs_their_means(traine
         parts.append(outputs)
     logs = {"loss": 1.0}
     trainer.log(logs)
-    assert logs["task_loss"] == pytest.approx(round((parts[0].loss + parts[1].loss).item() / 2, 4), abs=1e-4)
+    assert logs["task_loss"] == pytest.approx(round((parts[0].task_loss + parts[1].task_loss).item() / 2, 4), abs=1e-4)
     assert logs["kl_text"] == pytest.approx(round((parts[0].kl_text + parts[1].kl_text).item() / 2, 4), abs=1e-4)
     assert trainer._loss_part_count == 0
     eval_logs = {"eval_loss": 1.0}
