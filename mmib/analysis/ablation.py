@@ -156,10 +156,11 @@ def run_ablation(
     """
     check_switches()
     output_dir = Path(output_dir)
+    # Seed by seed, so that an interrupted ablation already has every variant for the first seeds.
     runs = [
         TrainingRun(f"{variant.name}/seed-{seed}", seed, config_overrides=variant.config_overrides)
-        for variant in variants
         for seed in seeds
+        for variant in variants
     ]
     results = execute_runs(config_file, runs, output_dir, extra_args, runner=runner)
     summaries = summarize(variants, seeds, results)
