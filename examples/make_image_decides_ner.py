@@ -78,7 +78,9 @@ def draw_image(entity_type: str, rng: random.Random, shape_only: bool = False) -
         draw.rectangle([0, 0, IMAGE_SIZE, IMAGE_SIZE], fill=(jitter(220), jitter(90), jitter(40)))
         for _ in range(rng.randint(1, 3)):
             x, y, radius = rng.randint(8, 56), rng.randint(8, 56), rng.randint(8, 18)
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(jitter(250), jitter(190), jitter(150)))
+            draw.ellipse(
+                [x - radius, y - radius, x + radius, y + radius], fill=(jitter(250), jitter(190), jitter(150))
+            )
     elif entity_type == "LOC":
         top = 0
         while top < IMAGE_SIZE:
@@ -141,7 +143,9 @@ def build(
     for split, size in sizes.items():
         columns = make_split(split, size, rng, image_dir, shape_only)
         columns["ner_tags"] = [[label_names.index(tag) for tag in tags] for tags in columns["ner_tags"]]
-        counts[split] = write_jsonl(datasets.Dataset.from_dict(columns, features=features), output_dir / f"{split}.jsonl")
+        counts[split] = write_jsonl(
+            datasets.Dataset.from_dict(columns, features=features), output_dir / f"{split}.jsonl"
+        )
     return counts
 
 

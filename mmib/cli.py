@@ -65,7 +65,8 @@ def _add_analysis_parsers(commands) -> None:
 
     explain = commands.add_parser(
         "explain",
-        allow_abbrev=False, help="Contribution scores (row sums of X·Zᵀ) per word, image and crop: JSON and a PNG per post."
+        allow_abbrev=False,
+        help="Contribution scores (row sums of X·Zᵀ) per word, image and crop: JSON and a PNG per post.",
     )
     explain.add_argument("model", help="An MMIB NER checkpoint folder.")
     explain.add_argument("--input", required=True, help="Posts as JSON lines (words, image, crops).")
@@ -73,7 +74,8 @@ def _add_analysis_parsers(commands) -> None:
 
     gap = commands.add_parser(
         "modality-gap",
-        allow_abbrev=False, help="t-SNE of entity and object representations and the modality-gap number."
+        allow_abbrev=False,
+        help="t-SNE of entity and object representations and the modality-gap number.",
     )
     gap.add_argument("models", nargs="+", help="One or more MMIB NER checkpoints (e.g. without, then with L_ar).")
     gap.add_argument("--data", required=True, help="Labelled JSON-lines posts, or a train_mmib.py config file.")

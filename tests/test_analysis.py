@@ -24,7 +24,12 @@ from mmib.data import load_jsonl
 POSTS = [
     {"id": "a", "words": ["john", "smith", "visits", "london"], "tags": ["B-PER", "I-PER", "O", "B-LOC"], "crops": 2},
     {"id": "b", "words": ["i", "love", "paris", "!"], "tags": ["O", "O", "B-LOC", "O"], "crops": 0},
-    {"id": "c", "words": ["new", "post", "at", "the", "festival"], "tags": ["O", "O", "O", "O", "B-ORG"], "crops": None},
+    {
+        "id": "c",
+        "words": ["new", "post", "at", "the", "festival"],
+        "tags": ["O", "O", "O", "O", "B-ORG"],
+        "crops": None,
+    },
 ]
 
 
@@ -62,7 +67,9 @@ def hand_tensors(model, batch) -> dict[str, torch.Tensor]:
     encoder = model.mmib
     with torch.no_grad():
         text_states = encoder.text_model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch["token_type_ids"],
         ).last_hidden_state
         text_inputs = encoder.text_projection(text_states)
         text_mask = batch["attention_mask"].bool()
@@ -123,9 +130,13 @@ def test_explain_scores_equal_a_hand_computation(checkpoint, posts_file, tmp_pat
         length = int(batch["attention_mask"][post].sum())
         np.testing.assert_allclose(record["token_scores"], text[post][:length], rtol=1e-4, atol=1e-4)
         first_subwords = batch["word_index"][post][: len(record["words"])].tolist()
-        np.testing.assert_allclose(record["word_scores"], [text[post][i] for i in first_subwords], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            record["word_scores"], [text[post][i] for i in first_subwords], rtol=1e-4, atol=1e-4
+        )
         present = [slot for slot in range(3) if batch["image_mask"][post, slot]]
-        np.testing.assert_allclose(record["image_scores"], [vision[post][slot] for slot in present], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            record["image_scores"], [vision[post][slot] for slot in present], rtol=1e-4, atol=1e-4
+        )
         assert (tmp_path / f"{record['id']}.png").stat().st_size > 1000
     assert [slot["slot"] for slot in records[0]["image_slots"]] == ["image", "crop 0", "crop 1"]
     assert records[2]["image_scores"] == []
@@ -163,7 +174,9 @@ def test_pairs_are_entity_and_object_means(checkpoint, posts_file):
     batch = processor(list(rows["words"]), images=list(rows["image"]), crops=list(rows["crops"]))
     tensors = hand_tensors(model, batch)
     john_smith = batch["word_index"][0, :2]
-    np.testing.assert_allclose(pairs[0]["entity"], tensors["text_latents"][0, john_smith].mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        pairs[0]["entity"], tensors["text_latents"][0, john_smith].mean(0), rtol=1e-4, atol=1e-5
+    )
     np.testing.assert_allclose(pairs[2]["object"], tensors["vision_latents"][1, 0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(pairs[0]["object"], tensors["vision_latents"][0].mean(0), rtol=1e-4, atol=1e-5)
 
@@ -204,10 +217,14 @@ def test_ablation_tables_and_resuming(tmp_path, monkeypatch):
     config = tmp_path / "config.yaml"
     config.write_text("config_overrides: apenc_num_attention_heads=6\n")
     trainer = FakeTrainer(tmp_path / "out")
-    summaries = ablation.run_ablation(str(config), [1, 2, 3], tmp_path / "out", ["--num_train_epochs", "1"], runner=trainer)
+    summaries = ablation.run_ablation(
+        str(config), [1, 2, 3], tmp_path / "out", ["--num_train_epochs", "1"], runner=trainer
+    )
     assert len(trainer.commands) == 15
     no_ar = next(command for command in trainer.commands if "no_ar/seed-2" in " ".join(command))
-    assert no_ar[no_ar.index("--config_overrides") + 1] == "apenc_num_attention_heads=6,use_alignment_regularizer=false"
+    assert (
+        no_ar[no_ar.index("--config_overrides") + 1] == "apenc_num_attention_heads=6,use_alignment_regularizer=false"
+    )
     assert no_ar[no_ar.index("--seed") + 1] == "2" and "--num_train_epochs" in no_ar
     assert not list((tmp_path / "out").glob("*/seed-*/checkpoint-*"))
 

@@ -70,7 +70,9 @@ def test_type_is_readable_from_the_image_only(generated):
     text_accuracy = LogisticRegression(max_iter=2000).fit(text_train, train_types).score(text_test, test_types)
 
     def thumbnails(dataset) -> np.ndarray:
-        return np.stack([np.asarray(Image.open(path).resize((16, 16)), dtype=float).ravel() / 255 for path in dataset["image"]])
+        return np.stack(
+            [np.asarray(Image.open(path).resize((16, 16)), dtype=float).ravel() / 255 for path in dataset["image"]]
+        )
 
     image_classifier = LogisticRegression(max_iter=2000).fit(thumbnails(data["train"]), train_types)
     image_accuracy = image_classifier.score(thumbnails(data["test"]), test_types)

@@ -24,7 +24,9 @@ VARIANTS = (
     Variant("full", "MMIB (L_task + L_rr + L_ar)", {}),
     Variant("no_rr", "without L_rr", {"use_refinement_regularizer": False}),
     Variant("no_ar", "without L_ar", {"use_alignment_regularizer": False}),
-    Variant("no_rr_ar", "without L_rr and L_ar", {"use_refinement_regularizer": False, "use_alignment_regularizer": False}),
+    Variant(
+        "no_rr_ar", "without L_rr and L_ar", {"use_refinement_regularizer": False, "use_alignment_regularizer": False}
+    ),
     Variant("text_only", "text-only baseline (no vision tower)", {"text_only": True}),
 )
 SWITCHES = ("use_refinement_regularizer", "use_alignment_regularizer", "text_only")

@@ -19,7 +19,17 @@ SERIES_LABELS = {
     "beta_vision": "vary β_V (β_T = {fixed:g})",
     "both": "vary β_T = β_V",
 }
-CSV_COLUMNS = ("series", "beta", "beta_text", "beta_vision", "seeds", "dev_f1_mean", "dev_f1_std", "test_f1_mean", "test_f1_std")
+CSV_COLUMNS = (
+    "series",
+    "beta",
+    "beta_text",
+    "beta_vision",
+    "seeds",
+    "dev_f1_mean",
+    "dev_f1_std",
+    "test_f1_mean",
+    "test_f1_std",
+)
 
 
 @dataclass

@@ -42,9 +42,7 @@ def _image_panels(post: dict, num_crops: int) -> list[tuple[str, str | None]]:
     return [("image", post["image"])] + [(f"crop {index}", crop) for index, crop in enumerate(crops)]
 
 
-def explain_posts(
-    model_name_or_path: str, input_file: str, output_dir: str | Path, batch_size: int = 8
-) -> list[dict]:
+def explain_posts(model_name_or_path: str, input_file: str, output_dir: str | Path, batch_size: int = 8) -> list[dict]:
     """
     Contribution scores of every post in `input_file` (JSON lines, see `mmib.data.read_posts`) under an NER
     checkpoint; writes `contributions.json` (all posts) and `<id>.png` per post to `output_dir`.

@@ -90,7 +90,12 @@ def plot_contributions(
         axes.imshow(image)
         axes.add_patch(
             Rectangle(
-                (0, 0), image.width - 1, image.height - 1, fill=False, linewidth=5, edgecolor=colormap(image_norm(score))
+                (0, 0),
+                image.width - 1,
+                image.height - 1,
+                fill=False,
+                linewidth=5,
+                edgecolor=colormap(image_norm(score)),
             )
         )
         axes.set_title(f"{name}: {score:.3g}", fontsize=8)
