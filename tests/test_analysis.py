@@ -119,13 +119,15 @@ def test_hooks_capture_the_tensors_of_a_hand_forward(checkpoint, posts_file):
 
 def test_explain_scores_equal_a_hand_computation(checkpoint, posts_file, tmp_path):
     folder, model, processor = checkpoint
-    records = explain_posts(folder, str(posts_file), tmp_path, batch_size=2)
+    # One batch of posts of 4, 4 and 5 words: word_index is padded for the shorter ones.
+    records = explain_posts(folder, str(posts_file), tmp_path, batch_size=3)
     rows = load_jsonl({"test": str(posts_file)})["test"]
     batch = processor(list(rows["words"]), images=list(rows["image"]), crops=list(rows["crops"]))
     tensors = hand_tensors(model, batch)
     text = brute_force_row_sums(tensors["text_inputs"], tensors["text_latents"], batch["attention_mask"])
     vision = brute_force_row_sums(tensors["vision_inputs"], tensors["vision_latents"], batch["image_mask"])
     assert [record["id"] for record in records] == ["a", "b", "c"]
+    assert [len(record["word_scores"]) for record in records] == [4, 4, 5]
     for post, record in enumerate(records):
         length = int(batch["attention_mask"][post].sum())
         np.testing.assert_allclose(record["token_scores"], text[post][:length], rtol=1e-4, atol=1e-4)

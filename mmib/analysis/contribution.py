@@ -71,7 +71,8 @@ def explain_posts(model_name_or_path: str, input_file: str, output_dir: str | Pa
             image_scores = contribution_scores(tensors.vision_inputs, tensors.vision_latents, batch["image_mask"])
         for row, post in enumerate(chunk):
             length = int(batch["attention_mask"][row].sum())
-            word_index = batch["word_index"][row].tolist()
+            # word_index is padded to the longest post of the batch with -1, and misses words cut by max_length.
+            word_index = batch["word_index"][row, : len(post["words"])].tolist()
             token_scores = text_scores[row, :length].tolist()
             word_scores = [token_scores[position] if position >= 0 else None for position in word_index]
             word_scores += [None] * (len(post["words"]) - len(word_scores))
