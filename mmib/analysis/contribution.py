@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ..collator import MMIBDataCollator
 from ..data import read_posts
@@ -52,8 +53,6 @@ def explain_posts(model_name_or_path: str, input_file: str, output_dir: str | Pa
         reads; `null` for words cut by `max_length`), `tokens`, `token_scores`, `image_slots` (name and file of
         each image slot that holds an image) and `image_scores`.
     """
-    from tqdm.auto import tqdm
-
     model, processor = load_ner_checkpoint(model_name_or_path)
     collator = MMIBDataCollator(processor)
     posts = read_posts(input_file)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import torch
 import yaml
+from tqdm.auto import tqdm
 
 from ..collator import MMIBDataCollator
 from ..data import load_jsonl, load_twitter_ner
@@ -85,8 +85,6 @@ def collect_pairs(model, processor, dataset: datasets.Dataset, batch_size: int =
     One entity-object pair per gold entity of every post that has an image: the entity's Z^T averaged over its
     words (first sub-words), and the post's Z^V averaged over its present image slots, with the entity type.
     """
-    from tqdm.auto import tqdm
-
     names = dataset.features["ner_tags"].feature.names
     collator = MMIBDataCollator(processor)
     pairs = []
@@ -173,8 +171,6 @@ def run_modality_gap(
                 "gap": statistics.gap,
             }
         )
-        del model
-        torch.set_num_threads(torch.get_num_threads())
     plot_modality_gap(panels, type_names, output_dir / "modality_gap")
     (output_dir / "modality_gap.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     return results

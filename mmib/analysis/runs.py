@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from tqdm.auto import tqdm
 
 RESULTS_FILE = "all_results.json"
 
@@ -104,7 +105,6 @@ def execute_runs(
     output_dir: str | Path,
     extra_args: Sequence[str] = (),
     runner: Callable[[list[str], Path], None] = run_training,
-    keep_checkpoints: bool = False,
 ) -> dict[str, dict]:
     """
     Runs every run that has no `all_results.json` yet (so an interrupted analysis resumes where it stopped) and
@@ -116,11 +116,10 @@ def execute_runs(
         output_dir (`str` or `Path`): each run writes to `output_dir/<run.name>`.
         extra_args (`Sequence[str]`): more `train_mmib.py` flags for every run.
         runner (`Callable`, *optional*): runs one command into one folder (tests replace it).
-        keep_checkpoints (`bool`, *optional*): keep the Trainer's `checkpoint-*` folders of each run (the final
-            model in the run folder is always kept).
-    """
-    from tqdm.auto import tqdm
 
+    The Trainer's `checkpoint-*` folders of each finished run are deleted (the analyses read `all_results.json`;
+    the chosen model stays in the run folder).
+    """
     if not Path(config_file).is_file():
         raise FileNotFoundError(f"Training config {config_file} not found.")
     output_dir = Path(output_dir)
@@ -132,8 +131,7 @@ def execute_runs(
             runner(training_command(config_file, run, run_dir, extra_args, output_dir), run_dir)
             if not results_file.is_file():
                 raise RuntimeError(f"The run in {run_dir} finished without writing {RESULTS_FILE}.")
-            if not keep_checkpoints:
-                for checkpoint in run_dir.glob("checkpoint-*"):
-                    shutil.rmtree(checkpoint)
+            for checkpoint in run_dir.glob("checkpoint-*"):
+                shutil.rmtree(checkpoint)
         results[run.name] = json.loads(results_file.read_text(encoding="utf-8"))
     return results
