@@ -122,7 +122,7 @@ def test_sweep_points_hold_each_runs_scores(config_file, tmp_path):
     for row in rows:
         run = tmp_path / f"bt{row['beta_text']}_bv{row['beta_vision']}" / "seed-1"
         assert float(row["test_f1_mean"]) == pytest.approx(
-            json.loads((run / "all_results.json").read_text())["test_f1"]
+            json.loads((run / "all_results.json").read_text())["test_f1"], abs=1e-6
         )
         saved = json.loads((run / "config.json").read_text())
         assert (saved["beta_text"], saved["beta_vision"]) == (float(row["beta_text"]), float(row["beta_vision"]))
