@@ -1,0 +1,108 @@
+"""Contribution scores of the paper's §V-B: how much each input position (word, image, crop) contributes to its
+modality's learned representation.
+
+For one modality with projected features X (n × d) and latents Z (n × d), A = X Zᵀ (n × n) and the score of
+position i is the row sum Â_i = Σ_j A_ij = X_i · Σ_j Z_j, over the post's valid positions j (real tokens; image
+slots that hold an image). The text side uses X^T, Z^T over the tokens, the vision side X^V, Z^V over the whole
+image and its crops. In eval mode Z is the latent mean.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..collator import MMIBDataCollator
+from ..data import read_posts
+from .intermediates import encoder_intermediates, load_ner_checkpoint
+from .plotting import plot_contributions
+
+
+def contribution_scores(inputs: torch.Tensor, latents: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """
+    Row sums of A = X Zᵀ over valid positions.
+
+    Args:
+        inputs (`torch.Tensor` of shape `(B, n, d)`): X.
+        latents (`torch.Tensor` of shape `(B, n, d)`): Z.
+        mask (`torch.Tensor` of shape `(B, n)`): True (1) at valid positions.
+
+    Returns:
+        `torch.Tensor` of shape `(B, n)`: Â, 0 at invalid positions.
+    """
+    valid = mask.to(inputs.dtype)
+    products = torch.einsum("bid,bjd->bij", inputs, latents)
+    return (products * valid[:, None, :]).sum(dim=-1) * valid
+
+
+def _image_panels(post: dict, num_crops: int) -> list[tuple[str, str | None]]:
+    """`(slot name, file)` of the image slots in model order: the whole image, then the crops the model used."""
+    crops = post["crops"][:num_crops]
+    return [("image", post["image"])] + [(f"crop {index}", crop) for index, crop in enumerate(crops)]
+
+
+def explain_posts(model_name_or_path: str, input_file: str, output_dir: str | Path, batch_size: int = 8) -> list[dict]:
+    """
+    Contribution scores of every post in `input_file` (JSON lines, see `mmib.data.read_posts`) under an NER
+    checkpoint; writes `contributions.json` (all posts) and `<id>.png` per post to `output_dir`.
+
+    Returns:
+        One dict per post: `id`, `words`, `word_scores` (at each word's first sub-word, the position the tagger
+        reads; `null` for words cut by `max_length`), `tokens`, `token_scores`, `image_slots` (name and file of
+        each image slot that holds an image) and `image_scores`.
+    """
+    model, processor = load_ner_checkpoint(model_name_or_path)
+    collator = MMIBDataCollator(processor)
+    posts = read_posts(input_file)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    progress = tqdm(total=len(posts), desc="contribution scores", unit="post")
+    for start in range(0, len(posts), batch_size):
+        chunk = posts[start : start + batch_size]
+        batch = collator(chunk)
+        tensors = encoder_intermediates(model, batch)
+        text_scores = contribution_scores(tensors.text_inputs, tensors.text_latents, batch["attention_mask"])
+        image_scores = None
+        if tensors.vision_inputs is not None and "image_mask" in batch:
+            image_scores = contribution_scores(tensors.vision_inputs, tensors.vision_latents, batch["image_mask"])
+        for row, post in enumerate(chunk):
+            length = int(batch["attention_mask"][row].sum())
+            # word_index is padded to the longest post of the batch with -1, and misses words cut by max_length.
+            word_index = batch["word_index"][row, : len(post["words"])].tolist()
+            token_scores = text_scores[row, :length].tolist()
+            word_scores = [token_scores[position] if position >= 0 else None for position in word_index]
+            word_scores += [None] * (len(post["words"]) - len(word_scores))
+            slots = []
+            if image_scores is not None:
+                for slot, (name, path) in enumerate(_image_panels(post, processor.num_crops)):
+                    if bool(batch["image_mask"][row, slot]):
+                        slots.append({"slot": name, "file": path, "score": image_scores[row, slot].item()})
+            record = {
+                "id": post["id"],
+                "words": post["words"],
+                "word_scores": word_scores,
+                "tokens": processor.tokenizer.convert_ids_to_tokens(batch["input_ids"][row, :length].tolist()),
+                "token_scores": token_scores,
+                "image_slots": [{"slot": slot["slot"], "file": slot["file"]} for slot in slots],
+                "image_scores": [slot["score"] for slot in slots],
+            }
+            records.append(record)
+            plot_contributions(
+                post["words"],
+                [score if score is not None else 0.0 for score in word_scores],
+                [(slot["slot"], Image.open(slot["file"]).convert("RGB")) for slot in slots],
+                record["image_scores"],
+                output_dir / _file_stem(post["id"]),
+                title=f"post {post['id']}: contribution scores (row sums of X·Zᵀ)",
+            )
+            progress.update()
+    progress.close()
+    (output_dir / "contributions.json").write_text(json.dumps(records, indent=1, ensure_ascii=False), encoding="utf-8")
+    return records
+
+
+def _file_stem(post_id: str) -> str:
+    return "".join(character if character.isalnum() or character in "-_." else "_" for character in post_id)
