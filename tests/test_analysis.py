@@ -78,11 +78,12 @@ def hand_tensors(model, batch) -> dict[str, torch.Tensor]:
         vision_inputs = encoder.vision_projection(features)
         return {
             "text_inputs": text_inputs,
-            "text_latents": encoder.text_variational_encoder.mean_encoder(text_inputs, text_inputs, text_mask),
+            # An APEnc layer returns (states, attention weights).
+            "text_latents": encoder.text_variational_encoder.mean_encoder(text_inputs, text_inputs, text_mask)[0],
             "vision_inputs": vision_inputs,
             "vision_latents": encoder.vision_variational_encoder.mean_encoder(
                 vision_inputs, vision_inputs, batch["image_mask"]
-            ),
+            )[0],
         }
 
 
