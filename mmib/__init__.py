@@ -2,7 +2,7 @@
 
 Importing the package registers the MMIB classes with the transformers Auto classes, so that saved checkpoints
 load with `AutoConfig`, `AutoModel`, `AutoModelForTokenClassification`, `AutoModelForSequenceClassification` and
-`AutoProcessor` without `trust_remote_code`.
+`AutoProcessor` without `trust_remote_code`, and registers the `mmib-ner` pipeline task.
 """
 
 from transformers import (
@@ -20,6 +20,8 @@ from .modeling_mmib import (
     MMIBModel,
     MMIBPreTrainedModel,
 )
+from .pipeline_mmib import MMIBTokenClassificationPipeline
+from .prediction_mmib import MMIBPredictor
 from .processing_mmib import MMIBProcessor
 
 AutoConfig.register(MMIBConfig.model_type, MMIBConfig, exist_ok=True)
@@ -36,5 +38,7 @@ __all__ = [
     "MMIBForTokenClassification",
     "MMIBModel",
     "MMIBPreTrainedModel",
+    "MMIBPredictor",
     "MMIBProcessor",
+    "MMIBTokenClassificationPipeline",
 ]
