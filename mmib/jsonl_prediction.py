@@ -44,7 +44,9 @@ class PredictionSummary:
     def __str__(self) -> str:
         errors = sum(self.errors.values())
         kinds = ", ".join(f"{count} {kind}" for kind, count in self.errors.most_common())
-        return f"{self.posts} posts, {self.posts - errors} predicted, {errors} errors" + (f" ({kinds})" if kinds else "")
+        return f"{self.posts} posts, {self.posts - errors} predicted, {errors} errors" + (
+            f" ({kinds})" if kinds else ""
+        )
 
 
 class _PostBatches(IterableDataset):
@@ -66,7 +68,9 @@ class _PostBatches(IterableDataset):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            return PreparedPost(line_number, error=f"line {line_number}: malformed JSON: {error}", error_kind="malformed JSON")
+            return PreparedPost(
+                line_number, error=f"line {line_number}: malformed JSON: {error}", error_kind="malformed JSON"
+            )
         post = self.predictor.prepare(row, line_number, self.base_dir)
         if post.error is not None:
             post.error = f"line {line_number}: {post.error}"
@@ -181,4 +185,3 @@ def _merge_parts(output_path: str, world_size: int) -> PredictionSummary:
     for part in parts:
         os.remove(part)
     return summary
-

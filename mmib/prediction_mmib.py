@@ -259,7 +259,9 @@ class MMIBPredictor:
             if config.model_type != "mmib":
                 raise ValueError(f"{path} is not an MMIB checkpoint (model_type {config.model_type!r}).")
             processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-            auto_class = AutoModelForTokenClassification if processor.task == "ner" else AutoModelForSequenceClassification
+            auto_class = (
+                AutoModelForTokenClassification if processor.task == "ner" else AutoModelForSequenceClassification
+            )
             model = auto_class.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
             models += [model.to(device), processor]
         predictor = cls(*models, **kwargs)
@@ -352,7 +354,9 @@ class MMIBPredictor:
         scores = iter([])
         if spans:
             scores = iter(
-                self.model.crf.span_probability(emissions, mask, tags, torch.tensor(spans, device=tags.device)).tolist()
+                self.model.crf.span_probability(
+                    emissions, mask, tags, torch.tensor(spans, device=tags.device)
+                ).tolist()
             )
         results = []
         for post, result in zip(posts, processed):
