@@ -36,10 +36,12 @@ class StrictModeError(RuntimeError):
 
 @dataclass
 class PredictionSummary:
-    """Counts of one run: `posts` rows written, `errors` by kind (`malformed JSON`, `image`, `empty post`, ...)."""
+    """Counts of one run: `posts` rows written, `errors` by kind (`malformed JSON`, `image`, `empty post`, ...),
+    and the number of `processes` that shared the input."""
 
     posts: int = 0
     errors: Counter = field(default_factory=Counter)
+    processes: int = 1
 
     def __str__(self) -> str:
         errors = sum(self.errors.values())
@@ -170,7 +172,7 @@ def predict_file(
 
 def _merge_parts(output_path: str, world_size: int) -> PredictionSummary:
     """Merges the processes' part files (each in input order) into `output_path` and deletes them."""
-    summary = PredictionSummary()
+    summary = PredictionSummary(processes=world_size)
     parts = [f"{output_path}.part{rank}" for rank in range(world_size)]
     with ExitStack() as stack:
         readers = [stack.enter_context(open(part, encoding="utf-8")) for part in parts]
