@@ -22,6 +22,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
@@ -46,9 +47,9 @@ class PredictionSummary:
     def __str__(self) -> str:
         errors = sum(self.errors.values())
         kinds = ", ".join(f"{count} {kind}" for kind, count in self.errors.most_common())
-        return f"{self.posts} posts, {self.posts - errors} predicted, {errors} errors" + (
-            f" ({kinds})" if kinds else ""
-        )
+        text = f"{self.posts} posts, {self.posts - errors} predicted, {errors} errors"
+        text += f" ({kinds})" if kinds else ""
+        return text + (f" on {self.processes} processes" if self.processes > 1 else "")
 
 
 class _PostBatches(IterableDataset):
@@ -98,12 +99,13 @@ class _PostBatches(IterableDataset):
         yield [line_number for line_number, _ in batch], posts, self.predictor.encode_batch(posts)
 
 
-def _distributed() -> tuple[int, int, object]:
+def _distributed(device: torch.device) -> tuple[int, int, object]:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, None
     from accelerate import PartialState
 
-    state = PartialState()
+    # Without `cpu=True` accelerate sees no GPU and runs every launched process alone on the whole input.
+    state = PartialState(cpu=device.type == "cpu")
     return state.process_index, state.num_processes, state
 
 
@@ -131,7 +133,7 @@ def predict_file(
     Returns:
         [`PredictionSummary`] (complete on the main process).
     """
-    rank, world_size, state = _distributed()
+    rank, world_size, state = _distributed(predictor.device)
     if world_size > 1 and output_path == "-":
         raise ValueError("Several processes need --output FILE (their parts are merged beside it), not stdout.")
     if input_path == "-":

@@ -345,6 +345,6 @@ def test_two_processes_write_the_same_output_as_one(ner_path, tmp_path):
         timeout=600,
     )
     assert two.returncode == 0, two.stderr[-3000:]
-    assert "23 posts, 23 predicted, 0 errors on 2 processes" in two.stderr
+    assert "23 posts, 23 predicted, 0 errors on 2 processes" in two.stderr, two.stderr[-3000:]
     assert read_jsonl(tmp_path / "two.jsonl") == read_jsonl(tmp_path / "one.jsonl")
     assert not list(tmp_path.glob("two.jsonl.part*"))
