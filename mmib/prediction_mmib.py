@@ -9,10 +9,12 @@ A post is a raw string, or a dict with `text` (a raw string, split by [`split_wo
 optionally `id`, `image` (a path or a PIL image), `crops` (paths or PIL images) and, for a relation checkpoint on
 its own, `head` / `tail` word spans `[start, end)`. Results are dicts:
 
-- NER: `{"id", "text", "words", "entities": [{"text", "type", "start", "end", "word_start", "word_end",
-  "score"}]}` with `start` / `end` character offsets into `text` (`text[start:end] == entity["text"]`; for a
-  `words` post, `text` is the words joined by single spaces), `word_end` exclusive, and, with a relation model,
-  `"relations": [{"head", "tail", "label", "score"}]` (`head` / `tail` index `entities`).
+- NER: `{"id", "text", "words", "tags", "entities": [{"text", "type", "start", "end", "word_start",
+  "word_end", "score"}]}`: one BIO tag per word; `start` / `end` are character offsets into `text`
+  (`text[start:end] == entity["text"]`; for a `words` post, `text` is the words joined by single spaces),
+  `word_end` is exclusive, `score` is the CRF probability of the entity's tags (`MMIBCRF.span_probability`);
+  with a relation model also `"relations": [{"head", "tail", "label", "score"}]` (`head` / `tail` index
+  `entities`, `score` the softmax probability of `label`).
 - RE alone: `{"id", "text", "words", "head", "tail", "label", "score"}`.
 - A post that cannot be used: `{"id", "error"}`, the error naming the field and the problem.
 """
@@ -387,7 +389,9 @@ class MMIBPredictor:
                         "score": next(scores),
                     }
                 )
-            results.append({"id": post.id, "text": post.text, "words": post.words, "entities": entities})
+            results.append(
+                {"id": post.id, "text": post.text, "words": post.words, "tags": result["tags"], "entities": entities}
+            )
         if self.relation_model is not None:
             self._add_relations(posts, results)
         return results
