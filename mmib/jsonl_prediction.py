@@ -99,6 +99,11 @@ class _PostBatches(IterableDataset):
         yield [line_number for line_number, _ in batch], posts, self.predictor.encode_batch(posts)
 
 
+def _as_is(batch):
+    """The batches are made by the dataset itself."""
+    return batch
+
+
 def _distributed(device: torch.device) -> tuple[int, int, object]:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, None
@@ -143,7 +148,7 @@ def predict_file(
         dataset,
         batch_size=None,
         num_workers=num_workers,
-        collate_fn=lambda batch: batch,
+        collate_fn=_as_is,
         prefetch_factor=2 if num_workers > 0 else None,
         persistent_workers=False,
     )
