@@ -114,7 +114,7 @@ def _open_image(value: Any, field_name: str, base_dir: str | None) -> Image.Imag
             return opened.convert("RGB")
     except FileNotFoundError as error:
         raise PostError("image", f"{field_name}: file not found: {path}") from error
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise PostError("image", f"{field_name}: cannot read image {path}: {error}") from error
 
 
@@ -128,7 +128,11 @@ def _span(value: Any, name: str, num_words: int) -> tuple[int, int]:
 
 
 def prepare_post(
-    post: str | Mapping[str, Any], default_id: Any = None, base_dir: str | None = None, needs_spans: bool = False
+    post: str | Mapping[str, Any],
+    default_id: Any = None,
+    base_dir: str | None = None,
+    needs_spans: bool = False,
+    max_crops: int | None = None,
 ) -> PreparedPost:
     """
     Checks one input post, splits its text and decodes its images.
@@ -138,6 +142,8 @@ def prepare_post(
         default_id: the `id` of a post that has none (e.g. its line number).
         base_dir (`str`, *optional*): folder that relative image paths are resolved against.
         needs_spans (`bool`): a relation checkpoint on its own: `head` and `tail` are required.
+        max_crops (`int`, *optional*): decode only the first `max_crops` crops (the processor's `num_crops`; it
+            uses no more).
 
     Returns:
         [`PreparedPost`], with `error` / `error_kind` set instead of raising when the post cannot be used.
@@ -175,7 +181,7 @@ def prepare_post(
         crops = post.get("crops") or []
         if not isinstance(crops, list):
             raise PostError("invalid field", f"crops must be a list, got {type(crops).__name__}")
-        crops = [_open_image(crop, f"crops[{index}]", base_dir) for index, crop in enumerate(crops)]
+        crops = [_open_image(crop, f"crops[{index}]", base_dir) for index, crop in enumerate(crops[:max_crops])]
         head = tail = None
         if needs_spans:
             if "head" not in post or "tail" not in post:
@@ -299,7 +305,7 @@ class MMIBPredictor:
         self, post: str | Mapping[str, Any], default_id: Any = None, base_dir: str | None = None
     ) -> PreparedPost:
         """[`prepare_post`] for this predictor's task."""
-        return prepare_post(post, default_id, base_dir, needs_spans=self.task == "re")
+        return prepare_post(post, default_id, base_dir, self.task == "re", self.processor.num_crops)
 
     def encode(self, posts: Sequence[PreparedPost]) -> BatchFeature:
         """Processor inputs for `posts` (all without error)."""
