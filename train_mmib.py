@@ -29,6 +29,7 @@ from mmib.collator import MMIBDataCollator
 from mmib.data import load_jsonl, load_mnre, load_twitter_ner, missing_media_report
 from mmib.features import ImageFeatureStore
 from mmib.model_card import ModelCardInfo, render_model_card
+from mmib.pipeline_mmib import save_pipeline_code
 from mmib.predictions import (
     build_compute_metrics,
     gold_ner_tags,
@@ -407,7 +408,10 @@ def main() -> None:
             model_args, data_args, training_args, task, data, model, media, validation_metrics, test_output
         )
     # Every process takes part in saving; the main one writes the model, processor, remote code and card, and
-    # pushes them with --push_to_hub.
+    # pushes them with --push_to_hub. An NER checkpoint also carries the `mmib-ner` pipeline's code, put in the
+    # folder first so that the push uploads it.
+    if task == "ner" and trainer.is_world_process_zero():
+        save_pipeline_code(model, training_args.output_dir)
     trainer.save_model()
     trainer.create_model_card()
     if trainer.is_world_process_zero():

@@ -2,7 +2,7 @@
 
 Importing the package registers the MMIB classes with the transformers Auto classes, so that saved checkpoints
 load with `AutoConfig`, `AutoModel`, `AutoModelForTokenClassification`, `AutoModelForSequenceClassification` and
-`AutoProcessor` without `trust_remote_code`.
+`AutoProcessor` without `trust_remote_code`, and registers the `mmib-ner` pipeline task.
 """
 
 import transformers
@@ -19,6 +19,8 @@ from .modeling_mmib import (
     MMIBPreTrainedModel,
     mmib_total_loss,
 )
+from .pipeline_mmib import MMIBTokenClassificationPipeline
+from .prediction_mmib import MMIBPredictor
 from .processing_mmib import MMIBProcessor
 
 AutoConfig.register(MMIBConfig.model_type, MMIBConfig, exist_ok=True)
@@ -35,7 +37,9 @@ __all__ = [
     "MMIBForTokenClassification",
     "MMIBModel",
     "MMIBPreTrainedModel",
+    "MMIBPredictor",
     "MMIBProcessor",
+    "MMIBTokenClassificationPipeline",
     "UnreadableImageError",
     "build_model_and_processor",
     "load_image",

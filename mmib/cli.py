@@ -1,7 +1,10 @@
-"""`mmib` command line: run a trained MMIB checkpoint on a post, and the paper's analyses.
+"""`mmib` command line: apply trained MMIB checkpoints to posts, and run the paper's analyses. Parses arguments and
+dispatches.
 
 mmib predict runs/demo-twitter2017 --text "Kawhi Leonard wins the fan vote in Toronto" --image post.jpg
+mmib predict runs/demo-twitter2017 --input posts.jsonl --output predictions.jsonl [--relation_model runs/mnre]
 mmib predict runs/mnre --words Messi joins PSG --head 0 1 --tail 2 3 --image post.jpg --crops a.png b.png
+accelerate launch --multi_gpu --num_processes 2 -m mmib.cli predict MODEL --input posts.jsonl --output out.jsonl
 mmib ablate configs/image_decides_ner.yaml --seeds 1 2 3 --output_dir runs/ablation [train_mmib.py flags]
 mmib sweep configs/image_decides_ner.yaml --beta_text 0 0.1 1 --beta_vision 0 0.1 1 --output_dir runs/sweep
 mmib explain runs/model --input posts.jsonl --output_dir runs/explain
@@ -10,27 +13,40 @@ mmib modality-gap runs/no_ar runs/full --data configs/image_decides_ner.yaml --s
 
 import argparse
 import json
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoProcessor
-
-from . import MMIBConfig
+from .jsonl_prediction import StrictModeError, predict_file
+from .prediction_mmib import MMIBPredictor
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmib", description="MMIB multimodal NER and relation extraction.")
     commands = parser.add_subparsers(dest="command", required=True)
-    predict = commands.add_parser("predict", help="Tag one post (NER) or classify one relation (RE); prints JSON.")
+    predict = commands.add_parser(
+        "predict", help="Tag posts (NER, optionally NER -> RE) or classify relations (RE); writes JSON."
+    )
     predict.add_argument("model", help="Folder or Hub id of an MMIB checkpoint (model + processor).")
-    text = predict.add_mutually_exclusive_group(required=True)
-    text.add_argument("--text", help="The post, split into words at white space.")
-    text.add_argument("--words", nargs="+", help="The post's words.")
-    predict.add_argument("--image", help="The post's image file (omit for a text-only post).")
-    predict.add_argument("--crops", nargs="*", default=[], help="Object crop files of the image.")
-    predict.add_argument("--head", nargs=2, type=int, metavar=("START", "END"), help="RE: head entity word span.")
-    predict.add_argument("--tail", nargs=2, type=int, metavar=("START", "END"), help="RE: tail entity word span.")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="JSON-lines posts, one object per line ('-' = stdin).")
+    source.add_argument("--text", help="One raw post, split into words by the tweet word splitter.")
+    source.add_argument("--words", nargs="+", help="One post's words.")
+    predict.add_argument("--output", default="-", help="JSON-lines results for --input ('-' = stdout, the default).")
+    predict.add_argument("--image", help="One post: its image file (omit for a text-only post).")
+    predict.add_argument("--crops", nargs="*", default=[], help="One post: object crop files of the image.")
+    predict.add_argument("--head", nargs=2, type=int, metavar=("START", "END"), help="One post, RE: head word span.")
+    predict.add_argument("--tail", nargs=2, type=int, metavar=("START", "END"), help="One post, RE: tail word span.")
+    predict.add_argument("--relation_model", help="RE checkpoint run on every ordered pair of predicted entities.")
+    predict.add_argument("--max_pairs_per_post", type=int, default=240, help="Entity pairs classified per post.")
+    predict.add_argument("--keep_none", action="store_true", help="Keep relations labelled None.")
+    predict.add_argument("--batch_size", type=int, default=32, help="Posts per forward pass.")
+    predict.add_argument("--num_workers", type=int, default=2, help="Data loader processes decoding posts/images.")
+    predict.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="Weights' dtype.")
+    predict.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when present).")
+    predict.add_argument("--quiet", action="store_true", help="No progress bar and no dtype/summary lines.")
+    predict.add_argument("--strict", action="store_true", help="Exit non-zero at the first row with an error.")
     _add_analysis_parsers(commands)
     return parser
 
@@ -86,45 +102,14 @@ def _add_analysis_parsers(commands) -> None:
     gap.add_argument("--output_dir", required=True)
 
 
-def predict(
-    model_name_or_path: str,
-    words: Sequence[str],
-    image: str | None = None,
-    crops: Sequence[str] = (),
-    head: Sequence[int] | None = None,
-    tail: Sequence[int] | None = None,
-) -> dict:
-    """
-    Run a checkpoint on one post.
-
-    Returns:
-        NER: `{"words", "tags", "entities"}` with entity word offsets (end exclusive). RE: `{"words", "head", "tail",
-        "label", "score"}`.
-    """
-    config = AutoConfig.from_pretrained(model_name_or_path)
-    if not isinstance(config, MMIBConfig):
-        raise ValueError(f"{model_name_or_path} is not an MMIB checkpoint (model_type {config.model_type!r}).")
-    processor = AutoProcessor.from_pretrained(model_name_or_path)
-    words = list(words)
-    if processor.task == "ner":
-        model = AutoModelForTokenClassification.from_pretrained(model_name_or_path).eval()
-        inputs = processor([words], images=[image], crops=[list(crops)])
-        with torch.inference_mode():
-            predictions = model(**inputs).predictions
-        return {
-            "words": words,
-            **processor.post_process_token_classification(predictions, [words], config.id2label)[0],
-        }
-    if head is None or tail is None:
-        raise ValueError("A relation checkpoint needs --head START END and --tail START END.")
-    model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path).eval()
-    inputs = processor(
-        [words], images=[image], crops=[list(crops)], head_spans=[tuple(head)], tail_spans=[tuple(tail)]
-    )
-    with torch.inference_mode():
-        logits = model(**inputs).logits
-    result = processor.post_process_relation_classification(logits, config.id2label)[0]
-    return {"words": words, "head": list(head), "tail": list(tail), **result}
+def _single_post(args: argparse.Namespace) -> dict:
+    post = {"text": args.text} if args.text is not None else {"words": args.words}
+    post.update(image=args.image, crops=args.crops)
+    if args.head is not None:
+        post["head"] = args.head
+    if args.tail is not None:
+        post["tail"] = args.tail
+    return post
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -166,8 +151,35 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print(json.dumps(results, indent=2))
         return
-    words = args.words if args.words is not None else args.text.split()
-    print(json.dumps(predict(args.model, words, args.image, args.crops, args.head, args.tail), ensure_ascii=False))
+    # Data loader workers are forked after the tokenizer has run; its own thread pool must stay off in them.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Under `accelerate launch` only the main process reports.
+    silent = args.quiet or int(os.environ.get("RANK", "0")) != 0
+    log = (lambda message: None) if silent else (lambda message: print(f"mmib: {message}", file=sys.stderr))
+    predictor = MMIBPredictor.from_pretrained(
+        args.model,
+        relation_model=args.relation_model,
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+        max_pairs_per_post=args.max_pairs_per_post,
+        keep_none=args.keep_none,
+    )
+    log(f"device {predictor.device}, dtype {str(predictor.dtype).removeprefix('torch.')} ({predictor.dtype_reason})")
+    if args.input is None:
+        result = predictor(_single_post(args))
+        print(json.dumps(result, ensure_ascii=False))
+        if "error" in result:
+            raise SystemExit(1)
+        return
+    try:
+        summary = predict_file(
+            predictor, args.input, args.output, args.batch_size, args.num_workers, args.quiet, args.strict
+        )
+    except StrictModeError as error:
+        print(f"mmib: {error}", file=sys.stderr)
+        raise SystemExit(1) from error
+    log(str(summary))
 
 
 if __name__ == "__main__":

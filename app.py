@@ -1,0 +1,126 @@
+"""
+MMIB demo: type or paste a post, drop an image (optional), see its entities highlighted with type and score and,
+with a relation checkpoint, the relations between them.
+
+Local: `pip install ".[app]"` then `python app.py --model runs/demo-twitter2017 [--relation_model RE_CHECKPOINT]`.
+Hugging Face Space (Gradio SDK, this file as `app_file`): set the variables `MMIB_MODEL` (checkpoint id or folder)
+and optionally `MMIB_RELATION_MODEL`; the Space's `GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT` are honoured.
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import gradio as gr
+
+from mmib import MMIBPredictor
+
+SAMPLE = Path(__file__).resolve().parent / "examples" / "twitter2017-sample"
+RELATION_HEADERS = ["head", "relation", "tail", "score"]
+
+
+def sample_examples(limit: int = 6) -> list[list[str | None]]:
+    """`[text, image path]` of the shipped sample's posts that have an image, test split first."""
+    examples = []
+    for split in ("test", "validation", "train"):
+        path = SAMPLE / f"{split}.jsonl"
+        if not path.is_file():
+            continue
+        for line in open(path, encoding="utf-8"):
+            row = json.loads(line)
+            if row.get("image") and (SAMPLE / row["image"]).is_file():
+                examples.append([" ".join(row["words"]), str(SAMPLE / row["image"])])
+            if len(examples) == limit:
+                return examples
+    return examples
+
+
+def entity_label(entity: dict) -> str:
+    """The label shown on a highlighted entity: its type and score."""
+    return f"{entity['type']} {entity['score']:.2f}"
+
+
+def highlight(text: str, entities: list[dict]) -> list[tuple[str, str | None]]:
+    """The text cut into `(segment, label or None)` pieces for `gr.HighlightedText`."""
+    pieces, position = [], 0
+    for entity in entities:
+        if entity["start"] > position:
+            pieces.append((text[position : entity["start"]], None))
+        pieces.append((text[entity["start"] : entity["end"]], entity_label(entity)))
+        position = entity["end"]
+    if position < len(text):
+        pieces.append((text[position:], None))
+    return pieces
+
+
+def build_demo(predictor: MMIBPredictor) -> gr.Blocks:
+    """The Gradio app around one predictor."""
+
+    def tag(text: str, image: str | None):
+        if not text or not text.strip():
+            raise gr.Error("Type or paste a post first.")
+        result = predictor({"text": text, "image": image})
+        if "error" in result:
+            raise gr.Error(result["error"])
+        entities = result["entities"]
+        relations = [
+            [entities[r["head"]]["text"], r["label"], entities[r["tail"]]["text"], round(r["score"], 4)]
+            for r in result.get("relations", [])
+        ]
+        return highlight(text, entities), relations, result
+
+    with gr.Blocks(title="MMIB: multimodal NER and relations in tweets") as demo:
+        gr.Markdown(
+            "# MMIB: multimodal named entities and relations in tweets\n"
+            "Entities are highlighted with their type and score (the CRF probability of their tags)."
+        )
+        with gr.Row():
+            with gr.Column():
+                text = gr.Textbox(label="Post", lines=3, elem_id="post-text")
+                # PNG keeps the uploaded pixels exactly (the default WebP is lossy), so the app sees what the API sees.
+                image = gr.Image(label="Image (optional)", type="filepath", format="png", elem_id="post-image")
+                submit = gr.Button("Tag the post", variant="primary", elem_id="submit")
+            with gr.Column():
+                highlighted = gr.HighlightedText(
+                    label="Entities", combine_adjacent=False, show_legend=False, elem_id="entities"
+                )
+                relations = gr.Dataframe(
+                    headers=RELATION_HEADERS,
+                    label="Relations" if predictor.relation_model is not None else "Relations (no relation model)",
+                    elem_id="relations",
+                )
+                raw = gr.JSON(label="Result", elem_id="result")
+        examples = sample_examples()
+        if examples:
+            gr.Examples(examples, inputs=[text, image])
+        submit.click(tag, inputs=[text, image], outputs=[highlighted, relations, raw])
+    return demo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="MMIB Gradio demo.")
+    parser.add_argument("--model", default=os.environ.get("MMIB_MODEL"), help="NER checkpoint (env MMIB_MODEL).")
+    parser.add_argument(
+        "--relation_model",
+        default=os.environ.get("MMIB_RELATION_MODEL"),
+        help="RE checkpoint (env MMIB_RELATION_MODEL).",
+    )
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--device")
+    parser.add_argument("--port", type=int, help="Port (default: GRADIO_SERVER_PORT or 7860).")
+    parser.add_argument("--host", help="Address (default: GRADIO_SERVER_NAME or 127.0.0.1).")
+    args = parser.parse_args()
+    if not args.model:
+        parser.error("give --model or set MMIB_MODEL")
+    predictor = MMIBPredictor.from_pretrained(
+        args.model, relation_model=args.relation_model, dtype=args.dtype, device=args.device
+    )
+    if predictor.task != "ner":
+        parser.error(f"{args.model} is a relation checkpoint; the demo needs an NER checkpoint (--relation_model RE)")
+    print(f"mmib app: device {predictor.device}, dtype {predictor.dtype} ({predictor.dtype_reason})", flush=True)
+    build_demo(predictor).launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Throughput and peak memory of `mmib predict` on a JSON-lines file (the shipped Twitter-2017 text, repeated).
+
+python benchmarks/bench_prediction.py runs/demo-twitter2017 --sizes 1000 20000 --variants text image \
+    [--dtype auto] [--batch_size 32] [--num_workers 2] [--output_json benchmarks/prediction.json]
+
+Variants: `text` (no image), `image` (one shipped sample image per post, decoded and run through the vision tower
+as raw pixels). Each run is a fresh `python -m mmib.cli predict` process; peak memory is its maximum resident set
+(`wait4` rusage, workers included as the largest process). Prints posts/s and peak MB per run, and the peak-memory
+difference between the largest and the smallest size.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = REPO_ROOT / "examples" / "twitter2017-sample"
+
+
+def write_posts(path: Path, size: int, with_image: bool) -> None:
+    texts = [
+        " ".join(json.loads(line)["words"])
+        for split in ("train", "validation", "test")
+        for line in open(SAMPLE / f"{split}.jsonl", encoding="utf-8")
+    ]
+    images = sorted(str(image) for image in (SAMPLE / "images").glob("*.jpg"))
+    with open(path, "w", encoding="utf-8") as output:
+        for index in range(size):
+            row = {"id": index, "text": texts[index % len(texts)]}
+            if with_image:
+                row["image"] = images[index % len(images)]
+            output.write(json.dumps(row) + "\n")
+
+
+def run(model: str, input_path: Path, args: argparse.Namespace) -> tuple[float, float]:
+    command = [sys.executable, "-m", "mmib.cli", "predict", model, "--input", str(input_path), "--quiet"]
+    command += ["--output", os.devnull, "--dtype", args.dtype, "--batch_size", str(args.batch_size)]
+    command += ["--num_workers", str(args.num_workers)]
+    start = time.perf_counter()
+    process = subprocess.Popen(command)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command)} failed")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000])
+    parser.add_argument("--variants", nargs="+", default=["text", "image"], choices=["text", "image"])
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--output_json")
+    args = parser.parse_args()
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"cpu capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"native bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}"
+    )
+    print(f"machine: {machine}")
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        for variant in args.variants:
+            for size in args.sizes:
+                input_path = Path(folder) / f"{variant}-{size}.jsonl"
+                write_posts(input_path, size, variant == "image")
+                seconds, peak_mb = run(args.model, input_path, args)
+                results.append(
+                    {
+                        "variant": variant,
+                        "posts": size,
+                        "seconds": seconds,
+                        "posts_per_s": size / seconds,
+                        "peak_mb": peak_mb,
+                    }
+                )
+                print(
+                    f"{variant:5s} {size:6d} posts: {size / seconds:7.1f} posts/s, peak {peak_mb:7.1f} MB", flush=True
+                )
+    for variant in args.variants:
+        runs = sorted((r for r in results if r["variant"] == variant), key=lambda r: r["posts"])
+        if len(runs) > 1:
+            print(
+                f"{variant}: peak memory {runs[-1]['posts']} vs {runs[0]['posts']} posts: "
+                f"{runs[-1]['peak_mb'] - runs[0]['peak_mb']:+.1f} MB"
+            )
+    if args.output_json:
+        Path(args.output_json).write_text(
+            json.dumps({"machine": machine, "args": vars(args), "runs": results}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,476 @@
+"""
+Applying trained MMIB models to posts: NER with entity confidences, relation classification, and NER -> RE.
+
+One predictor serves the `mmib predict` command, the transformers pipeline and the demo app. This file travels with
+checkpoints as remote code (the pipeline imports it): it imports only torch, transformers, PIL, the standard library
+and its flat sibling `word_splitting_mmib.py`.
+
+A post is a raw string, or a dict with `text` (a raw string, split by [`split_words`]) or `words` (a list), and
+optionally `id`, `image` (a path or a PIL image), `crops` (paths or PIL images) and, for a relation checkpoint on
+its own, `head` / `tail` word spans `[start, end)`. Results are dicts:
+
+- NER: `{"id", "text", "words", "tags", "entities": [{"text", "type", "start", "end", "word_start",
+  "word_end", "score"}]}`: one BIO tag per word; `start` / `end` are character offsets into `text`
+  (`text[start:end] == entity["text"]`; for a `words` post, `text` is the words joined by single spaces),
+  `word_end` is exclusive, `score` is the CRF probability of the entity's tags (`MMIBCRF.span_probability`);
+  with a relation model also `"relations": [{"head", "tail", "label", "score"}]` (`head` / `tail` index
+  `entities`, `score` the softmax probability of `label`).
+- RE alone: `{"id", "text", "words", "head", "tail", "label", "score"}`.
+- A post that cannot be used: `{"id", "error"}`, the error naming the field and the problem.
+"""
+
+import itertools
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoProcessor,
+    BatchFeature,
+    PreTrainedModel,
+    ProcessorMixin,
+)
+
+from .image_loading_mmib import UnreadableImageError, load_image
+from .word_splitting_mmib import split_words
+
+__all__ = ["MMIBPredictor", "PreparedPost", "resolve_device", "resolve_dtype"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` as given, else CUDA when present (this process's GPU under a launcher), else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> tuple[torch.dtype, str]:
+    """
+    The compute dtype for `--dtype auto|float32|bfloat16` (bf16 runs under autocast, see [`MMIBPredictor`]).
+
+    `auto` takes bfloat16 only where the hardware multiplies it natively (CUDA with bf16 support, or a CPU for which
+    oneDNN reports native bf16, e.g. AVX512-BF16 / AMX), else float32: emulated bf16 is slower than fp32.
+
+    Returns:
+        `(dtype, reason)`, the reason being a short human-readable note for the log.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype, "requested"
+    if dtype in DTYPES:
+        return DTYPES[dtype], "requested"
+    if dtype != "auto":
+        raise ValueError(f"Unknown dtype {dtype!r}: expected auto, float32 or bfloat16.")
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+        return (torch.bfloat16, "auto: CUDA with bf16") if native else (torch.float32, "auto: CUDA without bf16")
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16, "auto: CPU with native bf16"
+    return torch.float32, f"auto: no native bf16 on {device.type}"
+
+
+@dataclass
+class PreparedPost:
+    """A post checked, split into words and with its images decoded, ready for the processor."""
+
+    id: Any
+    text: str = ""
+    words: list[str] = field(default_factory=list)
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+    image: Image.Image | None = None
+    crops: list[Image.Image] = field(default_factory=list)
+    head: tuple[int, int] | None = None
+    tail: tuple[int, int] | None = None
+    error: str | None = None
+    error_kind: str | None = None
+
+
+class PostError(ValueError):
+    """A post that cannot be used; `kind` groups errors in summaries (e.g. `image`, `empty post`)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _open_image(value: Any, field_name: str, base_dir: str | None) -> Image.Image:
+    """The package's one image loader (`load_image`), its errors turned into this post's error row."""
+    if isinstance(value, str | os.PathLike) and base_dir is not None and not os.path.isabs(value):
+        value = os.path.join(base_dir, value)
+    try:
+        return load_image(value, where=field_name)
+    except TypeError as error:
+        raise PostError("invalid field", f"{field_name} must be a file path, got {type(value).__name__}") from error
+    except FileNotFoundError as error:
+        raise PostError("image", f"{field_name}: file not found: {os.fspath(value)}") from error
+    except UnreadableImageError as error:
+        raise PostError("image", f"{field_name}: {error}") from error
+
+
+def _span(value: Any, name: str, num_words: int) -> tuple[int, int]:
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
+        raise PostError("invalid field", f"{name} must be a [start, end] word span, got {value!r}")
+    start, end = value
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= num_words):
+        raise PostError("invalid field", f"{name} {value!r} is not a span of the post's {num_words} words")
+    return start, end
+
+
+def prepare_post(
+    post: str | Mapping[str, Any],
+    default_id: Any = None,
+    base_dir: str | None = None,
+    needs_spans: bool = False,
+    max_crops: int | None = None,
+) -> PreparedPost:
+    """
+    Checks one input post, splits its text and decodes its images.
+
+    Args:
+        post (`str` or `dict`): see the module docstring.
+        default_id: the `id` of a post that has none (e.g. its line number).
+        base_dir (`str`, *optional*): folder that relative image paths are resolved against.
+        needs_spans (`bool`): a relation checkpoint on its own: `head` and `tail` are required.
+        max_crops (`int`, *optional*): decode only the first `max_crops` crops (the processor's `num_crops`; it
+            uses no more).
+
+    Returns:
+        [`PreparedPost`], with `error` / `error_kind` set instead of raising when the post cannot be used.
+    """
+    post_id = default_id
+    try:
+        if isinstance(post, str):
+            post = {"text": post}
+        if not isinstance(post, Mapping):
+            raise PostError("invalid row", f"a post must be a JSON object or a string, got {type(post).__name__}")
+        post_id = post.get("id", default_id)
+        if "text" in post and "words" in post:
+            raise PostError("invalid row", "give either text or words, not both")
+        if "text" in post:
+            text = post["text"]
+            if not isinstance(text, str):
+                raise PostError("invalid field", f"text must be a string, got {type(text).__name__}")
+            split = split_words(text)
+            words = [word for word, _, _ in split]
+            offsets = [(start, end) for _, start, end in split]
+        elif "words" in post:
+            words = post["words"]
+            if not isinstance(words, list) or not all(isinstance(word, str) and word.strip() for word in words):
+                raise PostError("invalid field", "words must be a list of non-empty strings")
+            text, offsets, position = " ".join(words), [], 0
+            for word in words:
+                offsets.append((position, position + len(word)))
+                position += len(word) + 1
+        else:
+            raise PostError("invalid row", "the row has neither text nor words")
+        if not words:
+            raise PostError("empty post", "the post has no words")
+        image = post.get("image")
+        image = None if image is None else _open_image(image, "image", base_dir)
+        crops = post.get("crops") or []
+        if not isinstance(crops, list):
+            raise PostError("invalid field", f"crops must be a list, got {type(crops).__name__}")
+        crops = [_open_image(crop, f"crops[{index}]", base_dir) for index, crop in enumerate(crops[:max_crops])]
+        head = tail = None
+        if needs_spans:
+            if "head" not in post or "tail" not in post:
+                raise PostError("invalid row", "a relation model needs head and tail word spans")
+            head, tail = _span(post["head"], "head", len(words)), _span(post["tail"], "tail", len(words))
+        return PreparedPost(post_id, text, words, offsets, image, crops, head, tail)
+    except PostError as error:
+        return PreparedPost(post_id, error=str(error), error_kind=error.kind)
+
+
+def error_row(post: PreparedPost) -> dict[str, Any]:
+    return {"id": post.id, "error": post.error}
+
+
+class MMIBPredictor:
+    r"""
+    Holds an MMIB checkpoint's processor and model (and optionally a relation checkpoint's) and applies them.
+
+    Args:
+        model ([`PreTrainedModel`]): an MMIB NER (`MMIBForTokenClassification`) or RE model, in eval mode.
+        processor ([`ProcessorMixin`]): its processor (`processor.task` says which).
+        relation_model ([`PreTrainedModel`], *optional*): an RE model to run on every ordered pair of the entities
+            the NER model finds.
+        relation_processor ([`ProcessorMixin`], *optional*): the RE model's processor.
+        batch_size (`int`, *optional*, defaults to 32): posts (and relation pairs) per forward pass.
+        max_pairs_per_post (`int`, *optional*, defaults to 240): entity pairs classified per post (16 entities);
+            further pairs are counted in the result's `pairs_left_out`.
+        keep_none (`bool`, *optional*, defaults to `False`): keep relations labelled `none_label`.
+        none_label (`str`, *optional*, defaults to `"None"`): the no-relation label.
+        compute_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): `torch.bfloat16` runs the models
+            under bf16 autocast (matrix products in bf16, normalisations, softmax and the CRF in fp32), which keeps
+            the entities of fp32 far more often than casting the weights to bf16.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        processor: ProcessorMixin,
+        relation_model: PreTrainedModel | None = None,
+        relation_processor: ProcessorMixin | None = None,
+        batch_size: int = 32,
+        max_pairs_per_post: int = 240,
+        keep_none: bool = False,
+        none_label: str = "None",
+        compute_dtype: torch.dtype = torch.float32,
+    ):
+        if (relation_model is None) != (relation_processor is None):
+            raise ValueError("Give relation_model and relation_processor together.")
+        if relation_model is not None and (processor.task != "ner" or relation_processor.task != "re"):
+            raise ValueError("NER -> RE needs an NER model and a relation (task 're') model.")
+        self.model = model.eval()
+        self.processor = processor
+        self.relation_model = None if relation_model is None else relation_model.eval()
+        self.relation_processor = relation_processor
+        self.batch_size = batch_size
+        self.max_pairs_per_post = max_pairs_per_post
+        self.keep_none = keep_none
+        self.none_label = none_label
+        self.compute_dtype = compute_dtype
+        self.dtype_reason = "as given"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path: str,
+        relation_model: str | None = None,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+        **kwargs,
+    ) -> "MMIBPredictor":
+        """
+        Loads an MMIB checkpoint (NER or RE) and, optionally, a relation checkpoint for NER -> RE.
+
+        Args:
+            model_name_or_path (`str`): folder or Hub id of the checkpoint.
+            relation_model (`str`, *optional*): folder or Hub id of a relation checkpoint.
+            dtype (`str` or `torch.dtype`, *optional*, defaults to `"auto"`): see [`resolve_dtype`].
+            device (`str`, *optional*): defaults to CUDA when present.
+            trust_remote_code (`bool`): load the checkpoints' own code (not needed when `mmib` is installed).
+            kwargs: further [`MMIBPredictor`] arguments (`batch_size`, `max_pairs_per_post`, `keep_none`).
+        """
+        device = resolve_device(device)
+        dtype, reason = resolve_dtype(dtype, device)
+        models = []
+        for path in (model_name_or_path, relation_model):
+            if path is None:
+                continue
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            if config.model_type != "mmib":
+                raise ValueError(f"{path} is not an MMIB checkpoint (model_type {config.model_type!r}).")
+            processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+            auto_class = (
+                AutoModelForTokenClassification if processor.task == "ner" else AutoModelForSequenceClassification
+            )
+            model = auto_class.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+            models += [model.to(device), processor]
+        predictor = cls(*models, compute_dtype=dtype, **kwargs)
+        predictor.dtype_reason = reason
+        return predictor
+
+    @property
+    def task(self) -> str:
+        """`"ner"` or `"re"`, the task of the main checkpoint."""
+        return self.processor.task
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the matrix products run in (the weights stay as loaded)."""
+        return self.compute_dtype
+
+    def _autocast(self):
+        enabled = self.compute_dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=enabled)
+
+    def prepare(
+        self, post: str | Mapping[str, Any], default_id: Any = None, base_dir: str | None = None
+    ) -> PreparedPost:
+        """[`prepare_post`] for this predictor's task."""
+        return prepare_post(post, default_id, base_dir, self.task == "re", self.processor.num_crops)
+
+    def encode(self, posts: Sequence[PreparedPost]) -> BatchFeature:
+        """Processor inputs for `posts` (all without error)."""
+        kwargs = {}
+        if self.task == "re":
+            kwargs = {"head_spans": [post.head for post in posts], "tail_spans": [post.tail for post in posts]}
+        return self.processor(
+            [post.words for post in posts],
+            images=[post.image for post in posts],
+            crops=[post.crops for post in posts],
+            **kwargs,
+        )
+
+    def encode_batch(self, posts: list[PreparedPost]) -> BatchFeature | None:
+        """
+        [`encode`] for the posts of a batch without error; a post the processor rejects gets the processor's
+        message as its error (the batch is then encoded post by post to find it).
+        """
+        good = [post for post in posts if post.error is None]
+        if not good:
+            return None
+        try:
+            return self.encode(good)
+        except (ValueError, TypeError):
+            for post in good:
+                try:
+                    self.encode([post])
+                except (ValueError, TypeError) as error:
+                    post.error, post.error_kind = str(error), "processor"
+            good = [post for post in posts if post.error is None]
+            return self.encode(good) if good else None
+
+    def _to_device(self, inputs: BatchFeature, model: PreTrainedModel) -> dict[str, torch.Tensor]:
+        inputs = {name: value.to(model.device) for name, value in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        return inputs
+
+    @torch.inference_mode()
+    def predict_prepared(self, posts: list[PreparedPost], inputs: BatchFeature | None = None) -> list[dict]:
+        """
+        Results for prepared posts, in order; `inputs` = [`encode_batch`] of them (computed here if not given).
+        """
+        if inputs is None:
+            inputs = self.encode_batch(posts)
+        good = [post for post in posts if post.error is None]
+        results = {}
+        if good:
+            predict = self._predict_entities if self.task == "ner" else self._predict_relations
+            results = {id(post): result for post, result in zip(good, predict(good, inputs))}
+        return [results.get(id(post)) or error_row(post) for post in posts]
+
+    def _predict_entities(self, posts: list[PreparedPost], inputs: BatchFeature) -> list[dict]:
+        inputs = self._to_device(inputs, self.model)
+        with self._autocast():
+            outputs = self.model(**inputs)
+        emissions, mask = outputs.logits.float(), inputs["word_index"] >= 0
+        tags = outputs.predictions
+        processed = self.processor.post_process_token_classification(
+            tags, [post.words for post in posts], self.model.config.id2label
+        )
+        spans = [
+            (index, entity["start"], entity["end"])
+            for index, result in enumerate(processed)
+            for entity in result["entities"]
+        ]
+        scores = iter([])
+        if spans:
+            scores = iter(
+                self.model.crf.span_probability(
+                    emissions, mask, tags, torch.tensor(spans, device=tags.device)
+                ).tolist()
+            )
+        results = []
+        for post, result in zip(posts, processed):
+            entities = []
+            for entity in result["entities"]:
+                start, end = post.offsets[entity["start"]][0], post.offsets[entity["end"] - 1][1]
+                entities.append(
+                    {
+                        "text": post.text[start:end],
+                        "type": entity["type"],
+                        "start": start,
+                        "end": end,
+                        "word_start": entity["start"],
+                        "word_end": entity["end"],
+                        "score": next(scores),
+                    }
+                )
+            results.append(
+                {"id": post.id, "text": post.text, "words": post.words, "tags": result["tags"], "entities": entities}
+            )
+        if self.relation_model is not None:
+            self._add_relations(posts, results)
+        return results
+
+    def _classify_pairs(self, pairs: list[tuple[PreparedPost, tuple[int, int], tuple[int, int]]]) -> list[dict]:
+        """`{"label", "score"}` (or `{"error"}`) per (post, head span, tail span), in batches."""
+        labels = []
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            try:
+                labels += self._classify_chunk(chunk)
+            except ValueError:
+                for pair in chunk:
+                    try:
+                        labels += self._classify_chunk([pair])
+                    except ValueError as error:
+                        labels.append({"error": str(error)})
+        return labels
+
+    def _classify_chunk(self, chunk) -> list[dict]:
+        inputs = self.relation_processor(
+            [post.words for post, _, _ in chunk],
+            images=[post.image for post, _, _ in chunk],
+            crops=[post.crops for post, _, _ in chunk],
+            head_spans=[head for _, head, _ in chunk],
+            tail_spans=[tail for _, _, tail in chunk],
+        )
+        with self._autocast():
+            logits = self.relation_model(**self._to_device(inputs, self.relation_model)).logits
+        return self.relation_processor.post_process_relation_classification(
+            logits.float(), self.relation_model.config.id2label
+        )
+
+    def _add_relations(self, posts: list[PreparedPost], results: list[dict]) -> None:
+        pairs, owners = [], []
+        for index, (post, result) in enumerate(zip(posts, results)):
+            entities = result["entities"]
+            ordered = list(itertools.permutations(range(len(entities)), 2))
+            if len(ordered) > self.max_pairs_per_post:
+                result["pairs_left_out"] = len(ordered) - self.max_pairs_per_post
+            for head, tail in ordered[: self.max_pairs_per_post]:
+                spans = [(entities[i]["word_start"], entities[i]["word_end"]) for i in (head, tail)]
+                pairs.append((post, *spans))
+                owners.append((index, head, tail))
+            result["relations"] = []
+        for (index, head, tail), relation in zip(owners, self._classify_pairs(pairs)):
+            if "error" in relation:
+                results[index].setdefault("relation_errors", []).append({"head": head, "tail": tail, **relation})
+            elif self.keep_none or relation["label"] != self.none_label:
+                results[index]["relations"].append({"head": head, "tail": tail, **relation})
+
+    def _predict_relations(self, posts: list[PreparedPost], inputs: BatchFeature) -> list[dict]:
+        with self._autocast():
+            logits = self.model(**self._to_device(inputs, self.model)).logits
+        labels = self.processor.post_process_relation_classification(logits.float(), self.model.config.id2label)
+        return [
+            {"id": post.id, "text": post.text, "words": post.words, "head": list(post.head), "tail": list(post.tail)}
+            | label
+            for post, label in zip(posts, labels)
+        ]
+
+    def __call__(
+        self, posts: str | Mapping[str, Any] | Sequence[str | Mapping[str, Any]] | Iterable[str | Mapping[str, Any]]
+    ) -> dict | list[dict] | Iterator[dict]:
+        """
+        Predicts for one post (returns a dict), a list or tuple of posts (a list) or any other iterable of posts
+        (a generator that reads and predicts `batch_size` posts at a time). Posts without `id` get their index.
+        """
+        if isinstance(posts, str | Mapping):
+            return self.predict_prepared([self.prepare(posts, 0)])[0]
+        if isinstance(posts, list | tuple):
+            return list(self._stream(posts))
+        return self._stream(posts)
+
+    def _stream(self, posts: Iterable[str | Mapping[str, Any]]) -> Iterator[dict]:
+        numbered = enumerate(posts)
+        while batch := list(itertools.islice(numbered, self.batch_size)):
+            yield from self.predict_prepared([self.prepare(post, index) for index, post in batch])
