@@ -12,8 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import make_image, make_image_processor, make_tokenizer, tiny_config
-from mmib import MMIBForTokenClassification, MMIBProcessor, UnreadableImageError, load_image
-from mmib import image_loading_mmib
+from mmib import MMIBForTokenClassification, MMIBProcessor, UnreadableImageError, image_loading_mmib, load_image
 from mmib.collator import MMIBDataCollator
 from mmib.features import ImageFeatureStore
 
