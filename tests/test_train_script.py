@@ -305,8 +305,9 @@ def test_two_process_cpu_ddp_matches_one_process(towers, dropout_free_text_tower
     assert [entry["step"] for entry in steps_one] == [entry["step"] for entry in steps_two] == [1, 2, 3, 4]
     for key in ("kl_text", "kl_vision"):
         assert steps_two[0][key] == pytest.approx(steps_one[0][key], rel=1e-4), key
-    for entry_one, entry_two in zip(steps_one, steps_two):
-        assert entry_two["loss"] == pytest.approx(entry_one["loss"], rel=DDP_LOSS_RTOL)
+    gaps = [abs(two["loss"] - one["loss"]) / abs(one["loss"]) for one, two in zip(steps_one, steps_two)]
+    print(f"DDP vs 1 process: relative step-loss gaps {[f'{gap:.2e}' for gap in gaps]}")
+    assert max(gaps) <= DDP_LOSS_RTOL
     assert results["two"]["train_loss"] == pytest.approx(results["one"]["train_loss"], rel=DDP_LOSS_RTOL)
 
     # The 2-process evaluation gathers every test post once, in order: its scores and predictions equal an
