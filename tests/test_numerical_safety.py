@@ -145,3 +145,12 @@ def test_finite_training_is_not_stopped(tmp_path):
     trainer = nan_trainer(tmp_path, nan_at_step=10**6)
     trainer.train()
     assert trainer.state.global_step == 5
+
+
+def test_nan_loss_stops_training_at_the_first_step(tmp_path):
+    trainer = nan_trainer(tmp_path, nan_at_step=10**6)
+    with torch.no_grad():
+        trainer.model.classifier.bias[0] = float("nan")
+    with pytest.raises(NonFiniteTrainingError, match=r"stopped at step 1 .*the loss is nan"):
+        trainer.train()
+    assert list(tmp_path.glob("checkpoint-*")) == []
