@@ -168,10 +168,14 @@ def load_image(
     # PIL signals a bad file with OSError (truncated, unknown format, empty), SyntaxError or ValueError (bad headers)
     # and DecompressionBombError (absurd size, from PIL's check or ours).
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        reason = str(error)
+        if isinstance(error, Image.DecompressionBombError) and "MMIB_MAX_IMAGE_PIXELS" not in reason:
+            # PIL's own check fired first (beyond twice PIL.Image.MAX_IMAGE_PIXELS), before ours could.
+            reason += " (refused before decoding; raise MMIB_MAX_IMAGE_PIXELS and PIL.Image.MAX_IMAGE_PIXELS if real)"
         if on_unreadable == "mask":
-            logger.warning("Cannot decode image file, masked like an absent image: %s%s (%s)", path, location, error)
+            logger.warning("Cannot decode image file, masked like an absent image: %s%s (%s)", path, location, reason)
             return None
-        raise UnreadableImageError(path, str(error), where) from error
+        raise UnreadableImageError(path, reason, where) from error
 
 
 def encode_post_images(

@@ -10,9 +10,26 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_building import SMALL
+from transformers import BertModel, ResNetModel
 
-from conftest import make_image, make_image_processor, make_tokenizer, tiny_config
-from mmib import MMIBForTokenClassification, MMIBProcessor, UnreadableImageError, image_loading_mmib, load_image
+from conftest import (
+    make_image,
+    make_image_processor,
+    make_tokenizer,
+    tiny_config,
+    tiny_text_config,
+    tiny_vision_config,
+)
+from mmib import (
+    MMIBForTokenClassification,
+    MMIBProcessor,
+    UnreadableImageError,
+    build_model_and_processor,
+    image_loading_mmib,
+    load_image,
+)
+from mmib.cli import predict
 from mmib.collator import MMIBDataCollator
 from mmib.features import ImageFeatureStore
 
@@ -144,3 +161,32 @@ def test_every_path_reads_odd_images_and_refuses_or_masks_bad_ones(bad_files, od
     assert from_pixels["image_mask"][:, 0].tolist() == from_cache["image_mask"][:, 0].tolist() == expected
     with torch.no_grad():
         torch.testing.assert_close(model(**from_pixels).logits, model(**from_cache).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_prediction_refuses_a_bomb_naming_it_and_reads_odd_images(bad_files, odd_files, tmp_path):
+    """`mmib predict` (today `mmib.cli.predict`) reads its files through the same loader."""
+    text, vision = tmp_path / "text", tmp_path / "vision"
+    torch.manual_seed(0)
+    tokenizer = make_tokenizer()
+    BertModel(tiny_text_config(vocab_size=len(tokenizer))).save_pretrained(text)
+    tokenizer.save_pretrained(text)
+    ResNetModel(tiny_vision_config()).save_pretrained(vision)
+    model, processor = build_model_and_processor(
+        "ner",
+        str(text),
+        str(vision),
+        ["O", "B-PER", "I-PER"],
+        num_crops=2,
+        image_processor=make_image_processor(),
+        **SMALL,
+    )
+    model.save_pretrained(tmp_path / "checkpoint")
+    processor.save_pretrained(tmp_path / "checkpoint")
+    checkpoint = str(tmp_path / "checkpoint")
+    bomb_message = r"bomb\.png \(images, post 0\): .*10000000000 pixels.*MMIB_MAX_IMAGE_PIXELS"
+    with pytest.raises(UnreadableImageError, match=bomb_message):
+        predict(checkpoint, ["john", "smith"], image=bad_files["bomb.png"])
+    with pytest.raises(UnreadableImageError, match=r"empty\.jpg \(crops\[0\]\[0\], post 0\)"):
+        predict(checkpoint, ["john", "smith"], crops=[bad_files["empty.jpg"]])
+    result = predict(checkpoint, ["john", "smith"], image=odd_files["tall.png"], crops=[odd_files["animated.gif"]])
+    assert len(result["tags"]) == 2
