@@ -159,7 +159,8 @@ def load_model_and_processor(
 
     Raises:
         ValueError: the processor and the model config disagree (`num_crops`, `max_length` beyond the text tower's
-            positions), or the checkpoint differs from `task`, `num_crops` or `max_length`.
+            positions, a tokenizer larger than the text embeddings), or the checkpoint differs from `task`,
+            `num_crops` or `max_length`.
     """
     processor = MMIBProcessor.from_pretrained(model_name_or_path)
     if task is not None and processor.task != task:
@@ -172,12 +173,35 @@ def load_model_and_processor(
             )
     model = MODEL_CLASSES[processor.task].from_pretrained(model_name_or_path, **model_kwargs)
     check_processor_matches_config(processor, model.config, source=str(model_name_or_path))
+    check_tokenizer_matches_embeddings(processor, model, source=str(model_name_or_path))
     return model, processor
+
+
+def check_tokenizer_matches_embeddings(
+    processor: MMIBProcessor, model: MMIBPreTrainedModel, source: str = "the checkpoint"
+) -> None:
+    """
+    Refuses a processor whose tokenizer can produce ids that the model's text embeddings do not have (a tokenizer
+    from another model, or RE markers added without resizing the embeddings). A tokenizer smaller than the
+    embedding matrix is accepted: embeddings padded to a multiple of 8 or 64 are common.
+
+    Raises:
+        ValueError: `len(processor.tokenizer)` exceeds the number of embedding rows.
+    """
+    tokens, rows = len(processor.tokenizer), model.get_input_embeddings().num_embeddings
+    if tokens > rows:
+        raise ValueError(
+            f"The tokenizer of {source} has {tokens} tokens but the model's text embeddings have {rows} rows "
+            "(text_config.vocab_size): the tokenizer belongs to another model, or tokens were added without "
+            "model.resize_token_embeddings(len(tokenizer)). Save the processor that was built with the model "
+            "(mmib.build_model_and_processor does both)."
+        )
 
 
 __all__ = [
     "TASK_DEFAULTS",
     "build_model_and_processor",
+    "check_tokenizer_matches_embeddings",
     "image_processor_for",
     "load_model_and_processor",
     "resnet_image_processor",

@@ -146,6 +146,30 @@ class MMIBConfig(PreTrainedConfig):
             raise ValueError("num_crops and num_negatives must be >= 0.")
         super().__post_init__(**kwargs)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "MMIBConfig":
+        """
+        `PreTrainedConfig.from_pretrained`, refusing the folder or Hub id of another model type (e.g. a plain BERT or
+        ResNet checkpoint) instead of building a default MMIB config from it with a warning, so that
+        `MMIB*.from_pretrained` cannot silently return a randomly initialised model.
+
+        Raises:
+            ValueError: the checkpoint's `model_type` is not `"mmib"`; the message says what was found and how to
+                build an MMIB model around such a checkpoint.
+        """
+        config_dict, _ = cls.get_config_dict(pretrained_model_name_or_path, **dict(kwargs))
+        found = config_dict.get("model_type")
+        if found is not None and found != cls.model_type:
+            architectures = ", ".join(config_dict.get("architectures") or []) or "unknown architecture"
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds a {found!r} checkpoint ({architectures}), not an MMIB one "
+                "(model_type 'mmib'). MMIB*.from_pretrained loads only checkpoints saved by MMIB. To build a new MMIB "
+                "model around it as the text or vision tower, use mmib.build_model_and_processor(task, text_model, "
+                "vision_model, id2label) or MMIBForTokenClassification.from_text_vision_pretrained(text_model, "
+                "vision_model)."
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     @property
     def vision_feature_size(self) -> int:
         """

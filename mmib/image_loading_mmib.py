@@ -12,12 +12,29 @@ PIL cannot decode it: corrupt, truncated, not an image):
   collator): a warning names the file and `load_image` returns `None`, so the caller masks the slot exactly like an
   absent image and counts the file (e.g. `ImageFeatureStore.unreadable`).
 
+A decompression bomb (a small file whose header declares more than `MAX_IMAGE_PIXELS` pixels, checked before any
+pixel is decoded) counts as undecodable: [`UnreadableImageError`] naming the file and its declared size, or the
+masked fallback. The limit defaults to 89,478,485 pixels (PIL's own warning threshold, about 9459 x 9459); set the
+environment variable `MMIB_MAX_IMAGE_PIXELS` or pass `max_pixels` to change it. PIL's own
+`DecompressionBombWarning`/`DecompressionBombError` never reach the caller.
+
+Every readable image is returned as RGB, the same way whatever its mode:
+
+- animated files (GIF, APNG, WebP): the first frame;
+- transparency (RGBA, LA, palette with a transparent colour): composited on a white background, so transparent
+  pixels do not turn into whatever colour happens to be stored under them (often black);
+- 16- and 32-bit grayscale (`I;16`, `I`): scaled to 8 bits (divided by 256, resp. clipped), not clipped at 255;
+- CMYK, palette, grayscale, YCbCr: PIL's conversion;
+- an extreme aspect ratio (beyond `MAX_ASPECT_RATIO` = 20, e.g. a 1 x 5000 banner): padded with white on its
+  short side to that ratio, so that a shortest-edge resize cannot blow it up to millions of pixels.
+
 This file travels to the Hub as remote code next to `processing_mmib.py`: it imports only torch, transformers, PIL
 and the standard library.
 """
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -29,6 +46,44 @@ logger = logging.getLogger(__name__)
 
 ImageLike = Image.Image | str | os.PathLike | None
 UNREADABLE_POLICIES = ("raise", "mask")
+# Pixel limit of one image file, checked on the header before decoding; PIL's default warning threshold.
+MAX_IMAGE_PIXELS = int(os.environ.get("MMIB_MAX_IMAGE_PIXELS", 89_478_485))
+# Longest / shortest side beyond which an image is padded (see the module docstring).
+MAX_ASPECT_RATIO = 20
+_WHITE = (255, 255, 255)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """
+    Converts a decoded image of any mode to RGB by the module's rules: transparency composited on white, 16/32-bit
+    grayscale scaled to 8 bits, extreme aspect ratios padded with white to `MAX_ASPECT_RATIO`.
+
+    Args:
+        image (`PIL.Image.Image`): any mode; for an animated image, the current frame is used.
+
+    Returns:
+        `PIL.Image.Image` in RGB mode.
+    """
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        image = image.convert("I").point(lambda value: value * (1 / 256)).convert("L")
+    elif image.mode in ("I", "F"):
+        image = image.point(lambda value: min(max(value, 0), 255)).convert("L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert("RGB")
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    if short * MAX_ASPECT_RATIO < long:
+        padded_short = -(-long // MAX_ASPECT_RATIO)
+        size = (padded_short, height) if width < height else (width, padded_short)
+        canvas = Image.new("RGB", size, _WHITE)
+        canvas.paste(image, ((size[0] - width) // 2, (size[1] - height) // 2))
+        image = canvas
+    return image
 
 
 class UnreadableImageError(ValueError):
@@ -48,7 +103,10 @@ class UnreadableImageError(ValueError):
 
 
 def load_image(
-    image: ImageLike, where: str = "", on_unreadable: Literal["raise", "mask"] = "raise"
+    image: ImageLike,
+    where: str = "",
+    on_unreadable: Literal["raise", "mask"] = "raise",
+    max_pixels: int | None = None,
 ) -> Image.Image | None:
     r"""
     Loads one image as RGB, following the module's unreadable-file policy.
@@ -61,13 +119,16 @@ def load_image(
         on_unreadable (`str`, *optional*, defaults to `"raise"`):
             `"raise"`: a missing file raises `FileNotFoundError` and an undecodable file [`UnreadableImageError`].
             `"mask"`: both are logged with a warning naming the file and give `None`.
+        max_pixels (`int`, *optional*): pixel limit of a file (width x height declared in its header); defaults
+            to `MAX_IMAGE_PIXELS`. A larger file is a decompression bomb, handled like an undecodable one.
 
     Returns:
-        `PIL.Image.Image` in RGB mode, or `None` (no image, or an unreadable file under `"mask"`).
+        `PIL.Image.Image` in RGB mode converted by [`to_rgb`], or `None` (no image, or an unreadable file under
+        `"mask"`).
 
     Raises:
         FileNotFoundError: the path does not exist (`"raise"` only).
-        UnreadableImageError: the file cannot be decoded (`"raise"` only).
+        UnreadableImageError: the file cannot be decoded or exceeds `max_pixels` (`"raise"` only).
         TypeError: `image` is neither a PIL image, a path nor `None`.
         ValueError: unknown `on_unreadable`.
     """
@@ -76,7 +137,7 @@ def load_image(
     if image is None:
         return None
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     if not isinstance(image, str | os.PathLike):
         location = f"{where}: " if where else ""
         raise TypeError(
@@ -89,16 +150,32 @@ def load_image(
             logger.warning("Image file not found, masked like an absent image: %s%s", path, location)
             return None
         raise FileNotFoundError(f"Image file not found: {path}{location}.")
+    max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        with Image.open(path) as opened:
-            return opened.convert("RGB")
-    # PIL signals a bad file with OSError (truncated, unknown format), SyntaxError or ValueError (bad headers) and
-    # DecompressionBombError (absurd size).
+        # PIL's own bomb check only warns below twice its limit; ours runs on the header instead, with a message
+        # that names the file.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                width, height = opened.size
+                if width * height > max_pixels:
+                    raise Image.DecompressionBombError(
+                        f"the header declares {width} x {height} = {width * height} pixels, more than the limit of "
+                        f"{max_pixels} (a decompression bomb?); raise MMIB_MAX_IMAGE_PIXELS if the file is genuine"
+                    )
+                opened.load()
+                return to_rgb(opened)
+    # PIL signals a bad file with OSError (truncated, unknown format, empty), SyntaxError or ValueError (bad headers)
+    # and DecompressionBombError (absurd size, from PIL's check or ours).
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        reason = str(error)
+        if isinstance(error, Image.DecompressionBombError) and "MMIB_MAX_IMAGE_PIXELS" not in reason:
+            # PIL's own check fired first (beyond twice PIL.Image.MAX_IMAGE_PIXELS), before ours could.
+            reason += " (refused before decoding; raise MMIB_MAX_IMAGE_PIXELS and PIL.Image.MAX_IMAGE_PIXELS if real)"
         if on_unreadable == "mask":
-            logger.warning("Cannot decode image file, masked like an absent image: %s%s (%s)", path, location, error)
+            logger.warning("Cannot decode image file, masked like an absent image: %s%s (%s)", path, location, reason)
             return None
-        raise UnreadableImageError(path, str(error), where) from error
+        raise UnreadableImageError(path, reason, where) from error
 
 
 def encode_post_images(
@@ -149,4 +226,12 @@ def encode_post_images(
     return pixel_values, image_mask
 
 
-__all__ = ["ImageLike", "UnreadableImageError", "encode_post_images", "load_image"]
+__all__ = [
+    "MAX_ASPECT_RATIO",
+    "MAX_IMAGE_PIXELS",
+    "ImageLike",
+    "UnreadableImageError",
+    "encode_post_images",
+    "load_image",
+    "to_rgb",
+]

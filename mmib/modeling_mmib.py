@@ -14,6 +14,9 @@ from transformers.utils import ModelOutput
 
 from .configuration_mmib import MMIBConfig
 
+# Bounds of the latent log-variances (see `MMIBVariationalEncoder.forward`).
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+
 
 @dataclass
 class MMIBModelOutput(ModelOutput):
@@ -278,17 +281,138 @@ class MMIBVariationalEncoder(nn.Module):
             `(latents, mean, logvar, attentions)`: the first three of shape `(B, L, d)`. `latents` is a
             reparameterised sample mean + exp(logvar / 2) * eps in training mode and the mean in eval mode. Without
             a log-variance encoder (`config.use_refinement_regularizer=False`), `logvar` is `None` and `latents` is
-            the mean. `attentions` holds the `(B, H, L, L)` maps of the mean and log-variance encoders with
-            `output_attentions=True`, else it is empty.
+            the mean. `logvar` is clamped to [`LOGVAR_MIN`, `LOGVAR_MAX`] = [-30, 20]. `attentions` holds the
+            `(B, H, L, L)` maps of the mean and log-variance encoders with `output_attentions=True`, else it is
+            empty.
         """
         mean, mean_weights = self.mean_encoder(states, states, mask, **kwargs)
         if self.logvar_encoder is None:
             return mean, mean, None, _present(mean_weights)
         logvar, logvar_weights = self.logvar_encoder(states, states, mask, **kwargs)
+        # Bounded so that exp(logvar) in the KL and exp(logvar / 2) in the sample cannot overflow, even in fp16
+        # (exp(10) ~ 2.2e4 < 65504); a healthy model stays far inside (|logvar| < 5). As diffusers' Gaussian does.
+        logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
         attentions = _present(mean_weights, logvar_weights)
         if not self.training:
             return mean, mean, logvar, attentions
         return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean), mean, logvar, attentions
+
+
+def _check_shape(name: str, tensor: torch.Tensor | None, expected: tuple, meaning: str) -> None:
+    """Raises a ValueError naming `name` unless `tensor` has `expected` shape (`None` entries match any size)."""
+    if tensor is None:
+        return
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape {meaning}, got {type(tensor).__name__}.")
+    shape = tuple(tensor.shape)
+    if len(shape) != len(expected) or any(want is not None and got != want for got, want in zip(shape, expected)):
+        raise ValueError(f"{name} has shape {shape}, expected {meaning} = {tuple(e or '*' for e in expected)}.")
+
+
+def _check_integer(name: str, tensor: torch.Tensor | None) -> None:
+    if tensor is not None and (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool):
+        raise ValueError(f"{name} must hold integer ids (torch.long), got dtype {tensor.dtype}.")
+
+
+def _check_range(name: str, tensor: torch.Tensor | None, low: int, high: int, allowed: int | None = None) -> None:
+    """Raises unless every value of `tensor` is in [low, high) or equals `allowed`."""
+    if tensor is None or tensor.numel() == 0:
+        return
+    outside = (tensor < low) | (tensor >= high)
+    if allowed is not None:
+        outside &= tensor != allowed
+    if outside.any():
+        extra = f" or {allowed}" if allowed is not None else ""
+        raise ValueError(
+            f"{name} holds {tensor[outside][0].item()}, outside the valid range [{low}, {high - 1}]{extra} "
+            f"(first of {int(outside.sum())} such values)."
+        )
+
+
+def check_inputs(
+    config: MMIBConfig,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+    pixel_values: torch.Tensor | None = None,
+    image_features: torch.Tensor | None = None,
+    image_mask: torch.Tensor | None = None,
+    word_index: torch.Tensor | None = None,
+    entity_positions: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    task: str | None = None,
+    vocab_size: int | None = None,
+) -> None:
+    """
+    Validates the inputs of an MMIB `forward`, so that what a user can get wrong ends in a `ValueError` naming the
+    argument and what was expected, not in an index error deep inside the towers or in silently wrong numbers.
+
+    Shapes and dtypes are always checked (they are static under `torch.compile`). Value checks (ids and positions
+    in range, finite image features) read the data, so they are skipped while `torch.compile` traces the model.
+    Their cost is measured by `benchmarks/bench_input_checks.py` (< 2% of a forward pass).
+
+    Args:
+        config ([`MMIBConfig`]): gives the vocabulary size, the feature width and the number of labels.
+        task (`str`, *optional*): `"ner"` or `"re"`: how `labels` are shaped.
+        vocab_size (`int`, *optional*): rows of the text tower's embeddings; `input_ids` are checked against it.
+        Other arguments: as in the models' `forward`.
+
+    Raises:
+        ValueError: an input of the wrong type, shape, dtype or range.
+    """
+    _check_shape("input_ids", input_ids, (None, None), "(batch_size, sequence_length)")
+    _check_integer("input_ids", input_ids)
+    batch_size, length = input_ids.shape
+    text_shape = "(batch_size, sequence_length) like input_ids"
+    _check_shape("attention_mask", attention_mask, (batch_size, length), text_shape)
+    _check_shape("token_type_ids", token_type_ids, (batch_size, length), text_shape)
+    _check_integer("token_type_ids", token_type_ids)
+    if not config.text_only:
+        channels = getattr(config.vision_config, "num_channels", 3)
+        _check_shape(
+            "pixel_values",
+            pixel_values,
+            (batch_size, None, channels, None, None),
+            f"(batch_size, 1 + num_crops, {channels}, height, width)",
+        )
+        if pixel_values is not None and not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be floating point (from the image processor), got {pixel_values.dtype}."
+            )
+        feature_size = config.vision_feature_size
+        _check_shape(
+            "image_features",
+            image_features,
+            (batch_size, None, feature_size),
+            f"(batch_size, 1 + num_crops, config.vision_feature_size = {feature_size})",
+        )
+        if image_features is not None and not image_features.is_floating_point():
+            raise ValueError(f"image_features must be floating point, got {image_features.dtype}.")
+        slots = pixel_values if pixel_values is not None else image_features
+        num_slots = None if slots is None else slots.shape[1]
+        _check_shape("image_mask", image_mask, (batch_size, num_slots), "(batch_size, 1 + num_crops) like the images")
+    if word_index is not None:
+        _check_shape("word_index", word_index, (batch_size, None), "(batch_size, num_words)")
+        _check_integer("word_index", word_index)
+    if entity_positions is not None:
+        _check_shape("entity_positions", entity_positions, (batch_size, 2, 2), "(batch_size, 2, 2)")
+        _check_integer("entity_positions", entity_positions)
+    if labels is not None:
+        if task == "ner":
+            words = None if word_index is None else word_index.shape[1]
+            _check_shape("labels", labels, (batch_size, words), "(batch_size, num_words) like word_index")
+        elif task == "re":
+            _check_shape("labels", labels, (batch_size,), "(batch_size,)")
+        _check_integer("labels", labels)
+    if torch.compiler.is_compiling():
+        return
+    if vocab_size is not None:
+        _check_range("input_ids", input_ids, 0, vocab_size)
+    _check_range("word_index", word_index, 0, length, allowed=-1)
+    _check_range("entity_positions", entity_positions, 0, length)
+    _check_range("labels", labels, 0, config.num_labels, allowed=-100 if task == "ner" else None)
+    if not config.text_only and image_features is not None and not torch.isfinite(image_features).all():
+        raise ValueError("image_features contains NaN or infinite values.")
 
 
 def _present(*tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
@@ -766,6 +890,16 @@ class MMIBModel(MMIBPreTrainedModel):
         Returns:
             [`MMIBModelOutput`] or `tuple`.
         """
+        check_inputs(
+            self.config,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            pixel_values,
+            image_features,
+            image_mask,
+            vocab_size=self.text_model.get_input_embeddings().num_embeddings,
+        )
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
@@ -933,6 +1067,18 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
                 "word_index is required (from MMIBProcessor). The call order is input_ids, attention_mask, "
                 "token_type_ids, word_index, ...: pass word_index by keyword."
             )
+        check_inputs(
+            self.config,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            pixel_values,
+            image_features,
+            image_mask,
+            word_index=word_index,
+            labels=labels,
+            task="ner",
+        )
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.mmib(
             input_ids,
@@ -1020,6 +1166,18 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
                 "entity_positions is required (from MMIBProcessor). The call order is input_ids, attention_mask, "
                 "token_type_ids, entity_positions, ...: pass entity_positions by keyword."
             )
+        check_inputs(
+            self.config,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            pixel_values,
+            image_features,
+            image_mask,
+            entity_positions=entity_positions,
+            labels=labels,
+            task="re",
+        )
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.mmib(
             input_ids,
@@ -1052,6 +1210,9 @@ for _model_class, _auto_class in AUTO_CLASSES.items():
 
 __all__ = [
     "AUTO_CLASSES",
+    "LOGVAR_MAX",
+    "LOGVAR_MIN",
+    "check_inputs",
     "mmib_total_loss",
     "MMIBPreTrainedModel",
     "MMIBModel",

@@ -12,6 +12,10 @@ from transformers.trainer import TRAINING_ARGS_NAME
 LOSS_PARTS = ("task_loss", "kl_text", "kl_vision", "alignment_loss")
 
 
+class NonFiniteTrainingError(FloatingPointError):
+    """The loss or a gradient became NaN or infinite during training; raised before the weights are updated."""
+
+
 class MMIBTrainer(Trainer):
     """
     `Trainer` for [`MMIBForTokenClassification`] and [`MMIBForRelationClassification`].
@@ -26,6 +30,9 @@ class MMIBTrainer(Trainer):
       instead of the generic Trainer card.
     - Saved folders hold `training_args.json` instead of the pickled `training_args.bin`, so a checkpoint shared
       on the Hub contains no pickle.
+    - A loss or gradient that turns NaN or infinite stops training with [`NonFiniteTrainingError`] naming the step
+      and the first affected parameters, before the optimizer step could write NaN into the weights and a
+      checkpoint (not with fp16, where the grad scaler skips inf/NaN steps by design).
     """
 
     def __init__(self, *args, model_card: ModelCard | None = None, **kwargs):
@@ -49,6 +56,33 @@ class MMIBTrainer(Trainer):
                     self._loss_part_sums[name] += value.detach().float()
             self._loss_part_count += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not self.args.fp16:
+            self._check_finite(model, loss)
+        return loss
+
+    def _check_finite(self, model: nn.Module, loss: torch.Tensor) -> None:
+        """One fused norm over all gradients: finite norms mean finite gradients (a NaN or inf propagates)."""
+        with_grad = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+        norms = torch._foreach_norm([grad for _, grad in with_grad]) if with_grad else []
+        finite = torch.isfinite(loss.detach()).all()
+        if norms:
+            finite = finite & torch.isfinite(torch.stack(norms)).all()
+        if finite:
+            return
+        step = self.state.global_step + 1
+        bad = [name for (name, _), norm in zip(with_grad, norms) if not torch.isfinite(norm)]
+        what = f"the loss is {loss.item()}" if not torch.isfinite(loss).all() else "the loss is finite"
+        raise NonFiniteTrainingError(
+            f"Training stopped at step {step} (epoch {self.state.epoch:.2f}): {what}, and {len(bad)} parameters "
+            f"have NaN/inf gradients{' (first: ' + ', '.join(bad[:5]) + ')' if bad else ''}. The weights were not "
+            "updated and no checkpoint of this step was written. Lower the learning rate, set --max_grad_norm, "
+            "check the inputs of this step, or resume from the last checkpoint."
+        )
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)

@@ -249,12 +249,16 @@ def dropout_free_text_tower(towers, tmp_path_factory) -> str:
     return str(folder)
 
 
-# Between 1 process with batch 4 and 2 processes with batch 2 only the reparameterisation noise eps differs (drawn
-# per process), once dropout is off, the KL is summed per post (a mean over posts, so the mean of two shard means is
-# the batch mean) and the alignment term, whose in-batch negatives depend on the shard, has weight 0. The KL terms
-# of step 1 do not depend on eps: they must agree to float precision. Measured on the 4 logged losses: at most 0.25%
-# apart (eps noise), hence 2%.
-DDP_LOSS_RTOL = 0.02
+# Between 1 process with batch 4 and 2 processes with batch 2, once dropout is off, the KL is summed per post (a mean
+# over posts, so the mean of two shard means is the batch mean) and the alignment term, whose in-batch negatives
+# depend on the shard, has weight 0, only the reparameterisation noise eps differs: each process draws it from its
+# own generator. The KL terms of step 1 do not depend on eps: they agree to float precision. With deterministic
+# latents (use_refinement_regularizer=False: z = mean) nothing differs but the order of float sums: the step losses
+# agree to DDP_EXACT_RTOL (measured at most 1.1e-7 apart) and so do the final scores. With the sampled latents the
+# gap grows with the steps as the weights drift apart: measured 0.09%, 0.23%, 0.27%, 0.45% over the 4 logged steps
+# (seed 7), hence DDP_LOSS_RTOL = 1%.
+DDP_LOSS_RTOL = 0.01
+DDP_EXACT_RTOL = 1e-6
 
 
 def test_two_process_cpu_ddp_matches_one_process(towers, dropout_free_text_tower, tmp_path):
@@ -293,6 +297,16 @@ def test_two_process_cpu_ddp_matches_one_process(towers, dropout_free_text_tower
         launcher=launcher,
         extra_env={"ACCELERATE_USE_CPU": "1"},
     )
+    # Deterministic latents: no noise to draw, so 1 and 2 processes must agree to float precision.
+    exact = [*overrides[:3], overrides[3] + ",use_refinement_regularizer=false", *overrides[4:]]
+    exact_one, exact_two = tmp_path / "exact_one", tmp_path / "exact_two"
+    run(ner_flags(towers, exact_one) + exact + ["--per_device_train_batch_size", "4"], cwd=tmp_path)
+    run(
+        ner_flags(towers, exact_two) + exact + ["--per_device_train_batch_size", "2"],
+        cwd=tmp_path,
+        launcher=launcher,
+        extra_env={"ACCELERATE_USE_CPU": "1"},
+    )
     results = {
         name: json.loads((folder / "all_results.json").read_text()) for name, folder in (("one", one), ("two", two))
     }
@@ -306,8 +320,17 @@ def test_two_process_cpu_ddp_matches_one_process(towers, dropout_free_text_tower
     assert [entry["step"] for entry in steps_one] == [entry["step"] for entry in steps_two] == [1, 2, 3, 4]
     for key in ("kl_text", "kl_vision"):
         assert steps_two[0][key] == pytest.approx(steps_one[0][key], rel=1e-4), key
-    for entry_one, entry_two in zip(steps_one, steps_two):
-        assert entry_two["loss"] == pytest.approx(entry_one["loss"], rel=DDP_LOSS_RTOL)
+    def gaps(first: list[dict], second: list[dict]) -> list[float]:
+        return [abs(b["loss"] - a["loss"]) / abs(a["loss"]) for a, b in zip(first, second, strict=True)]
+
+    sampled_gaps, exact_gaps = gaps(steps_one, steps_two), gaps(logged(exact_one), logged(exact_two))
+    print(f"DDP vs 1 process, relative step-loss gaps: sampled latents {sampled_gaps}, deterministic {exact_gaps}")
+    assert max(sampled_gaps) <= DDP_LOSS_RTOL
+    assert max(exact_gaps) <= DDP_EXACT_RTOL
+    exact_results = [json.loads((folder / "all_results.json").read_text()) for folder in (exact_one, exact_two)]
+    for split in ("eval", "test"):
+        for metric in ("precision", "recall", "f1"):
+            assert exact_results[1][f"{split}_{metric}"] == exact_results[0][f"{split}_{metric}"], (split, metric)
     assert results["two"]["train_loss"] == pytest.approx(results["one"]["train_loss"], rel=DDP_LOSS_RTOL)
 
     # The 2-process evaluation gathers every test post once, in order: its scores and predictions equal an

