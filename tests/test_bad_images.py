@@ -2,6 +2,7 @@
 the feature cache build and the pixel collator (mask and count)."""
 
 import logging
+import re
 import struct
 import warnings
 import zlib
@@ -23,13 +24,13 @@ from conftest import (
 )
 from mmib import (
     MMIBForTokenClassification,
+    MMIBPredictor,
     MMIBProcessor,
     UnreadableImageError,
     build_model_and_processor,
     image_loading_mmib,
     load_image,
 )
-from mmib.cli import predict
 from mmib.collator import MMIBDataCollator
 from mmib.features import ImageFeatureStore
 
@@ -164,7 +165,7 @@ def test_every_path_reads_odd_images_and_refuses_or_masks_bad_ones(bad_files, od
 
 
 def test_prediction_refuses_a_bomb_naming_it_and_reads_odd_images(bad_files, odd_files, tmp_path):
-    """`mmib predict` (today `mmib.cli.predict`) reads its files through the same loader."""
+    """`mmib predict` (the predictor) reads its files through the same loader; a bad file is that post's error row."""
     text, vision = tmp_path / "text", tmp_path / "vision"
     torch.manual_seed(0)
     tokenizer = make_tokenizer()
@@ -182,11 +183,12 @@ def test_prediction_refuses_a_bomb_naming_it_and_reads_odd_images(bad_files, odd
     )
     model.save_pretrained(tmp_path / "checkpoint")
     processor.save_pretrained(tmp_path / "checkpoint")
-    checkpoint = str(tmp_path / "checkpoint")
-    bomb_message = r"bomb\.png \(images, post 0\): .*10000000000 pixels.*MMIB_MAX_IMAGE_PIXELS"
-    with pytest.raises(UnreadableImageError, match=bomb_message):
-        predict(checkpoint, ["john", "smith"], image=bad_files["bomb.png"])
-    with pytest.raises(UnreadableImageError, match=r"empty\.jpg \(crops\[0\]\[0\], post 0\)"):
-        predict(checkpoint, ["john", "smith"], crops=[bad_files["empty.jpg"]])
-    result = predict(checkpoint, ["john", "smith"], image=odd_files["tall.png"], crops=[odd_files["animated.gif"]])
-    assert len(result["tags"]) == 2
+    predictor = MMIBPredictor.from_pretrained(str(tmp_path / "checkpoint"), dtype="float32")
+    bomb = predictor({"words": ["john", "smith"], "image": bad_files["bomb.png"]})
+    assert re.search(r"bomb\.png \(image\): .*10000000000 pixels.*MMIB_MAX_IMAGE_PIXELS", bomb["error"]), bomb
+    empty = predictor({"words": ["john", "smith"], "crops": [bad_files["empty.jpg"]]})
+    assert re.search(r"crops\[0\]: .*empty\.jpg", empty["error"]), empty
+    result = predictor(
+        {"words": ["john", "smith"], "image": odd_files["tall.png"], "crops": [odd_files["animated.gif"]]}
+    )
+    assert "error" not in result and len(result["tags"]) == 2
