@@ -77,7 +77,11 @@ class ModelArguments:
         },
     )
     image_feature_cache: str | None = field(
-        default=None, metadata={"help": "A .safetensors file that keeps the frozen tower's image features."}
+        default=None,
+        metadata={
+            "help": "A folder that keeps the frozen tower's image features (sharded safetensors keyed by file "
+            "content; resumable, safe to share between runs)."
+        },
     )
     feature_batch_size: int = field(default=32, metadata={"help": "Images per pass when caching features."})
 
@@ -354,7 +358,7 @@ def main() -> None:
                 processor.image_processor,
                 paths,
                 batch_size=model_args.feature_batch_size,
-                cache_file=model_args.image_feature_cache,
+                cache_dir=model_args.image_feature_cache,
             )
     media = media_summary(data, feature_store)
     logger.info("Images and crops: %s", json.dumps(media))
