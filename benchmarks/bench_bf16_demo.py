@@ -31,6 +31,10 @@ from bench_common import (
 VARIANTS = {"fp32": ["--bf16", "false"], "bf16 auto": ["--bf16", "auto"]}
 
 
+def verdict(met: bool) -> str:
+    return "met" if met else "missed"
+
+
 def main() -> None:
     """Alternates the two variants, prints throughput ratio and F1 difference."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,8 +77,8 @@ def main() -> None:
             markdown_table(["variant", "train samples/s", "test F1"], summary_rows),
             "",
             f"--bf16 auto chose {'bf16' if native else 'fp32'} here (oneDNN bf16 support: {native}).",
-            f"Throughput bf16 auto / fp32: **{speedup:.2f}x** (target >= 1.8x: {'met' if speedup >= 1.8 else 'missed'}); "
-            f"test F1 difference {f1_points:+.2f} points (target within 0.5: {'met' if abs(f1_points) <= 0.5 else 'missed'}).",
+            f"Throughput bf16 auto / fp32: **{speedup:.2f}x** (target >= 1.8x: {verdict(speedup >= 1.8)}); test F1 "
+            f"difference {f1_points:+.2f} points (target within 0.5: {verdict(abs(f1_points) <= 0.5)}).",
         ]
     )
     finish_report(
