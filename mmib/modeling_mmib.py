@@ -382,9 +382,12 @@ class MMIBCRF(nn.Module):
         num_words = emissions.shape[1]
         labels = torch.arange(emissions.shape[2], device=emissions.device)
         scores = self.start_transitions + emissions[:, 0]
+        # Indexed (next, previous): the max runs over the last, contiguous dimension. A max over a middle dimension
+        # of these tiny tensors is split across threads, which stalls for milliseconds on a busy CPU.
+        incoming = self.transitions.T.contiguous()
         backpointers = []
         for position in range(1, num_words):
-            best, best_previous = (scores[:, :, None] + self.transitions).max(dim=1)
+            best, best_previous = (scores[:, None, :] + incoming).max(dim=2)
             inside = mask[:, position, None]
             # Past a post's last word the pointers are the identity, so backtracking carries its last tag back.
             backpointers.append(torch.where(inside, best_previous, labels))
