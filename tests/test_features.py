@@ -155,7 +155,9 @@ from mmib import MMIBForTokenClassification
 from mmib.features import ImageFeatureStore
 torch.manual_seed(0)
 model = MMIBForTokenClassification(tiny_config()).eval()
-store = ImageFeatureStore.build(model.mmib, make_image_processor(), sys.argv[3:], cache_dir=sys.argv[2], shard_size=2, num_workers=1)
+store = ImageFeatureStore.build(
+    model.mmib, make_image_processor(), sys.argv[3:], cache_dir=sys.argv[2], shard_size=2, num_workers=1
+)
 print(len(store))
 """
 
