@@ -15,7 +15,7 @@ The cache on disk is a folder of shards, built to hold millions of images:
   checksum is reported, deleted and rebuilt by `build`, and refused with an error naming it by `load`;
 - a build holds an exclusive lock on the folder (`fcntl.flock`), so two processes building the same cache take turns
   and the second finds the first one's shards;
-- reading memory-maps the shards: only the index (16 bytes per image) is in memory, and a lookup reads its rows.
+- reading memory-maps the shards: only the index (28 bytes per image) is in memory; a lookup reads its rows.
 """
 
 import fcntl
@@ -155,7 +155,7 @@ class ImageFeatureStore:
     Pooled vision features of image files, looked up by the files' content (sha256 of their bytes).
 
     Built by [`ImageFeatureStore.build`] (in memory, or on disk with `cache_dir`) or opened with
-    [`ImageFeatureStore.load`]. In memory it holds a sorted index of the keys (16 bytes per image) and, per shard,
+    [`ImageFeatureStore.load`]. In memory it holds a sorted index of the keys (28 bytes per image) and, per shard,
     a memory map of the features; `lookup` reads only the rows it returns.
 
     Args:
