@@ -147,6 +147,13 @@ def matmul_bf16_over_fp32(size: int = 512, repeats: int = 5) -> float:
     return median(timings[torch.bfloat16][1:]) / median(timings[torch.float32][1:])
 
 
+def repo_relative(value: Any) -> Any:
+    """An absolute path as a path relative to the repository root (reports name no machine's folders)."""
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.relpath(value, REPO_ROOT)
+    return value
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
@@ -162,6 +169,8 @@ def finish_report(
     fields: dict[str, Any],
 ) -> None:
     """Print the summary tables and the machine notes; with `output_json`, write every number to that file."""
+    if isinstance(fields.get("args"), dict):
+        fields = {**fields, "args": {key: repo_relative(value) for key, value in fields["args"].items()}}
     report = {
         "machine_before": machine_before,
         "machine_after": machine_note(),

@@ -1,19 +1,35 @@
-"""Cache of pooled vision-tower features: with a frozen vision tower, each image file goes through it once.
+"""Cache of pooled vision-tower features: with a frozen vision tower, each image goes through it once.
 
 The authors' code re-runs ResNet-50 on the image and its crops at every training step (82% of a step on CPU).
 A frozen tower in eval mode is a fixed function of the image, so `ImageFeatureStore.build` computes every distinct
 image once and [`MMIBDataCollator`] feeds the cached vectors to the model as `image_features`.
+
+The cache on disk is a folder of shards, built to hold millions of images:
+
+- each shard is a safetensors file with `features` `(n, D)` (fp32) and `keys` `(n, 32)` (uint8), the sha256 of the
+  image files' bytes, plus `unreadable_keys` for files that exist but cannot be decoded; its metadata holds the
+  vision fingerprint (see `vision_fingerprint`), the row count and the sha256 of its tensors' bytes;
+- images are keyed by content, so a renamed or copied file hits the cache;
+- shards are written to a temporary file and renamed, so a killed build leaves complete shards only; a later build
+  resumes from them. A shard whose size does not match its header (truncated) or whose bytes do not match its
+  checksum is reported, deleted and rebuilt by `build`, and refused with an error naming it by `load`;
+- a build holds an exclusive lock on the folder (`fcntl.flock`), so two processes building the same cache take turns
+  and the second finds the first one's shards;
+- reading memory-maps the shards: only the index (28 bytes per image) is in memory; a lookup reads its rows.
 """
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import struct
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import BaseImageProcessor
 
@@ -22,36 +38,197 @@ from .modeling_mmib import MMIBModel
 
 logger = logging.getLogger(__name__)
 
+FORMAT = "mmib-image-features-v2"
+SHARD_GLOB = "shard-*.safetensors"
+LOCK_FILE = ".lock"
+_SAFETENSORS_DTYPES = {"F32": np.float32, "U8": np.uint8}
+
+
+def content_key(path: str | os.PathLike) -> bytes:
+    """sha256 of a file's bytes: the cache key of an image, the same for renamed and copied files."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.digest()
+
+
+class CorruptShardError(ValueError):
+    """A cache shard that is truncated, not a feature shard, or whose bytes do not match its checksum."""
+
+
+class FeatureShard:
+    """
+    One memory-mapped shard of the cache: the safetensors header is parsed here and the tensors are mapped with
+    `numpy.memmap`, so opening a shard reads only its header and its keys.
+
+    Args:
+        path (`str`): the shard file.
+
+    Raises:
+        CorruptShardError: the file is shorter or longer than its header says, or is not a feature shard.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        size = os.path.getsize(path)
+        try:
+            with open(path, "rb") as handle:
+                (header_size,) = struct.unpack("<Q", handle.read(8))
+                if header_size > size:
+                    raise CorruptShardError(f"header size {header_size} > file size {size}")
+                header = json.loads(handle.read(header_size))
+        except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CorruptShardError(f"{path}: unreadable safetensors header ({error}).") from error
+        metadata = header.pop("__metadata__", {}) or {}
+        if metadata.get("format") != FORMAT or "features" not in header or "keys" not in header:
+            raise CorruptShardError(f"{path} is not an MMIB image feature shard.")
+        data_start = 8 + header_size
+        end = max(entry["data_offsets"][1] for entry in header.values())
+        if size != data_start + end:
+            raise CorruptShardError(
+                f"{path} is truncated or overlong: {size} bytes on disk, its header describes {data_start + end}."
+            )
+        self.metadata = metadata
+        self.fingerprint = metadata.get("fingerprint", "")
+        self._data_start, self._header = data_start, header
+        self.features = self._map("features")
+        self.keys = np.ascontiguousarray(self._map("keys"))
+        self.unreadable_keys = (
+            np.ascontiguousarray(self._map("unreadable_keys")) if "unreadable_keys" in header else np.zeros((0, 32))
+        )
+
+    def _map(self, name: str) -> np.ndarray:
+        entry = self._header[name]
+        start, end = entry["data_offsets"]
+        if end == start:
+            return np.zeros(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]])
+        return np.memmap(
+            self.path,
+            dtype=_SAFETENSORS_DTYPES[entry["dtype"]],
+            mode="r",
+            offset=self._data_start + start,
+            shape=tuple(entry["shape"]),
+        )
+
+    def verify(self) -> None:
+        """Compare the tensors' bytes with the checksum in the metadata (plain reads, not the memory map)."""
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as handle:
+            handle.seek(self._data_start)
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        if digest.hexdigest() != self.metadata.get("sha256"):
+            raise CorruptShardError(f"{self.path}: its bytes do not match the checksum in its metadata.")
+
+
+def write_shard(folder: str, keys: np.ndarray, features: torch.Tensor, unreadable_keys: np.ndarray, fingerprint: str):
+    """
+    Write one shard atomically: a temporary file in the same folder, flushed to disk, then renamed to a name made
+    from its content (two processes that compute the same images write the same file).
+    """
+    tensors = {
+        "features": features.float().contiguous(),
+        "keys": torch.from_numpy(np.ascontiguousarray(keys, dtype=np.uint8)).reshape(-1, 32),
+        "unreadable_keys": torch.from_numpy(np.ascontiguousarray(unreadable_keys, dtype=np.uint8)).reshape(-1, 32),
+    }
+    digest = hashlib.sha256()
+    # safetensors lays the tensors out sorted by name: the checksum follows the same order as the bytes on disk.
+    for name in sorted(tensors):
+        digest.update(tensors[name].numpy().tobytes())
+    metadata = {"format": FORMAT, "fingerprint": fingerprint, "rows": str(len(keys)), "sha256": digest.hexdigest()}
+    name = f"shard-{hashlib.sha256(fingerprint.encode() + digest.digest()).hexdigest()[:24]}.safetensors"
+    partial = os.path.join(folder, f".{name}.{os.getpid()}.partial")
+    save_file(tensors, partial, metadata=metadata)
+    with open(partial, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(partial, os.path.join(folder, name))
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
 
 class ImageFeatureStore:
     """
-    Pooled vision features keyed by image file path.
+    Pooled vision features of image files, looked up by the files' content (sha256 of their bytes).
+
+    Built by [`ImageFeatureStore.build`] (in memory, or on disk with `cache_dir`) or opened with
+    [`ImageFeatureStore.load`]. In memory it holds a sorted index of the keys (28 bytes per image) and, per shard,
+    a memory map of the features; `lookup` reads only the rows it returns.
 
     Args:
-        paths (`list[str]`): image files, one per row of `features`.
-        features (`torch.Tensor` of shape `(len(paths), D)`): their pooled vision-tower outputs.
-        unreadable (`list[str]`, *optional*): files that could not be decoded; they are masked like missing files.
-        fingerprint (`str`, *optional*): identity of the vision tower and image processor that made the features
-            (set when the store is read from or written to a cache file).
+        shards (`list`): feature blocks, each with `keys` `(n, 32)` uint8, `features` `(n, D)` and
+            `unreadable_keys`: [`FeatureShard`]s or in-memory equivalents.
+        feature_size (`int`): D.
+        unreadable (`Sequence[str]`, *optional*): the files given to `build` that are missing or could not be
+            decoded; they are masked like absent images.
+        fingerprint (`str`, *optional*): identity of the vision tower and image processor that made the features.
     """
 
-    def __init__(
-        self,
-        paths: list[str],
-        features: torch.Tensor,
-        unreadable: Sequence[str] = (),
-        fingerprint: str = "",
-    ):
-        if features.shape[0] != len(paths):
-            raise ValueError(f"{len(paths)} paths but {features.shape[0]} feature rows.")
-        self.index = {path: row for row, path in enumerate(paths)}
-        self.features = features
+    def __init__(self, shards: list, feature_size: int, unreadable: Sequence[str] = (), fingerprint: str = ""):
+        self.shards = shards
+        self._feature_size = feature_size
         self.unreadable = sorted(unreadable)
         self.fingerprint = fingerprint
+        keys = [shard.keys for shard in shards]
+        all_keys = np.concatenate(keys) if keys else np.zeros((0, 32), dtype=np.uint8)
+        # The first 8 bytes of each key, sorted, find a row by binary search; the next 8 confirm it.
+        prefixes = all_keys[:, :8].copy().view(">u8").ravel() if len(all_keys) else np.zeros(0, ">u8")
+        order = np.argsort(prefixes, kind="stable")
+        self._prefixes = prefixes[order].astype(np.uint64)
+        self._checks = all_keys[order, 8:16].copy().view("<u8").ravel() if len(all_keys) else np.zeros(0, "<u8")
+        shard_ids = np.concatenate([np.full(len(k), i, dtype=np.int32) for i, k in enumerate(keys)]) if keys else []
+        rows = np.concatenate([np.arange(len(k), dtype=np.int64) for k in keys]) if keys else []
+        self._shard_ids = np.asarray(shard_ids, dtype=np.int32)[order]
+        self._rows = np.asarray(rows, dtype=np.int64)[order]
+        self._unreadable_keys = {bytes(key) for shard in shards for key in shard.unreadable_keys}
+        self._path_keys: dict[str, tuple[int, int, bytes]] = {}
 
     @property
     def feature_size(self) -> int:
-        return self.features.shape[1]
+        return self._feature_size
+
+    def __len__(self) -> int:
+        return len(self._prefixes)
+
+    def key_of(self, path: str) -> bytes | None:
+        """The content key of a file (remembered per path while its size and modification time stay), or `None`
+        for a missing file."""
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        known = self._path_keys.get(path)
+        if known is not None and known[:2] == (stat.st_size, stat.st_mtime_ns):
+            return known[2]
+        key = content_key(path)
+        self._path_keys[path] = (stat.st_size, stat.st_mtime_ns, key)
+        return key
+
+    def _locate(self, key: bytes) -> tuple[int, int] | None:
+        prefix = np.frombuffer(key[:8], dtype=">u8")[0].astype(np.uint64)
+        check = np.frombuffer(key[8:16], dtype="<u8")[0]
+        position = int(np.searchsorted(self._prefixes, prefix))
+        while position < len(self._prefixes) and self._prefixes[position] == prefix:
+            if self._checks[position] == check:
+                return int(self._shard_ids[position]), int(self._rows[position])
+            position += 1
+        return None
+
+    def features_of(self, path: str) -> torch.Tensor | None:
+        """The cached feature vector of an image file, or `None` (missing, unreadable or not in the cache)."""
+        key = self.key_of(path)
+        location = None if key is None else self._locate(key)
+        if location is None:
+            return None
+        shard, row = location
+        return torch.from_numpy(np.array(self.shards[shard].features[row], dtype=np.float32))
+
+    def __contains__(self, path: str) -> bool:
+        key = self.key_of(path)
+        return key is not None and (self._locate(key) is not None or key in self._unreadable_keys)
 
     @classmethod
     def build(
@@ -60,88 +237,145 @@ class ImageFeatureStore:
         image_processor: BaseImageProcessor,
         paths: Iterable[str],
         batch_size: int = 32,
-        cache_file: str | None = None,
+        cache_dir: str | None = None,
+        shard_size: int = 4096,
+        num_workers: int = 0,
+        verify: bool = True,
     ) -> "ImageFeatureStore":
         """
-        Run every distinct image once through `model.get_image_features`, or reuse `cache_file` when it was made by
-        the same vision tower and image processor (any other cache file is recomputed and overwritten).
+        Run every distinct image that the cache does not hold yet once through `model.get_image_features`.
 
         Files are read by `load_image(path, on_unreadable="mask")`: a missing or undecodable file is logged, counted
         in `unreadable`, and masked by `lookup` like an absent image (the one policy of `mmib.image_loading_mmib`).
+        With `cache_dir`, the features are written in shards of `shard_size` images as they are computed, under
+        an exclusive lock of the folder; a build that is interrupted resumes from its complete shards. Shards made
+        by another vision tower or image processor (another fingerprint) are deleted and recomputed; corrupt
+        shards are reported, deleted and recomputed.
 
         Args:
             model ([`MMIBModel`]): the model whose frozen vision tower makes the features.
             image_processor ([`BaseImageProcessor`]): the processor's image processor.
             paths (`Iterable[str]`): image and crop files (duplicates and `None` are skipped).
             batch_size (`int`, *optional*, defaults to 32): images per forward pass.
-            cache_file (`str`, *optional*): a `.safetensors` file to read or write.
+            cache_dir (`str`, *optional*): the cache folder (created if needed).
+            shard_size (`int`, *optional*, defaults to 4096): images per shard file.
+            num_workers (`int`, *optional*, defaults to 0): processes that read, hash and preprocess the images
+                while the tower runs (0: in this process).
+            verify (`bool`, *optional*, defaults to `True`): check every existing shard's bytes against its
+                checksum (one sequential read of the cache) besides its size.
         """
-        unique_paths = sorted({path for path in paths if path})
-        # Hashing the tower's weights is only needed to validate or label a cache file.
-        fingerprint = vision_fingerprint(model, image_processor) if cache_file else ""
-        if cache_file and os.path.exists(cache_file):
-            store = cls.load(cache_file)
-            if store.fingerprint == fingerprint and set(unique_paths) <= set(store.index) | set(store.unreadable):
-                logger.info("Loaded %d cached image features from %s.", len(store.index), cache_file)
-                return store
-            logger.info("The feature cache %s is for another vision tower or image set: recomputing.", cache_file)
-        readable, chunks, unreadable = [], [], []
+        unique_paths = sorted({str(path) for path in paths if path})
+        settings = (model, image_processor, unique_paths, batch_size, shard_size, num_workers)
+        if cache_dir is None:
+            # Hashing the tower's weights is only needed to validate or label a cache.
+            return cls._compute(*settings, cache_dir=None, fingerprint="", shards=[])
+        fingerprint = vision_fingerprint(model, image_processor)
+        os.makedirs(cache_dir, exist_ok=True)
+        with open(os.path.join(cache_dir, LOCK_FILE), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                for partial in Path(cache_dir).glob(".shard-*.partial"):
+                    partial.unlink()  # left by a killed build: only the lock holder writes shards
+                shards = _open_shards(cache_dir, fingerprint, repair=True, verify=verify)
+                return cls._compute(*settings, cache_dir=cache_dir, fingerprint=fingerprint, shards=shards)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @classmethod
+    def _compute(
+        cls, model, image_processor, unique_paths, batch_size, shard_size, num_workers, cache_dir, fingerprint, shards
+    ) -> "ImageFeatureStore":
+        store = cls(shards, model.config.vision_feature_size, fingerprint=fingerprint)
+        todo, unreadable = [], []
+        for path in unique_paths:
+            key = store.key_of(path)
+            if key is None or key in store._unreadable_keys:
+                unreadable.append(path)
+            elif store._locate(key) is None:
+                todo.append(path)
+        if todo:
+            logger.info("Computing image features of %d files (%d cached).", len(todo), len(unique_paths) - len(todo))
+        loader = torch.utils.data.DataLoader(
+            _ImageFiles(todo, image_processor),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=_collate_images,
+        )
+        pending: dict[str, list] = {"keys": [], "features": [], "unreadable": []}
+        seen: set[bytes] = set()
+        new_shards = []
         model_was_training = model.training
         model.eval()
-        for start in tqdm(range(0, len(unique_paths), batch_size), desc="Image features", unit="batch"):
-            images = []
-            for path in unique_paths[start : start + batch_size]:
-                image = load_image(path, on_unreadable="mask")
-                if image is None:
-                    unreadable.append(path)
-                    continue
-                images.append(image)
-                readable.append(path)
-            if images:
-                pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
-                with torch.inference_mode():
-                    chunks.append(model.get_image_features(pixel_values.to(model.device)).float().cpu())
+
+        def flush():
+            if not pending["keys"] and not pending["unreadable"]:
+                return
+            keys = np.stack(pending["keys"]) if pending["keys"] else np.zeros((0, 32), dtype=np.uint8)
+            feature_rows = (
+                torch.cat(pending["features"]) if pending["features"] else torch.zeros(0, store.feature_size)
+            )
+            bad = np.stack(pending["unreadable"]) if pending["unreadable"] else np.zeros((0, 32), dtype=np.uint8)
+            if cache_dir is None:
+                new_shards.append(_MemoryShard(keys, feature_rows.numpy(), bad))
+            else:
+                write_shard(cache_dir, keys, feature_rows, bad, fingerprint)
+            for value in pending.values():
+                value.clear()
+
+        with tqdm(total=len(todo), desc="Image features", unit="image", disable=not todo) as progress:
+            for batch in loader:
+                good = [(key, pixels) for key, path, pixels in batch if pixels is not None and key not in seen]
+                for key, path, pixels in batch:
+                    if pixels is None:
+                        unreadable.append(path)
+                        if key is not None:  # a file that exists but does not decode: remembered by content
+                            pending["unreadable"].append(np.frombuffer(key, dtype=np.uint8))
+                if good:
+                    seen.update(key for key, _ in good)
+                    pixel_values = torch.stack([pixels for _, pixels in good]).to(model.device)
+                    with torch.inference_mode():
+                        features = model.get_image_features(pixel_values).float().cpu()
+                    pending["keys"].extend(np.frombuffer(key, dtype=np.uint8) for key, _ in good)
+                    pending["features"].append(features)
+                progress.update(len(batch))
+                if len(pending["keys"]) >= shard_size:
+                    flush()
+            flush()
         model.train(model_was_training)
         if unreadable:
             logger.warning(
                 "%d of %d image files could not be decoded and are masked like missing images (first: %s).",
                 len(unreadable),
                 len(unique_paths),
-                ", ".join(unreadable[:5]),
+                ", ".join(sorted(unreadable)[:5]),
             )
-        features = torch.cat(chunks) if chunks else torch.zeros(0, model.config.vision_feature_size)
-        store = cls(readable, features, unreadable, fingerprint)
-        if cache_file:
-            store.save(cache_file)
-        return store
-
-    def save(self, path: str) -> None:
-        """Write the features and their paths to a `.safetensors` file (no pickle)."""
-        paths = sorted(self.index, key=self.index.get)
-        metadata = {
-            "paths": json.dumps(paths),
-            "unreadable": json.dumps(self.unreadable),
-            "fingerprint": self.fingerprint,
-        }
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        # Written aside and renamed, so that an interrupted run never leaves a truncated cache behind.
-        partial = f"{path}.partial"
-        save_file({"features": self.features.contiguous()}, partial, metadata=metadata)
-        os.replace(partial, path)
+        if cache_dir is not None:
+            new_shards = _open_shards(cache_dir, fingerprint, repair=False, verify=False)
+            shards = []
+        result = cls(shards + new_shards, store.feature_size, unreadable, fingerprint)
+        result._path_keys = store._path_keys
+        return result
 
     @classmethod
-    def load(cls, path: str) -> "ImageFeatureStore":
-        """Read a file written by `save`."""
-        with safe_open(path, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if "paths" not in metadata:
-            raise ValueError(f"{path} is not an MMIB image feature cache (no 'paths' metadata).")
-        return cls(
-            json.loads(metadata["paths"]),
-            load_file(path)["features"],
-            json.loads(metadata.get("unreadable", "[]")),
-            metadata.get("fingerprint", ""),
-        )
+    def load(cls, cache_dir: str, verify: bool = False) -> "ImageFeatureStore":
+        """
+        Open a cache folder written by `build`, without loading the features (they stay memory-mapped).
+
+        Args:
+            cache_dir (`str`): the folder.
+            verify (`bool`, *optional*, defaults to `False`): also check every shard's bytes against its checksum.
+
+        Raises:
+            ValueError: the folder holds no shard, shards of different fingerprints, or a corrupt shard (named in
+                the message, with what to do).
+        """
+        shards = _open_shards(cache_dir, None, repair=False, verify=verify)
+        if not shards:
+            raise ValueError(f"{cache_dir} holds no MMIB image feature shard ({SHARD_GLOB}).")
+        fingerprints = {shard.fingerprint for shard in shards}
+        if len(fingerprints) > 1:
+            raise ValueError(f"{cache_dir} mixes shards of {len(fingerprints)} vision towers; rebuild it.")
+        return cls(shards, shards[0].features.shape[1], fingerprint=fingerprints.pop())
 
     def lookup(
         self, images: Sequence[str | None], crops: Sequence[Sequence[str]], num_crops: int
@@ -155,19 +389,80 @@ class ImageFeatureStore:
             num_crops (`int`): crop slots per post.
 
         Returns:
-            `(image_features, image_mask)` of shapes `(B, 1 + num_crops, D)` and `(B, 1 + num_crops)`; paths that are
-            unknown to the store or unreadable are masked.
+            `(image_features, image_mask)` of shapes `(B, 1 + num_crops, D)` and `(B, 1 + num_crops)`; files that
+            are missing, unreadable or not in the cache are masked.
         """
         batch_size = len(images)
         features = torch.zeros(batch_size, 1 + num_crops, self.feature_size)
         mask = torch.zeros(batch_size, 1 + num_crops, dtype=torch.bool)
         for post, (image, post_crops) in enumerate(zip(images, crops)):
             for slot, path in enumerate([image, *list(post_crops or [])[:num_crops]]):
-                row = self.index.get(path) if path else None
-                if row is not None:
-                    features[post, slot] = self.features[row]
+                vector = self.features_of(path) if path else None
+                if vector is not None:
+                    features[post, slot] = vector
                     mask[post, slot] = True
         return features, mask
+
+
+class _MemoryShard:
+    """An in-memory block with the attributes of a [`FeatureShard`] (a build without `cache_dir`)."""
+
+    def __init__(self, keys: np.ndarray, features: np.ndarray, unreadable_keys: np.ndarray):
+        self.keys, self.features, self.unreadable_keys = keys, features, unreadable_keys
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Image files -> `(content key, path, pixel_values or None)`; runs in the `DataLoader` workers."""
+
+    def __init__(self, paths: list[str], image_processor: BaseImageProcessor):
+        self.paths, self.image_processor = paths, image_processor
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        try:
+            key = content_key(path)
+        except OSError:
+            return None, path, None
+        image = load_image(path, on_unreadable="mask")
+        if image is None:
+            return key, path, None
+        return key, path, self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+
+
+def _collate_images(items: list) -> list:
+    return items
+
+
+def _open_shards(cache_dir: str, fingerprint: str | None, repair: bool, verify: bool) -> list[FeatureShard]:
+    """
+    Open every shard of the folder. With `repair`, corrupt shards and shards of another fingerprint are deleted
+    (with a warning naming them); without it, a corrupt shard raises.
+    """
+    shards = []
+    for path in sorted(Path(cache_dir).glob(SHARD_GLOB)):
+        try:
+            shard = FeatureShard(str(path))
+            if verify:
+                shard.verify()
+        except CorruptShardError as error:
+            if not repair:
+                raise CorruptShardError(
+                    f"Corrupt image feature cache shard: {error} Delete it (its images are then recomputed by "
+                    "ImageFeatureStore.build / train_mmib.py) or rebuild the cache."
+                ) from error
+            logger.warning("Deleting the corrupt feature cache shard %s (%s); its images are recomputed.", path, error)
+            path.unlink()
+            continue
+        if fingerprint is not None and shard.fingerprint != fingerprint:
+            if repair:
+                logger.info("The feature cache shard %s is for another vision tower: recomputing.", path)
+                path.unlink()
+            continue
+        shards.append(shard)
+    return shards
 
 
 def vision_fingerprint(model: MMIBModel, image_processor: BaseImageProcessor) -> str:

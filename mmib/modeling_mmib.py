@@ -22,6 +22,8 @@ LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 class MMIBModelOutput(ModelOutput):
     r"""
     Output of [`MMIBModel`]. B = batch, L = text tokens, N = 1 + num_crops image slots, d = latent size.
+    The regularizer fields (`kl_text`, `kl_vision`, `alignment_loss`) and the log-variances are `None` when
+    `compute_regularizers=False` skipped them: the heads do so in eval mode without `labels`.
 
     Args:
         last_hidden_state (`torch.FloatTensor` of shape `(B, L, d)`):
@@ -29,11 +31,13 @@ class MMIBModelOutput(ModelOutput):
         text_latent_mean (`torch.FloatTensor` of shape `(B, L, d)`):
             Mean of q(Z^T | X^T).
         text_latent_logvar (`torch.FloatTensor` of shape `(B, L, d)`):
-            Log-variance of q(Z^T | X^T); `None` without the refinement regularizer.
+            Log-variance of q(Z^T | X^T); `None` without the refinement regularizer or when `compute_regularizers`
+            skipped it (eval mode).
         vision_latent_mean (`torch.FloatTensor` of shape `(B, N, d)`):
             Mean of q(Z^V | X^V); `None` for a `text_only` model.
         vision_latent_logvar (`torch.FloatTensor` of shape `(B, N, d)`):
-            Log-variance of q(Z^V | X^V); `None` for a `text_only` model or without the refinement regularizer.
+            Log-variance of q(Z^V | X^V); `None` for a `text_only` model, without the refinement regularizer or
+            when `compute_regularizers` skipped it (eval mode).
         kl_text (`torch.FloatTensor` of shape `()`):
             KL(q(Z^T | X^T) || N(0, I)) over valid tokens, reduced as `config.kl_reduction` says, in fp32; `None`
             when `config.use_refinement_regularizer` is False.
@@ -51,7 +55,8 @@ class MMIBModelOutput(ModelOutput):
             The APEnc attention maps, in the order they are computed: text mean and log-variance encoders
             `(B, H, L, L)`, vision mean and log-variance encoders `(B, H, N, N)`, vision-to-text `(B, H, N, L)` and
             text-to-vision `(B, H, L, N)`, with H = `config.apenc_num_attention_heads`. Layers that an ablation
-            does not build are left out. The text tower's own attention maps are not included.
+            does not build, or that `compute_regularizers=False` skips, are left out. The text tower's own attention
+            maps are not included.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -269,12 +274,15 @@ class MMIBVariationalEncoder(nn.Module):
         self.logvar_encoder = MMIBAttentivePropagationEncoder(config) if config.use_refinement_regularizer else None
 
     def forward(
-        self, states: torch.Tensor, mask: torch.Tensor, **kwargs
+        self, states: torch.Tensor, mask: torch.Tensor, with_logvar: bool = True, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...]]:
         """
         Args:
             states (`torch.Tensor` of shape `(B, L, d)`): the modality's projected features X.
             mask (`torch.BoolTensor` of shape `(B, L)`): True at valid positions.
+            with_logvar (`bool`, *optional*, defaults to `True`): run the log-variance encoder. In eval mode the
+                latent is the mean, so the log-variance only serves the KL term; `False` skips it there (in
+                training mode the sample needs it and it always runs).
             kwargs (`output_attentions`, ...): as in [`MMIBAttention`].
 
         Returns:
@@ -286,7 +294,7 @@ class MMIBVariationalEncoder(nn.Module):
             empty.
         """
         mean, mean_weights = self.mean_encoder(states, states, mask, **kwargs)
-        if self.logvar_encoder is None:
+        if self.logvar_encoder is None or not (with_logvar or self.training):
             return mean, mean, None, _present(mean_weights)
         logvar, logvar_weights = self.logvar_encoder(states, states, mask, **kwargs)
         # Bounded so that exp(logvar) in the KL and exp(logvar / 2) in the sample cannot overflow, even in fp16
@@ -452,7 +460,23 @@ class MMIBCRF(nn.Module):
             raise ValueError("The word mask must be a prefix of each row (words padded at the end only).")
 
     def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """log Z of each post by the forward algorithm. `emissions` (B, W, K) -> `(B,)`."""
+        """
+        log Z of each post by the forward algorithm. `emissions` (B, W, K) -> `(B,)`.
+
+        Runs in scaled probability space, one `(B, K) @ (K, K)` product per word, with the gradient computed by the
+        backward recursion (the label marginals) instead of autograd through every step: [`_CRFLogPartition`]. Its
+        result equals the log-space recursion to fp32 rounding (relative 1e-6 on log Z). Transition scores that
+        span more than `_MAX_EXP_SPAN` nats, where products of their exponentials could underflow, and inputs
+        below fp32 use the log-space recursion instead.
+        """
+        span = self.transitions.max() - self.transitions.min()
+        if emissions.dtype in (torch.float32, torch.float64) and span.item() <= _MAX_EXP_SPAN:
+            # A bf16 model keeps bf16 transitions; the recursion runs in the emissions' (fp32) precision.
+            start, end, transitions = (
+                tensor.to(emissions.dtype)
+                for tensor in (self.start_transitions, self.end_transitions, self.transitions)
+            )
+            return _CRFLogPartition.apply(emissions, start, end, transitions, mask)
         scores = self.start_transitions + emissions[:, 0]
         for position in range(1, emissions.shape[1]):
             step = torch.logsumexp(scores[:, :, None] + self.transitions + emissions[:, position, None, :], dim=1)
@@ -479,26 +503,105 @@ class MMIBCRF(nn.Module):
     def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.LongTensor:
         """Viterbi decoding: the best label path of each post, `(B, W)`, -100 at masked positions."""
         self._check_mask(mask)
-        batch_size, num_words, _ = emissions.shape
+        num_words = emissions.shape[1]
+        labels = torch.arange(emissions.shape[2], device=emissions.device)
         scores = self.start_transitions + emissions[:, 0]
+        # Indexed (next, previous): the max runs over the last, contiguous dimension. A max over a middle dimension
+        # of these tiny tensors is split across threads, which stalls for milliseconds on a busy CPU.
+        incoming = self.transitions.T.contiguous()
         backpointers = []
         for position in range(1, num_words):
-            best, best_previous = (scores[:, :, None] + self.transitions).max(dim=1)
-            backpointers.append(best_previous)
-            scores = torch.where(mask[:, position, None], best + emissions[:, position], scores)
-        lengths = mask.sum(dim=1)
-        best_last = (scores + self.end_transitions).argmax(dim=1)
-        path = torch.full((batch_size, num_words), -100, dtype=torch.long, device=emissions.device)
-        current = best_last
-        for position in range(num_words - 1, -1, -1):
-            # Rows shorter than position + 1 keep their last tag in `current` until their last word is reached.
-            is_last = lengths - 1 == position
-            inside = lengths - 1 > position
-            if position < num_words - 1:
-                previous = backpointers[position].gather(1, current[:, None]).squeeze(1)
-                current = torch.where(inside, previous, current)
-            path[:, position] = torch.where(is_last | inside, current, path[:, position])
-        return path
+            best, best_previous = (scores[:, None, :] + incoming).max(dim=2)
+            inside = mask[:, position, None]
+            # Past a post's last word the pointers are the identity, so backtracking carries its last tag back.
+            backpointers.append(torch.where(inside, best_previous, labels))
+            scores = torch.where(inside, best + emissions[:, position], scores)
+        current = (scores + self.end_transitions).argmax(dim=1, keepdim=True)
+        path = [current]
+        for pointers in reversed(backpointers):
+            current = pointers.gather(1, current)
+            path.append(current)
+        return torch.cat(path[::-1], dim=1).masked_fill(~mask, -100)
+
+
+# Largest spread of the transition scores (max - min, in nats) for which the CRF's forward algorithm runs in scaled
+# probability space: exp(-60) is far from fp32's underflow at exp(-87) even after the products of one step.
+_MAX_EXP_SPAN = 60.0
+
+
+class _CRFLogPartition(torch.autograd.Function):
+    """
+    log Z of a linear-chain CRF and its gradient (the label marginals) by the scaled forward-backward algorithm.
+
+    A log-space forward algorithm costs about five small kernels per word forward and as many autograd nodes
+    backward. In probability space one step is a `(B, K) @ (K, K)` product, an elementwise product with the
+    exponentiated emissions and a normalisation (Rabiner's scaling, which keeps every step in fp32 range); the
+    backward pass is the matching backward recursion, with no autograd graph at all.
+    """
+
+    @staticmethod
+    def forward(ctx, emissions, start_transitions, end_transitions, transitions, mask):
+        with torch.autocast(emissions.device.type, enabled=False):
+            emission_max = emissions.max(dim=2, keepdim=True).values
+            exp_emissions = (emissions - emission_max).exp()
+            transition_max = transitions.max()
+            exp_transitions = (transitions - transition_max).exp()
+            start_max, end_max = start_transitions.max(), end_transitions.max()
+            exp_end = (end_transitions - end_max).exp()
+            alpha = (start_transitions - start_max).exp() * exp_emissions[:, 0]
+            alphas, scales = [], []
+            for position in range(emissions.shape[1]):
+                if position > 0:
+                    alpha = torch.where(
+                        mask[:, position, None],
+                        (alphas[-1] @ exp_transitions) * exp_emissions[:, position],
+                        alphas[-1],
+                    )
+                scale = alpha.sum(dim=1, keepdim=True)
+                alpha = alpha / scale
+                alphas.append(alpha)
+                scales.append(scale)
+            end_scale = (alpha * exp_end).sum(dim=1)
+            weights = mask.to(emissions.dtype)
+            weights[:, 0] = 1.0
+            log_scales = torch.cat(scales, dim=1).log()
+            log_partition = (
+                ((log_scales + emission_max.squeeze(2)) * weights).sum(dim=1)
+                + transition_max * (weights.sum(dim=1) - 1)
+                + start_max
+                + end_max
+                + end_scale.log()
+            )
+        ctx.save_for_backward(exp_emissions, exp_transitions, exp_end, mask, torch.stack(alphas, 1))
+        ctx.scales, ctx.end_scale = scales, end_scale
+        return log_partition
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        exp_emissions, exp_transitions, exp_end, mask, alphas = ctx.saved_tensors
+        num_words = alphas.shape[1]
+        # beta scaled so that sum_k alpha_t(k) beta_t(k) = 1: alpha_t * beta_t is the marginal of word t.
+        beta = (exp_end / ctx.end_scale[:, None]).expand_as(alphas[:, 0])
+        betas = [beta] * num_words
+        messages = []
+        for position in range(num_words - 1, 0, -1):
+            message = exp_emissions[:, position] * betas[position] / ctx.scales[position]
+            message = message * mask[:, position, None]
+            messages.append(message)
+            betas[position - 1] = torch.where(mask[:, position, None], message @ exp_transitions.T, betas[position])
+        scale = grad_output[:, None, None]
+        marginals = alphas * torch.stack(betas, 1) * scale
+        grad_emissions = marginals * mask[:, :, None]
+        grad_emissions[:, 0] = marginals[:, 0]
+        grad_start = marginals[:, 0].sum(dim=0)
+        last = alphas.gather(1, (mask.sum(dim=1) - 1).clamp(min=0)[:, None, None].expand(-1, 1, alphas.shape[2]))
+        grad_end = (last.squeeze(1) * exp_end / ctx.end_scale[:, None] * grad_output[:, None]).sum(dim=0)
+        grad_transitions = torch.zeros_like(exp_transitions)
+        if messages:
+            previous = (alphas[:, :-1] * scale).flatten(0, 1)
+            following = torch.stack(messages[::-1], 1).flatten(0, 1)
+            grad_transitions = exp_transitions * (previous.T @ following)
+        return grad_emissions, grad_start, grad_end, grad_transitions, None
 
     def forward_backward(
         self, emissions: torch.Tensor, mask: torch.Tensor
@@ -865,6 +968,7 @@ class MMIBModel(MMIBPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        compute_regularizers: bool = True,
         **kwargs,
     ) -> MMIBModelOutput | tuple:
         r"""
@@ -885,6 +989,10 @@ class MMIBModel(MMIBPreTrainedModel):
                 `config.output_hidden_states`.
             return_dict (`bool`, *optional*): return a [`MMIBModelOutput`] (default: `config.return_dict`) or a
                 plain tuple of its non-`None` fields.
+            compute_regularizers (`bool`, *optional*, defaults to `True`): compute the KL terms, the alignment loss
+                and (in eval mode) the log-variance encoders. They only feed the training objective, so the heads
+                pass `False` in eval mode when no `labels` are given; the outputs `kl_text`, `kl_vision`,
+                `alignment_loss` and the log-variances are then `None`. Training mode always computes them.
             kwargs: passed to the text tower and to the APEnc attention functions, as in BERT.
 
         Returns:
@@ -918,10 +1026,11 @@ class MMIBModel(MMIBPreTrainedModel):
         )
         attention_kwargs = {"output_attentions": output_attentions, **kwargs}
         text_inputs = self.text_projection(text_outputs.last_hidden_state)
+        compute_regularizers = compute_regularizers or self.training
         text_latents, text_mean, text_logvar, attentions = self.text_variational_encoder(
-            text_inputs, text_mask, **attention_kwargs
+            text_inputs, text_mask, compute_regularizers, **attention_kwargs
         )
-        use_kl = self.config.use_refinement_regularizer
+        use_kl = self.config.use_refinement_regularizer and compute_regularizers
         outputs = MMIBModelOutput(
             last_hidden_state=text_latents,
             text_latent_mean=text_mean,
@@ -932,7 +1041,7 @@ class MMIBModel(MMIBPreTrainedModel):
             image_features, image_mask = self._image_inputs(pixel_values, image_features, image_mask, batch_size)
             vision_inputs = self.vision_projection(image_features.to(text_inputs.dtype))
             vision_latents, vision_mean, vision_logvar, vision_attentions = self.vision_variational_encoder(
-                vision_inputs, image_mask, **attention_kwargs
+                vision_inputs, image_mask, compute_regularizers, **attention_kwargs
             )
             text_attended_vision, vision_to_text = self.vision_to_text_encoder(
                 vision_latents, text_latents, text_mask, **attention_kwargs
@@ -946,7 +1055,7 @@ class MMIBModel(MMIBPreTrainedModel):
             outputs.vision_latent_logvar = vision_logvar
             if use_kl:
                 outputs.kl_vision = self._kl_divergence(vision_mean, vision_logvar, image_mask)
-            if self.config.use_alignment_regularizer:
+            if self.config.use_alignment_regularizer and compute_regularizers:
                 outputs.alignment_loss = self._alignment_loss(text_latents, text_mask, vision_latents, image_mask)
         if output_hidden_states:
             mmib_states = (text_latents,) if self.config.text_only else (text_latents, outputs.last_hidden_state)
@@ -1090,6 +1199,7 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            compute_regularizers=labels is not None,
             **kwargs,
         )
         word_mask = word_index >= 0
@@ -1189,6 +1299,7 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            compute_regularizers=labels is not None,
             **kwargs,
         )
         entity_vectors = self._entity_vectors(outputs.last_hidden_state, entity_positions)

@@ -337,6 +337,10 @@ def test_a_checkpoint_saved_by_the_earlier_version_still_loads():
         outputs = model(**inputs)
     assert torch.allclose(outputs.logits, stored["expected.logits"], atol=1e-6)
     assert torch.equal(outputs.predictions, stored["expected.predictions"])
+    # Without labels an eval-mode head skips the regularizers; the base model computes them by default.
+    assert outputs.kl_text is None
+    with torch.no_grad():
+        outputs = model.mmib(**{key: value for key, value in inputs.items() if key != "word_index"})
     for name in ("kl_text", "kl_vision", "alignment_loss"):
         assert outputs[name].item() == pytest.approx(stored[f"expected.{name}"].item(), rel=1e-5), name
 

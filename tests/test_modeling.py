@@ -120,6 +120,57 @@ def test_crf_row_without_words_has_no_loss_and_no_path():
     assert decoded[0, :2].tolist() == best and decoded[1].tolist() == [-100, -100, -100]
 
 
+def log_space_log_partition(crf: MMIBCRF, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The textbook log-space forward algorithm, differentiated by autograd: the reference for the fused one."""
+    scores = crf.start_transitions + emissions[:, 0]
+    for position in range(1, emissions.shape[1]):
+        step = torch.logsumexp(scores[:, :, None] + crf.transitions + emissions[:, position, None, :], dim=1)
+        scores = torch.where(mask[:, position, None], step, scores)
+    return torch.logsumexp(scores + crf.end_transitions, dim=1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 8.0])
+def test_crf_scaled_forward_backward_matches_log_space_values_and_gradients(scale):
+    torch.manual_seed(6)
+    crf = MMIBCRF(5)
+    for parameter in crf.parameters():
+        parameter.data.normal_(std=scale)
+    emissions = (torch.randn(4, 7, 5) * scale).requires_grad_()
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 3, 1, 0])[:, None]
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0])  # a non-uniform upstream gradient per post
+    fused = crf.log_partition(emissions, mask)
+    fused_grads = torch.autograd.grad((fused * weights).sum(), [emissions, *crf.parameters()])
+    reference = log_space_log_partition(crf, emissions, mask)
+    reference_grads = torch.autograd.grad((reference * weights).sum(), [emissions, *crf.parameters()])
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5 * scale)
+    for fused_grad, reference_grad in zip(fused_grads, reference_grads):
+        torch.testing.assert_close(fused_grad, reference_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_crf_gradient_passes_gradcheck_in_float64():
+    torch.manual_seed(7)
+    crf = MMIBCRF(3).double()
+    for parameter in crf.parameters():
+        parameter.data.normal_()
+    emissions = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    assert torch.autograd.gradcheck(lambda e, *p: crf.log_partition(e, mask), (emissions, *crf.parameters()))
+
+
+def test_crf_with_extreme_transitions_uses_the_log_space_recursion():
+    torch.manual_seed(8)
+    crf = MMIBCRF(3)
+    with torch.no_grad():
+        crf.transitions.copy_(torch.tensor([[0.0, -200.0, 5.0], [1.0, 0.0, -150.0], [2.0, 3.0, 0.0]]))
+    emissions = torch.randn(2, 4, 3)
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    log_partition = crf.log_partition(emissions, mask)
+    assert torch.isfinite(log_partition).all()
+    torch.testing.assert_close(log_partition, log_space_log_partition(crf, emissions, mask))
+    for row, length in enumerate([4, 3]):
+        assert log_partition[row].item() == pytest.approx(brute_force(crf, emissions[row, :length], length)[0].item())
+
+
 # --- regularizers ------------------------------------------------------------------------------------------------
 
 
@@ -202,6 +253,33 @@ def test_padded_tokens_and_absent_crops_do_not_change_outputs(model):
     for field in ("logits", "kl_text", "kl_vision", "alignment_loss", "loss"):
         assert torch.allclose(first[field], second[field], atol=1e-5), field
     assert torch.equal(first.predictions, second.predictions)
+
+
+def test_eval_without_labels_skips_only_training_work(model):
+    """The rule: an eval-mode head without labels runs no log-variance encoder, KL or discriminator."""
+    batch = make_batch()
+    calls = []
+    hooks = [
+        module.register_forward_hook(lambda *_, name=name: calls.append(name))
+        for name, module in model.named_modules()
+        if name.endswith("logvar_encoder") or name.endswith("discriminator")
+    ]
+    with torch.no_grad():
+        with_labels = model(**batch)
+        assert sorted(set(calls)) == [
+            "mmib.discriminator",
+            "mmib.text_variational_encoder.logvar_encoder",
+            "mmib.vision_variational_encoder.logvar_encoder",
+        ]
+        calls.clear()
+        without_labels = model(**{key: value for key, value in batch.items() if key != "labels"})
+    for hook in hooks:
+        hook.remove()
+    assert calls == []
+    assert without_labels.loss is None and without_labels.kl_text is None and without_labels.alignment_loss is None
+    assert torch.equal(without_labels.logits, with_labels.logits)
+    assert torch.equal(without_labels.predictions, with_labels.predictions)
+    assert with_labels.kl_text is not None and torch.isfinite(with_labels.loss)
 
 
 def test_text_only_posts_work(model):

@@ -340,3 +340,17 @@ def test_two_process_cpu_ddp_matches_one_process(towers, dropout_free_text_tower
         assert results["two"][f"test_{metric}"] == pytest.approx(scores[metric], abs=1e-12)
     lines = (two / "test_predictions.jsonl").read_text().splitlines()
     assert [json.loads(line)["tags"] for line in lines] == tags
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_auto_picks_bf16_only_where_it_is_native(native, monkeypatch, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import train_mmib
+
+    monkeypatch.setattr(train_mmib, "native_bf16", lambda: native)
+    for flags in (["--bf16", "auto"], ["--bf16=auto"]):
+        _, _, training_args = train_mmib.parse_arguments(["--output_dir", str(tmp_path), "--use_cpu", *flags])
+        assert training_args.bf16 is native
+    config = tmp_path / "run.yaml"
+    config.write_text(f"output_dir: {tmp_path}\nuse_cpu: true\nbf16: auto\n")
+    assert train_mmib.parse_arguments([str(config)])[2].bf16 is native
