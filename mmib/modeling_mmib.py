@@ -523,6 +523,71 @@ class MMIBCRF(nn.Module):
             path.append(current)
         return torch.cat(path[::-1], dim=1).masked_fill(~mask, -100)
 
+    def forward_backward(
+        self, emissions: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Forward and backward log scores of every (word, label).
+
+        Returns:
+            `(alpha, beta, log_z)`: `alpha[b, t, k]` = log of the summed scores of all label prefixes `y_0..y_t` with
+            `y_t = k` (emission at `t` included), `beta[b, t, k]` = log of the summed scores of all continuations
+            `y_{t+1}..` after `y_t = k` (end transition included, emission at `t` not), both `(B, W, K)` and only
+            meaningful at unmasked words; `log_z` `(B,)`. So `alpha + beta - log_z[:, None, None]` is the log
+            marginal probability of label `k` at word `t`.
+        """
+        self._check_mask(mask)
+        num_words = emissions.shape[1]
+        transitions = self.transitions.to(emissions.dtype)
+        alphas = [self.start_transitions.to(emissions.dtype) + emissions[:, 0]]
+        for position in range(1, num_words):
+            step = torch.logsumexp(alphas[-1][:, :, None] + transitions + emissions[:, position, None, :], dim=1)
+            alphas.append(torch.where(mask[:, position, None], step, alphas[-1]))
+        end = self.end_transitions.to(emissions.dtype)
+        last = mask.sum(dim=1) - 1
+        betas = [None] * num_words
+        betas[-1] = end.expand(emissions.shape[0], -1)
+        for position in range(num_words - 2, -1, -1):
+            step = torch.logsumexp(transitions + (emissions[:, position + 1] + betas[position + 1])[:, None, :], dim=2)
+            # The last word of a shorter post only has the end transition after it.
+            betas[position] = torch.where((last == position)[:, None], end, step)
+        alpha, beta = torch.stack(alphas, dim=1), torch.stack(betas, dim=1)
+        log_z = torch.logsumexp(alphas[-1] + end, dim=1)
+        return alpha, beta, log_z
+
+    def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """p(y_t = k | post) for every word, `(B, W, K)`; zeros at masked positions."""
+        alpha, beta, log_z = self.forward_backward(emissions, mask)
+        return (alpha + beta - log_z[:, None, None]).exp() * mask[:, :, None]
+
+    def span_probability(
+        self, emissions: torch.Tensor, mask: torch.Tensor, tags: torch.LongTensor, spans: torch.LongTensor
+    ) -> torch.Tensor:
+        """
+        Probability that the words of each span carry exactly the given labels, whatever the other words carry:
+        p(y_s..y_{e-1} = tags[b, s..e-1] | post b) = exp(alpha[s, y_s] + sum_{t=s+1}^{e-1} (transition(y_{t-1},
+        y_t) + emission(t, y_t)) + beta[e-1, y_{e-1}] - log Z).
+
+        Args:
+            emissions (`torch.Tensor` of shape `(B, W, K)`), mask (`(B, W)`): as for `decode`.
+            tags (`torch.LongTensor` of shape `(B, W)`): labels per word (e.g. the Viterbi path; -100 at padding).
+            spans (`torch.LongTensor` of shape `(N, 3)`): rows `(post, start, end)`, word offsets, end exclusive,
+                inside the post's unmasked words.
+
+        Returns:
+            `torch.Tensor` of shape `(N,)`.
+        """
+        alpha, beta, log_z = self.forward_backward(emissions, mask)
+        tags = tags.masked_fill(~mask, 0)
+        transitions = self.transitions.to(emissions.dtype)
+        scores = []
+        for post, start, end in spans.tolist():
+            path = tags[post, start:end]
+            inside = emissions[post, start + 1 : end].gather(1, path[1:, None]).sum()
+            inside = inside + transitions[path[:-1], path[1:]].sum()
+            scores.append(alpha[post, start, path[0]] + inside + beta[post, end - 1, path[-1]] - log_z[post])
+        return torch.stack(scores).exp() if scores else emissions.new_zeros(0)
+
 
 # Largest spread of the transition scores (max - min, in nats) for which the CRF's forward algorithm runs in scaled
 # probability space: exp(-60) is far from fp32's underflow at exp(-87) even after the products of one step.
@@ -602,71 +667,6 @@ class _CRFLogPartition(torch.autograd.Function):
             following = torch.stack(messages[::-1], 1).flatten(0, 1)
             grad_transitions = exp_transitions * (previous.T @ following)
         return grad_emissions, grad_start, grad_end, grad_transitions, None
-
-    def forward_backward(
-        self, emissions: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """
-        Forward and backward log scores of every (word, label).
-
-        Returns:
-            `(alpha, beta, log_z)`: `alpha[b, t, k]` = log of the summed scores of all label prefixes `y_0..y_t` with
-            `y_t = k` (emission at `t` included), `beta[b, t, k]` = log of the summed scores of all continuations
-            `y_{t+1}..` after `y_t = k` (end transition included, emission at `t` not), both `(B, W, K)` and only
-            meaningful at unmasked words; `log_z` `(B,)`. So `alpha + beta - log_z[:, None, None]` is the log
-            marginal probability of label `k` at word `t`.
-        """
-        self._check_mask(mask)
-        num_words = emissions.shape[1]
-        transitions = self.transitions.to(emissions.dtype)
-        alphas = [self.start_transitions.to(emissions.dtype) + emissions[:, 0]]
-        for position in range(1, num_words):
-            step = torch.logsumexp(alphas[-1][:, :, None] + transitions + emissions[:, position, None, :], dim=1)
-            alphas.append(torch.where(mask[:, position, None], step, alphas[-1]))
-        end = self.end_transitions.to(emissions.dtype)
-        last = mask.sum(dim=1) - 1
-        betas = [None] * num_words
-        betas[-1] = end.expand(emissions.shape[0], -1)
-        for position in range(num_words - 2, -1, -1):
-            step = torch.logsumexp(transitions + (emissions[:, position + 1] + betas[position + 1])[:, None, :], dim=2)
-            # The last word of a shorter post only has the end transition after it.
-            betas[position] = torch.where((last == position)[:, None], end, step)
-        alpha, beta = torch.stack(alphas, dim=1), torch.stack(betas, dim=1)
-        log_z = torch.logsumexp(alphas[-1] + end, dim=1)
-        return alpha, beta, log_z
-
-    def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """p(y_t = k | post) for every word, `(B, W, K)`; zeros at masked positions."""
-        alpha, beta, log_z = self.forward_backward(emissions, mask)
-        return (alpha + beta - log_z[:, None, None]).exp() * mask[:, :, None]
-
-    def span_probability(
-        self, emissions: torch.Tensor, mask: torch.Tensor, tags: torch.LongTensor, spans: torch.LongTensor
-    ) -> torch.Tensor:
-        """
-        Probability that the words of each span carry exactly the given labels, whatever the other words carry:
-        p(y_s..y_{e-1} = tags[b, s..e-1] | post b) = exp(alpha[s, y_s] + sum_{t=s+1}^{e-1} (transition(y_{t-1},
-        y_t) + emission(t, y_t)) + beta[e-1, y_{e-1}] - log Z).
-
-        Args:
-            emissions (`torch.Tensor` of shape `(B, W, K)`), mask (`(B, W)`): as for `decode`.
-            tags (`torch.LongTensor` of shape `(B, W)`): labels per word (e.g. the Viterbi path; -100 at padding).
-            spans (`torch.LongTensor` of shape `(N, 3)`): rows `(post, start, end)`, word offsets, end exclusive,
-                inside the post's unmasked words.
-
-        Returns:
-            `torch.Tensor` of shape `(N,)`.
-        """
-        alpha, beta, log_z = self.forward_backward(emissions, mask)
-        tags = tags.masked_fill(~mask, 0)
-        transitions = self.transitions.to(emissions.dtype)
-        scores = []
-        for post, start, end in spans.tolist():
-            path = tags[post, start:end]
-            inside = emissions[post, start + 1 : end].gather(1, path[1:, None]).sum()
-            inside = inside + transitions[path[:-1], path[1:]].sum()
-            scores.append(alpha[post, start, path[0]] + inside + beta[post, end - 1, path[-1]] - log_z[post])
-        return torch.stack(scores).exp() if scores else emissions.new_zeros(0)
 
 
 def _text_tower_kwargs(text_config: PreTrainedConfig) -> dict:
