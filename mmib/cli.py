@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when present).")
     predict.add_argument("--quiet", action="store_true", help="No progress bar and no dtype/summary lines.")
     predict.add_argument("--strict", action="store_true", help="Exit non-zero at the first row with an error.")
+    predict.add_argument(
+        "--image_feature_cache",
+        metavar="DIR",
+        help="Feature cache (ImageFeatureStore) built with this model's tower: images found in it by content skip it.",
+    )
     _add_analysis_parsers(commands)
     return parser
 
@@ -164,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch_size=args.batch_size,
         max_pairs_per_post=args.max_pairs_per_post,
         keep_none=args.keep_none,
+        image_feature_cache=args.image_feature_cache,
     )
     log(f"device {predictor.device}, dtype {str(predictor.dtype).removeprefix('torch.')} ({predictor.dtype_reason})")
     if args.input is None:

@@ -24,14 +24,14 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from transformers import BaseImageProcessor
+from transformers import BaseImageProcessor, ProcessorMixin
 
 from .image_loading_mmib import load_image
 from .modeling_mmib import MMIBModel
@@ -476,3 +476,33 @@ def vision_fingerprint(model: MMIBModel, image_processor: BaseImageProcessor) ->
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def prediction_feature_lookup(
+    cache_dir: str, checkpoints: Sequence[tuple[str, torch.nn.Module, ProcessorMixin]]
+) -> Callable[[str], torch.Tensor | None]:
+    """
+    The `image_feature_lookup` of [`~mmib.prediction_mmib.MMIBPredictor`] from a cache folder: `features_of` of
+    the loaded [`ImageFeatureStore`] (a file's features by its content, `None` for a miss).
+
+    Args:
+        cache_dir (`str`): a folder made by [`ImageFeatureStore.build`].
+        checkpoints (`Sequence`): `(name, model, processor)` of every checkpoint the predictor runs (an MMIB task
+            model with `.mmib`); the cache must have been built with each one's vision tower and image processor.
+
+    Raises:
+        ValueError: the cache's fingerprint differs from a checkpoint's, or a checkpoint is text-only.
+    """
+    store = ImageFeatureStore.load(cache_dir)
+    for name, model, processor in checkpoints:
+        if model.config.text_only:
+            raise ValueError(f"{name} is a text-only model: it uses no image features, drop the feature cache.")
+        expected = vision_fingerprint(model.mmib, processor.image_processor)
+        if store.fingerprint != expected:
+            raise ValueError(
+                f"The image feature cache {cache_dir} was built with another vision tower or image processor than "
+                f"{name} (fingerprint {store.fingerprint[:12]}, the checkpoint's is {expected[:12]}): build a cache "
+                "with this checkpoint (ImageFeatureStore.build(model.mmib, processor.image_processor, paths, "
+                "cache_dir=...)) or predict without it."
+            )
+    return store.features_of

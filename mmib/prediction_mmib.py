@@ -5,6 +5,13 @@ One predictor serves the `mmib predict` command, the transformers pipeline and t
 checkpoints as remote code (the pipeline imports it): it imports only torch, transformers, PIL, the standard library
 and its flat sibling `word_splitting_mmib.py`.
 
+Image features can come from a cache: [`MMIBPredictor`] takes an `image_feature_lookup` (a callable from an image
+file path to its cached pooled feature vector, or `None`). Images and crops it knows are not opened at all and enter
+the model as `image_features`; the others are decoded and run through the vision tower as usual, in the same
+forward. `MMIBPredictor.from_pretrained(..., image_feature_cache=DIR)` builds the lookup from an on-disk
+`mmib.features.ImageFeatureStore`, importing `mmib.features` only then (it is not remote code: that option needs
+the `mmib` package installed).
+
 A post is a raw string, or a dict with `text` (a raw string, split by [`split_words`]) or `words` (a list), and
 optionally `id`, `image` (a path or a PIL image), `crops` (paths or PIL images) and, for a relation checkpoint on
 its own, `head` / `tail` word spans `[start, end)`. Results are dicts:
@@ -21,7 +28,7 @@ its own, `head` / `tail` word spans `[start, end)`. Results are dicts:
 
 import itertools
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +99,9 @@ class PreparedPost:
     tail: tuple[int, int] | None = None
     error: str | None = None
     error_kind: str | None = None
+    cached_features: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Image slot (0 the image, k the k-th crop) -> its cached feature vector; such slots hold `None` in `image` /
+    `crops` and their files are never opened."""
 
 
 class PostError(ValueError):
@@ -116,6 +126,20 @@ def _open_image(value: Any, field_name: str, base_dir: str | None) -> Image.Imag
         raise PostError("image", f"{field_name}: {error}") from error
 
 
+def _image_or_features(
+    value: Any, field_name: str, base_dir: str | None, feature_lookup: Callable[[str], torch.Tensor | None] | None
+) -> tuple[Image.Image | None, torch.Tensor | None]:
+    """`(None, features)` for a file path the cache knows (the file is not opened), else `(decoded image, None)`."""
+    if feature_lookup is not None and isinstance(value, str | os.PathLike):
+        path = os.fspath(value)
+        if base_dir is not None and not os.path.isabs(path):
+            path = os.path.join(base_dir, path)
+        features = feature_lookup(path)
+        if features is not None:
+            return None, features
+    return _open_image(value, field_name, base_dir), None
+
+
 def _span(value: Any, name: str, num_words: int) -> tuple[int, int]:
     if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
         raise PostError("invalid field", f"{name} must be a [start, end] word span, got {value!r}")
@@ -131,6 +155,7 @@ def prepare_post(
     base_dir: str | None = None,
     needs_spans: bool = False,
     max_crops: int | None = None,
+    feature_lookup: Callable[[str], torch.Tensor | None] | None = None,
 ) -> PreparedPost:
     """
     Checks one input post, splits its text and decodes its images.
@@ -142,6 +167,8 @@ def prepare_post(
         needs_spans (`bool`): a relation checkpoint on its own: `head` and `tail` are required.
         max_crops (`int`, *optional*): decode only the first `max_crops` crops (the processor's `num_crops`; it
             uses no more).
+        feature_lookup (`Callable[[str], torch.Tensor | None]`, *optional*): cached features of image files (see
+            the module docstring); images it returns features for are not decoded.
 
     Returns:
         [`PreparedPost`], with `error` / `error_kind` set instead of raising when the post cannot be used.
@@ -174,20 +201,46 @@ def prepare_post(
             raise PostError("invalid row", "the row has neither text nor words")
         if not words:
             raise PostError("empty post", "the post has no words")
+        cached = {}
         image = post.get("image")
-        image = None if image is None else _open_image(image, "image", base_dir)
+        if image is not None:
+            image, cached[0] = _image_or_features(image, "image", base_dir, feature_lookup)
         crops = post.get("crops") or []
         if not isinstance(crops, list):
             raise PostError("invalid field", f"crops must be a list, got {type(crops).__name__}")
-        crops = [_open_image(crop, f"crops[{index}]", base_dir) for index, crop in enumerate(crops[:max_crops])]
+        opened = []
+        for index, crop in enumerate(crops[:max_crops]):
+            crop, cached[index + 1] = _image_or_features(crop, f"crops[{index}]", base_dir, feature_lookup)
+            opened.append(crop)
+        crops = opened
         head = tail = None
         if needs_spans:
             if "head" not in post or "tail" not in post:
                 raise PostError("invalid row", "a relation model needs head and tail word spans")
             head, tail = _span(post["head"], "head", len(words)), _span(post["tail"], "tail", len(words))
-        return PreparedPost(post_id, text, words, offsets, image, crops, head, tail)
+        cached = {slot: features for slot, features in cached.items() if features is not None}
+        return PreparedPost(post_id, text, words, offsets, image, crops, head, tail, cached_features=cached)
     except PostError as error:
         return PreparedPost(post_id, error=str(error), error_kind=error.kind)
+
+
+def add_cached_features(inputs: BatchFeature, posts: Sequence[PreparedPost], num_crops: int) -> BatchFeature:
+    """
+    Adds the posts' cached image features to processor `inputs` (made with `None` in the cached slots):
+    `cached_image_features` `(B, 1 + num_crops, D)` and `cached_image_mask` `(B, 1 + num_crops)`. The processor's
+    `image_mask` then marks the slots whose pixels still need the vision tower. Unchanged when nothing is cached.
+    """
+    vectors = [vector for post in posts for vector in post.cached_features.values()]
+    if not vectors:
+        return inputs
+    features = torch.zeros(len(posts), 1 + num_crops, vectors[0].shape[-1])
+    cached = torch.zeros(len(posts), 1 + num_crops, dtype=torch.bool)
+    for index, post in enumerate(posts):
+        for slot, vector in post.cached_features.items():
+            if slot <= num_crops:
+                features[index, slot], cached[index, slot] = vector, True
+    inputs["cached_image_features"], inputs["cached_image_mask"] = features, cached
+    return inputs
 
 
 def error_row(post: PreparedPost) -> dict[str, Any]:
@@ -212,6 +265,9 @@ class MMIBPredictor:
         compute_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): `torch.bfloat16` runs the models
             under bf16 autocast (matrix products in bf16, normalisations, softmax and the CRF in fp32), which keeps
             the entities of fp32 far more often than casting the weights to bf16.
+        image_feature_lookup (`Callable[[str], torch.Tensor | None]`, *optional*): cached pooled vision features
+            of image files (see the module docstring); they must come from the models' own vision tower and image
+            processor (`from_pretrained(image_feature_cache=...)` checks that).
     """
 
     def __init__(
@@ -225,6 +281,7 @@ class MMIBPredictor:
         keep_none: bool = False,
         none_label: str = "None",
         compute_dtype: torch.dtype = torch.float32,
+        image_feature_lookup: Callable[[str], torch.Tensor | None] | None = None,
     ):
         if (relation_model is None) != (relation_processor is None):
             raise ValueError("Give relation_model and relation_processor together.")
@@ -240,6 +297,7 @@ class MMIBPredictor:
         self.none_label = none_label
         self.compute_dtype = compute_dtype
         self.dtype_reason = "as given"
+        self.image_feature_lookup = image_feature_lookup
 
     @classmethod
     def from_pretrained(
@@ -249,6 +307,7 @@ class MMIBPredictor:
         dtype: str | torch.dtype = "auto",
         device: str | torch.device | None = None,
         trust_remote_code: bool = False,
+        image_feature_cache: str | None = None,
         **kwargs,
     ) -> "MMIBPredictor":
         """
@@ -260,6 +319,8 @@ class MMIBPredictor:
             dtype (`str` or `torch.dtype`, *optional*, defaults to `"auto"`): see [`resolve_dtype`].
             device (`str`, *optional*): defaults to CUDA when present.
             trust_remote_code (`bool`): load the checkpoints' own code (not needed when `mmib` is installed).
+            image_feature_cache (`str`, *optional*): an `ImageFeatureStore` folder built with these checkpoints'
+                vision tower and image processor (a cache of another tower is refused); needs `mmib` installed.
             kwargs: further [`MMIBPredictor`] arguments (`batch_size`, `max_pairs_per_post`, `keep_none`).
         """
         device = resolve_device(device)
@@ -279,6 +340,14 @@ class MMIBPredictor:
             models += [model.to(device), processor]
         predictor = cls(*models, compute_dtype=dtype, **kwargs)
         predictor.dtype_reason = reason
+        if image_feature_cache is not None:
+            # Imported here: the cache is part of the installed package, not of the remote code.
+            from mmib.features import prediction_feature_lookup
+
+            checkpoints = [(model_name_or_path, predictor.model, predictor.processor)]
+            if relation_model is not None:
+                checkpoints.append((relation_model, predictor.relation_model, predictor.relation_processor))
+            predictor.image_feature_lookup = prediction_feature_lookup(image_feature_cache, checkpoints)
         return predictor
 
     @property
@@ -303,19 +372,22 @@ class MMIBPredictor:
         self, post: str | Mapping[str, Any], default_id: Any = None, base_dir: str | None = None
     ) -> PreparedPost:
         """[`prepare_post`] for this predictor's task."""
-        return prepare_post(post, default_id, base_dir, self.task == "re", self.processor.num_crops)
+        return prepare_post(
+            post, default_id, base_dir, self.task == "re", self.processor.num_crops, self.image_feature_lookup
+        )
 
     def encode(self, posts: Sequence[PreparedPost]) -> BatchFeature:
         """Processor inputs for `posts` (all without error)."""
         kwargs = {}
         if self.task == "re":
             kwargs = {"head_spans": [post.head for post in posts], "tail_spans": [post.tail for post in posts]}
-        return self.processor(
+        inputs = self.processor(
             [post.words for post in posts],
             images=[post.image for post in posts],
             crops=[post.crops for post in posts],
             **kwargs,
         )
+        return add_cached_features(inputs, posts, self.processor.num_crops)
 
     def encode_batch(self, posts: list[PreparedPost]) -> BatchFeature | None:
         """
@@ -337,9 +409,18 @@ class MMIBPredictor:
             return self.encode(good) if good else None
 
     def _to_device(self, inputs: BatchFeature, model: PreTrainedModel) -> dict[str, torch.Tensor]:
+        """The model's inputs on its device; cached features and the tower's features of the other images are
+        merged into `image_features` (call it under [`_autocast`], like the forward that would compute them)."""
         inputs = {name: value.to(model.device) for name, value in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        if "cached_image_features" in inputs:
+            features = inputs.pop("cached_image_features").to(model.dtype)
+            cached, misses = inputs.pop("cached_image_mask"), inputs["image_mask"].bool()
+            pixel_values = inputs.pop("pixel_values", None)
+            if pixel_values is not None and misses.any():
+                features[misses] = model.mmib.get_image_features(pixel_values[misses]).to(features.dtype)
+            inputs["image_features"], inputs["image_mask"] = features, misses | cached
         return inputs
 
     @torch.inference_mode()
@@ -357,8 +438,8 @@ class MMIBPredictor:
         return [results.get(id(post)) or error_row(post) for post in posts]
 
     def _predict_entities(self, posts: list[PreparedPost], inputs: BatchFeature) -> list[dict]:
-        inputs = self._to_device(inputs, self.model)
         with self._autocast():
+            inputs = self._to_device(inputs, self.model)
             outputs = self.model(**inputs)
         emissions, mask = outputs.logits.float(), inputs["word_index"] >= 0
         tags = outputs.predictions
@@ -423,6 +504,7 @@ class MMIBPredictor:
             head_spans=[head for _, head, _ in chunk],
             tail_spans=[tail for _, _, tail in chunk],
         )
+        inputs = add_cached_features(inputs, [post for post, _, _ in chunk], self.relation_processor.num_crops)
         with self._autocast():
             logits = self.relation_model(**self._to_device(inputs, self.relation_model)).logits
         return self.relation_processor.post_process_relation_classification(
