@@ -12,7 +12,7 @@ from mmib import MMIBPredictor
 from mmib.cli import main as cli_main
 from mmib.features import ImageFeatureStore
 from mmib.jsonl_prediction import predict_file
-from prediction_checkpoints import save_ner_checkpoint
+from prediction_checkpoints import save_ner_checkpoint, save_re_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,18 @@ def test_cli_image_feature_cache(ner_path, files, tmp_path):
         arguments = ["predict", ner_path, "--input", str(files / "posts.jsonl"), "--output", str(outputs[name])]
         cli_main(arguments + ["--dtype", "float32", "--num_workers", "0", "--quiet"] + extra)
     assert_same_predictions(read_jsonl(outputs["cached"]), read_jsonl(outputs["plain"]))
+
+
+def test_ner_to_re_uses_the_cache_for_the_relation_model_too(ner_path, files, tmp_path):
+    re_path = save_re_checkpoint(tmp_path / "re")  # same seed: the same tower as the NER checkpoint's
+    kwargs = {"relation_model": re_path, "dtype": "float32", "device": "cpu"}
+    plain = MMIBPredictor.from_pretrained(ner_path, **kwargs)
+    cached = MMIBPredictor.from_pretrained(ner_path, image_feature_cache=str(files / "cache"), **kwargs)
+    post = {"text": "John Smith visits London and Paris", "image": str(files / "renamed.png")}
+    post["crops"] = [str(files / "c.png")]
+    with_cache, without = cached(post), plain(post)
+    assert cached.prepare(post).cached_features.keys() == {0}
+    assert len(without["relations"]) > 0
+    assert [r["label"] for r in with_cache["relations"]] == [r["label"] for r in without["relations"]]
+    scores = [r["score"] for r in with_cache["relations"]]
+    assert scores == pytest.approx([r["score"] for r in without["relations"]], abs=1e-5)
