@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from bench_common import repo_relative
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "examples" / "twitter2017-sample"
 
@@ -119,7 +121,10 @@ def main() -> None:
             )
     if args.output_json:
         Path(args.output_json).write_text(
-            json.dumps({"machine": machine, "args": vars(args), "runs": results}, indent=2)
+            json.dumps(
+                {"machine": machine, "args": {k: repo_relative(v) for k, v in vars(args).items()}, "runs": results},
+                indent=2,
+            )
         )
 
 
