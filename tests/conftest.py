@@ -1,6 +1,9 @@
 """Tiny offline building blocks shared by the tests: random towers, a word-level vocabulary, small images."""
 
+import json
 import os
+import socket
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import pytest
 import torch
 from PIL import Image
-from transformers import BertConfig, BertTokenizer, ConvNextImageProcessor, ResNetConfig
+from transformers import BertConfig, BertModel, BertTokenizer, ConvNextImageProcessor, ResNetConfig, ResNetModel
 
 from mmib import MMIBConfig
 
@@ -67,6 +70,54 @@ def make_image(seed: int, size: tuple[int, int] = (40, 30)) -> Image.Image:
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8)
     return Image.fromarray(pixels.numpy(), mode="RGB")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def save_tiny_towers(root: Path, tokenizer, shortest_edge: int) -> tuple[str, str]:
+    """A tiny random BERT with `tokenizer` and a tiny random ResNet with the ResNet image processor resized to
+    `shortest_edge`, saved under `root`; returns the two folders."""
+    torch.manual_seed(0)
+    BertModel(tiny_text_config(vocab_size=len(tokenizer))).save_pretrained(root / "text")
+    tokenizer.save_pretrained(root / "text")
+    ResNetModel(tiny_vision_config()).save_pretrained(root / "vision")
+    preprocessor = json.loads((REPO / "configs" / "resnet-tiny-random" / "preprocessor_config.json").read_text())
+    preprocessor["size"] = {"shortest_edge": shortest_edge}
+    (root / "vision" / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    return str(root / "text"), str(root / "vision")
+
+
+def accelerate_cpu_launcher(num_processes: int = 2) -> list[str]:
+    """`accelerate launch` of `num_processes` real gloo ranks on the CPU (run it with ACCELERATE_USE_CPU=1), on a
+    free port so that two such tests never meet."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+    ]
+
+
+def environment_without_mmib(tmp_path: Path) -> dict[str, str]:
+    """The environment of a fresh process where `import mmib` fails (no PYTHONPATH; remote code cached under
+    `tmp_path`), as for a user who loads a checkpoint with `trust_remote_code=True` only."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    environment.pop("PYTHONPATH", None)
+    return environment
 
 
 @pytest.fixture

