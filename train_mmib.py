@@ -30,6 +30,7 @@ from mmib.data import load_jsonl, load_mnre, load_twitter_ner, missing_media_rep
 from mmib.features import ImageFeatureStore
 from mmib.model_card import ModelCardInfo, render_model_card
 from mmib.pipeline_mmib import save_pipeline_code
+from mmib.prediction_mmib import resolve_dtype
 from mmib.predictions import (
     build_compute_metrics,
     gold_ner_tags,
@@ -142,11 +143,11 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, MMI
 
 
 def native_bf16() -> bool:
-    """Whether this machine runs bf16 matmuls natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16 / AMX
-    (oneDNN's bf16 kernels). Elsewhere bf16 is emulated and slower than fp32 (15x on an AVX2-only CPU)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    """Whether this machine runs bf16 matmuls natively (the same rule as `mmib predict --dtype auto`: a CUDA GPU with
+    bf16, or a CPU with AVX512-BF16 / AMX). Elsewhere bf16 is emulated and slower than fp32 (15x on an AVX2-only
+    CPU)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_dtype("auto", device)[0] == torch.bfloat16
 
 
 def resolve_bf16_auto(argv: list[str]) -> list[str]:
