@@ -1,9 +1,10 @@
 """`--bf16 auto` against fp32 on the demo run: training throughput and test F1, same seed, same data.
 
-Runs `train_mmib.py configs/demo_twitter2017.yaml` (MiniLM text tower, small random ResNet, the shipped 310-post
-Twitter-2017 sample, 4 epochs) `--rounds` times with `--bf16 false` and with `--bf16 auto`, alternating, in
-subprocesses, and reads `train_samples_per_second` and `test_f1` from each run's `all_results.json`. `--bf16 auto`
-turns bf16 on only where the machine runs it natively; the report says which it chose here.
+Runs `train_mmib.py configs/demo_twitter2017.yaml` (MiniLM text tower, the EfficientNet-Lite0 tower that
+`scripts/convert_efficientnet_lite0.py runs/efficientnet-lite0` makes, the shipped 310-post Twitter-2017 sample,
+4 epochs) `--rounds` times with `--bf16 false` and with `--bf16 auto`, alternating, in subprocesses, and reads
+`train_samples_per_second` and `test_f1` from each run's `all_results.json`. `--bf16 auto` turns bf16 on only where
+the machine runs it natively; the report says which it chose here.
 
     python benchmarks/bench_bf16_demo.py --output_json benchmarks/bf16_demo.json
 """

@@ -1,6 +1,6 @@
 """Shared set-up of the MMIB benchmarks: the model, the processor, the Twitter-2017 posts and small timing helpers.
 
-Both benchmark scripts import this module from their own folder (`python benchmarks/bench_*.py` puts
+The benchmark scripts import this module from their own folder (`python benchmarks/bench_*.py` puts
 `benchmarks/` on `sys.path`).
 """
 

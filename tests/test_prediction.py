@@ -188,9 +188,9 @@ def test_bf16_and_fp32_agree_on_the_shipped_test_posts(ner_path):
     """bf16 autocast against fp32 on the 102 shipped test posts.
 
     The issue's bar (the same entities on >= 99% of the posts) holds for the trained MiniLM demo checkpoint (102 of
-    102, README), which a test cannot train. A random tiny model has near ties between labels everywhere, which bf16
-    rounding flips at a rate of a few words in a thousand; its classifier is scaled up so that entities appear, and
-    the bar here is per word tag (>= 99%) and per post (>= 95%)."""
+    102, docs/prediction.md), which a test cannot train. A random tiny model has near ties between labels everywhere,
+    which bf16 rounding flips at a rate of a few words in a thousand; its classifier is scaled up so that entities
+    appear, and the bar here is per word tag (>= 99%) and per post (>= 95%)."""
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("this CPU has no native bf16 (oneDNN), so --dtype auto never picks it here")
     posts = [{"words": json.loads(line)["words"]} for line in open(SAMPLE / "test.jsonl", encoding="utf-8")]
