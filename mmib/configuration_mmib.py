@@ -81,7 +81,8 @@ class MMIBConfig(PreTrainedConfig):
             features cacheable. `False` trains it.
         entity_pooling (`str`, *optional*, defaults to `"start"`):
             Relation head only. `"start"`: the fused states at the `<s>` and `<o>` entity start markers.
-            `"span_mean"`: the mean of the fused states strictly between each entity's markers.
+            `"span_mean"`: the mean of the fused states strictly between each entity's markers, leaving out the
+            other entity's markers (which nested or identical spans put there).
         layer_norm_eps (`float`, *optional*, defaults to 1e-12):
             Epsilon of the APEnc layer norms.
         initializer_range (`float`, *optional*, defaults to 0.02):

@@ -1240,7 +1240,10 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
         vectors = []
         for entity in range(2):
             start, end = entity_positions[:, entity, 0], entity_positions[:, entity, 1]
-            inside = ((positions > start[:, None]) & (positions < end[:, None])).to(states.dtype)
+            # Nested, identical or crossing spans put the other entity's markers between this one's: not its words.
+            other = entity_positions[:, 1 - entity]
+            is_other_marker = (positions[None, :, None] == other[:, None, :]).any(-1)
+            inside = ((positions > start[:, None]) & (positions < end[:, None]) & ~is_other_marker).to(states.dtype)
             vectors.append((states * inside[:, :, None]).sum(1) / inside.sum(1, keepdim=True).clamp(min=1.0))
         return torch.cat(vectors, dim=-1)
 

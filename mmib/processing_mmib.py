@@ -165,7 +165,8 @@ class MMIBProcessor(ProcessorMixin):
             head_spans (`(start, end)` or a list of those, one per post, *optional*):
                 RE only: word offsets of the head entity, `end` exclusive.
             tail_spans (`(start, end)` or a list of those, one per post, *optional*):
-                RE only: word offsets of the tail entity, `end` exclusive. Must not overlap the head span.
+                RE only: word offsets of the tail entity, `end` exclusive. It may touch, nest in, contain, equal or
+                cross the head span; markers that share an offset follow `re_encoding_mmib.marker_order`.
             return_tensors (`str`, *optional*, defaults to `"pt"`):
                 `"pt"` for torch tensors or `"np"` for numpy arrays.
 
@@ -183,7 +184,7 @@ class MMIBProcessor(ProcessorMixin):
             - **image_mask** `(B, 1 + m)` bool, `True` where an image is present.
 
         Raises:
-            ValueError: empty post, labels of the wrong length, span out of range or overlapping spans, entities
+            ValueError: empty post, labels of the wrong length, span out of range, empty or not a pair, entities
                 that do not fit in `max_length`, arguments that do not match the task, an undecodable image file
                 (`UnreadableImageError`, a `ValueError`).
             FileNotFoundError: an image or crop path that does not exist.

@@ -66,6 +66,25 @@ def check_span(span: Any, field: str, index: int, num_words: int) -> tuple[int, 
     return start, end
 
 
+def marker_order(head: tuple[int, int], tail: tuple[int, int]) -> list[tuple[int, int]]:
+    """
+    The four markers of one post in the order they are written: `(word offset, index in ENTITY_MARKERS)` pairs,
+    a marker at offset `k` going just before word `k`.
+
+    At one offset: closing markers before opening ones (touching spans: `</s> <o>`); of two closing markers, the
+    span that starts later (the inner one) closes first; of two opening markers, the span that ends later (the outer
+    one) opens first; identical spans count the head as the outer one (`<s> <o> ... </o> </s>`). So nested,
+    identical and touching spans are always well bracketed.
+    """
+    inserts = []
+    for entity, (start, end) in enumerate((head, tail)):
+        # Ranks at one offset: closing (0) before opening (1); then inner-first for closing, outer-first for
+        # opening; on a full tie (identical spans) the tail (entity 1) is inside the head.
+        inserts.append(((start, 1, -end, entity), start, 2 * entity))
+        inserts.append(((end, 0, -start, 1 - entity), end, 2 * entity + 1))
+    return [(offset, marker) for _, offset, marker in sorted(inserts)]
+
+
 def encode_re(
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
@@ -76,6 +95,14 @@ def encode_re(
 ) -> dict[str, torch.Tensor]:
     """
     Puts the markers around the head (`<s> ... </s>`) and tail (`<o> ... </o>`) spans and tokenizes the posts.
+
+    Every marker goes at its word offset, whatever the two spans share: they may be apart, touch, nest, be identical
+    or cross. Markers at one offset follow one rule ([`marker_order`]) that keeps the spans well bracketed:
+    closing markers before opening ones; of two closing markers, the inner span's first; of two opening markers, the
+    outer span's first; identical spans count the head as the outer one. For example, with head (0, 2) and tail
+    (0, 1): `<s> <o> w0 </o> w1 </s>`; head = tail = (0, 1): `<s> <o> w0 </o> </s>`; head (0, 1) and tail (1, 2):
+    `<s> w0 </s> <o> w1 </o>`. Crossing spans (head (0, 2), tail (1, 3)) share no offset and cannot be well
+    bracketed: `<s> w0 <o> w1 </s> w2 </o>`.
 
     Words are dropped from the right end, then from the left end, never from the stretch that runs from the first to
     the last marked entity; if that stretch does not fit in `max_length`, a `ValueError` names the post.
@@ -95,8 +122,6 @@ def encode_re(
     for index, post in enumerate(batch_words):
         head = check_span(head_spans[index], "head_spans", index, len(post))
         tail = check_span(tail_spans[index], "tail_spans", index, len(post))
-        if head[0] < tail[1] and tail[0] < head[1]:
-            raise ValueError(f"head_spans[{index}] = {head} and tail_spans[{index}] = {tail} overlap (post {index}).")
         spans.append((head, tail))
     check_all_or_none(labels)
 
@@ -119,12 +144,7 @@ def encode_re(
                     f"Post {index}: the head and tail entities and the words between them need {total} tokens "
                     f"with special tokens and markers, more than max_length={max_length}."
                 )
-        # Markers go around the spans, in word order: (offset, marker index in ENTITY_MARKERS); at one offset a
-        # closing marker comes before an opening one.
-        inserts = sorted(
-            [(head[0], 0), (head[1], 1), (tail[0], 2), (tail[1], 3)],
-            key=lambda item: (item[0], item[1] in (0, 2)),
-        )
+        inserts = marker_order(head, tail)
         marked, marker_indices = [], [0] * len(ENTITY_MARKERS)
         insert_position = 0
         for offset in range(low, high + 1):

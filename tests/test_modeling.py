@@ -396,6 +396,34 @@ def test_relation_head_uses_the_marked_states(pooling):
     assert outputs.task_loss.item() == pytest.approx(F.cross_entropy(expected_logits, labels).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["start", "span_mean"])
+def test_relation_head_pools_nested_and_identical_spans_over_their_own_words(pooling):
+    torch.manual_seed(0)
+    config = tiny_config(entity_pooling=pooling, id2label={0: "None", 1: "/per/per/peer", 2: "/loc/loc/contain"})
+    model = MMIBForRelationClassification(config).eval()
+    batch = encoder_inputs(make_batch())
+    batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
+    batch["input_ids"] = batch["input_ids"].clamp(min=5)
+    # The processor's marker order (tokens 0..7):
+    #   [CLS] <s> <o> w </o> w </s> [SEP]   tail nested in head, shared start: head words 3, 5; tail word 3
+    #   [CLS] <o> w <s> w </s> </o> [SEP]   head nested in tail, shared end:   head word 4; tail words 2, 4
+    #   [CLS] <s> <o> w </o> </s> w [SEP]   identical:                          head word 3; tail word 3
+    entity_positions = torch.tensor([[[1, 6], [2, 4]], [[3, 5], [1, 6]], [[1, 5], [2, 4]]])
+    starts = [(1, 2), (3, 1), (1, 2)]
+    words = [([3, 5], [3]), ([4], [2, 4]), ([3], [3])]
+    with torch.no_grad():
+        logits = model(**batch, entity_positions=entity_positions).logits
+        states = model.mmib(**batch).last_hidden_state
+    if pooling == "start":
+        vectors = [torch.cat([states[post, head], states[post, tail]]) for post, (head, tail) in enumerate(starts)]
+    else:
+        vectors = [
+            torch.cat([states[post, head].mean(0), states[post, tail].mean(0)])
+            for post, (head, tail) in enumerate(words)
+        ]
+    assert torch.allclose(logits, model.classifier(torch.stack(vectors)), atol=1e-5)
+
+
 def all_path_scores(crf: MMIBCRF, emissions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All label paths of one post (`(W, K)` emissions) and their scores: `(K**W, W)` paths, `(K**W,)` scores."""
     num_words, num_labels = emissions.shape

@@ -271,14 +271,58 @@ def test_re_truncation_drops_right_then_left(re_processor):
 def test_re_span_errors(re_processor):
     with pytest.raises(ValueError, match=r"head_spans\[0\] = \(3, 6\) is out of range for post 0 with 5 words"):
         re_processor(WORDS, head_spans=(3, 6), tail_spans=(0, 1))
-    with pytest.raises(ValueError, match=r"tail_spans\[1\] = \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"tail_spans\[1\] = \(2, 2\) is out of range for post 1"):
         re_processor([WORDS, WORDS], head_spans=[(0, 1), (0, 1)], tail_spans=[(2, 3), (2, 2)])
-    with pytest.raises(ValueError, match=r"head_spans\[0\] = \(0, 3\) and tail_spans\[0\] = \(2, 4\) overlap"):
-        re_processor(WORDS, head_spans=(0, 3), tail_spans=(2, 4))
+    with pytest.raises(ValueError, match=r"head_spans\[0\] = \(3, 1\) is out of range"):
+        re_processor(WORDS, head_spans=(3, 1), tail_spans=(0, 1))
+    with pytest.raises(ValueError, match=r"tail_spans\[0\] = \(-1, 2\) is out of range"):
+        re_processor(WORDS, head_spans=(0, 1), tail_spans=(-1, 2))
+    with pytest.raises(ValueError, match=r"tail_spans\[0\] \(post 0\) must be a \(start, end\) pair"):
+        re_processor(WORDS, head_spans=(0, 1), tail_spans=(0, 1, 2))
     with pytest.raises(ValueError, match="needs both head_spans and tail_spans"):
         re_processor(WORDS, head_spans=(0, 1))
     with pytest.raises(ValueError, match=r"labels\[1\] \(post 1\) is None"):
         re_processor([WORDS, WORDS], head_spans=[(0, 1)] * 2, tail_spans=[(2, 3)] * 2, labels=[1, None])
+
+
+def test_re_nested_identical_touching_and_crossing_spans_get_their_markers(re_processor):
+    # Rule at a shared offset: closing before opening; inner span closes first, outer span opens first; identical
+    # spans: the head is the outer one. Tokens: john | visit ##ed | new | york | !
+    cases = [
+        # tail nested in head, shared start
+        ((2, 4), (2, 3), ["john", "visit", "##ed", "<s>", "<o>", "new", "</o>", "york", "</s>", "!"]),
+        # head nested in tail, shared end
+        ((3, 4), (2, 4), ["john", "visit", "##ed", "<o>", "new", "<s>", "york", "</s>", "</o>", "!"]),
+        # identical
+        ((0, 1), (0, 1), ["<s>", "<o>", "john", "</o>", "</s>", "visit", "##ed", "new", "york", "!"]),
+        # tail strictly inside head, no shared offset
+        ((0, 5), (2, 3), ["<s>", "john", "visit", "##ed", "<o>", "new", "</o>", "york", "!", "</s>"]),
+        # head nested in tail at the end of the post
+        ((4, 5), (3, 5), ["john", "visit", "##ed", "new", "<o>", "york", "<s>", "!", "</s>", "</o>"]),
+        # touching, tail first
+        ((2, 4), (0, 2), ["<o>", "john", "visit", "##ed", "</o>", "<s>", "new", "york", "</s>", "!"]),
+        # crossing: no shared offset, so the order is the word order
+        ((0, 3), (2, 4), ["<s>", "john", "visit", "##ed", "<o>", "new", "</s>", "york", "</o>", "!"]),
+    ]
+    out = re_processor(
+        [WORDS] * len(cases), head_spans=[case[0] for case in cases], tail_spans=[case[1] for case in cases]
+    )
+    check_markers(re_processor, out, [["[CLS]", *case[2], "[SEP]"] for case in cases])
+    # Positions by hand: the index of each marker in the sequence above, +1 for [CLS].
+    assert out["entity_positions"].tolist() == [
+        [[4, 9], [5, 7]],
+        [[6, 8], [4, 9]],
+        [[1, 5], [2, 4]],
+        [[1, 10], [5, 7]],
+        [[7, 9], [5, 10]],
+        [[6, 9], [1, 5]],
+        [[1, 7], [5, 9]],
+    ]
+
+    # Truncation keeps the nested entities whole and drops words on the right.
+    processor = MMIBProcessor(re_processor.image_processor, re_processor.tokenizer, task="re", max_length=9)
+    out = processor(WORDS, head_spans=(0, 2), tail_spans=(0, 1))
+    check_markers(processor, out, [["[CLS]", "<s>", "<o>", "john", "</o>", "visit", "##ed", "</s>", "[SEP]"]])
 
 
 def test_marker_collision_with_tokenizer_specials():

@@ -3,7 +3,7 @@ vanish in the tokenizer, very long words and posts longer than `max_length`."""
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -15,6 +15,7 @@ MARKERS = ("<s>", "</s>", "<o>", "</o>")
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
+FIND_SETTINGS = settings(max_examples=2000, database=None, deadline=None)
 awkward_words = st.sampled_from(
     ["😀", "🇬🇧", "\u200b", "\ufe0f", "\u200d", "\u00a0", "#", "@user", "http://t.co/x", "ÉCOLE", "l'été", "a" * 150]
 )
@@ -80,25 +81,82 @@ def test_ner_word_index_truncation_and_decoding(processors, tokenizer, posts, da
         assert result["tags"] == [NER_LABELS[label] for label in post_labels[:kept]] + ["O"] * (len(post) - kept)
 
 
+def span_within(draw, num_words: int, low: int = 0, high: int | None = None) -> tuple[int, int]:
+    high = num_words if high is None else high
+    start = draw(st.integers(low, high - 1))
+    return start, draw(st.integers(start + 1, high))
+
+
 @st.composite
 def relation_posts(draw):
-    words = draw(st.lists(st.one_of(plain_words, awkward_words), min_size=2, max_size=30))
-    cut_points = sorted(draw(st.lists(st.integers(0, len(words)), min_size=4, max_size=4)))
-    first, second = (cut_points[0], max(cut_points[1], cut_points[0] + 1)), None
-    if first[1] >= len(words):
-        first = (len(words) - 2, len(words) - 1)
-    second_start = max(cut_points[2], first[1])
-    second_start = min(second_start, len(words) - 1)
-    second = (second_start, max(cut_points[3], second_start + 1))
-    second = (second[0], min(second[1], len(words)))
+    """A post and a head and a tail span that are apart, touch, cross, nest (with or without a shared end) or are
+    identical."""
+    words = draw(st.lists(st.one_of(plain_words, awkward_words), min_size=1, max_size=30))
+    num_words = len(words)
+    kind = draw(st.sampled_from(["any", "touching", "nested", "identical"]))
+    first = span_within(draw, num_words)
+    if kind == "any":
+        second = span_within(draw, num_words)
+    elif kind == "nested":
+        second = span_within(draw, num_words, *first)
+        shared = draw(st.sampled_from(["start", "end", "none"]))
+        if shared == "start":
+            second = (first[0], second[1])
+        elif shared == "end":
+            second = (second[0], first[1])
+    elif kind == "touching" and num_words > 1:
+        boundary = draw(st.integers(1, num_words - 1))
+        first = (draw(st.integers(0, boundary - 1)), boundary)
+        second = (boundary, draw(st.integers(boundary + 1, num_words)))
+    else:
+        second = first
     head, tail = (first, second) if draw(st.booleans()) else (second, first)
     return words, head, tail
+
+
+def span_relation(head: tuple[int, int], tail: tuple[int, int]) -> str:
+    if head == tail:
+        return "identical"
+    if head[1] < tail[0] or tail[1] < head[0]:
+        return "apart"
+    if head[1] == tail[0] or tail[1] == head[0]:
+        return "touching"
+    if (head[0] <= tail[0] and tail[1] <= head[1]) or (tail[0] <= head[0] and head[1] <= tail[1]):
+        return "nested"
+    return "crossing"
+
+
+def test_relation_post_generator_makes_every_kind_of_span_pair():
+    for kind in ("apart", "touching", "crossing", "nested", "identical"):
+        find(relation_posts(), lambda post: span_relation(post[1], post[2]) == kind, settings=FIND_SETTINGS)
+    # Nested spans with a shared start and with a shared end, each entity as the outer one.
+    for shared in (0, 1):
+        for outer in (0, 1):
+
+            def condition(post, shared=shared, outer=outer):
+                spans = (post[1], post[2])
+                inner = spans[1 - outer]
+                is_inside = spans[outer][0] <= inner[0] and inner[1] <= spans[outer][1]
+                return is_inside and spans[outer] != inner and spans[outer][shared] == inner[shared]
+
+            find(relation_posts(), condition, settings=FIND_SETTINGS)
+
+
+def is_well_bracketed(markers: list[str]) -> bool:
+    stack = []
+    for marker in markers:
+        if marker in ("<s>", "<o>"):
+            stack.append(marker)
+        elif not stack or stack.pop() != marker.replace("/", ""):
+            return False
+    return not stack
 
 
 @SETTINGS
 @given(post=relation_posts())
 def test_re_markers_surround_exactly_the_spans(processors, post):
     processor = processors["re"]
+    tokenizer = processor.tokenizer
     words, head, tail = post
     try:
         inputs = processor(words, head_spans=head, tail_spans=tail)
@@ -106,17 +164,39 @@ def test_re_markers_surround_exactly_the_spans(processors, post):
         # Only when the stretch between the entities cannot fit; the message names the post.
         assert "Post 0" in str(error)
         stretch = words[min(head[0], tail[0]) : max(head[1], tail[1])]
-        assert len(sub_tokens(processor.tokenizer, stretch)) + 6 > processor.max_length
+        assert len(sub_tokens(tokenizer, stretch)) + 6 > processor.max_length
         return
     ids = inputs["input_ids"][0].tolist()
-    marker_ids = processor.tokenizer.convert_tokens_to_ids(list(MARKERS))
-    (head_open, head_close), (tail_open, tail_close) = inputs["entity_positions"][0].tolist()
-    assert [ids[head_open], ids[head_close], ids[tail_open], ids[tail_close]] == marker_ids
-    assert sum(ids.count(marker) for marker in marker_ids) == 4
-    # Between the markers: exactly the sub-tokens of the span's words.
-    assert ids[head_open + 1 : head_close] == sub_tokens(processor.tokenizer, words[head[0] : head[1]])
-    assert ids[tail_open + 1 : tail_close] == sub_tokens(processor.tokenizer, words[tail[0] : tail[1]])
     assert len(ids) <= processor.max_length
+    marker_ids = tokenizer.convert_tokens_to_ids(list(MARKERS))
+    positions = [position for pair in inputs["entity_positions"][0].tolist() for position in pair]
+    assert [ids[position] for position in positions] == marker_ids
+    assert sum(ids.count(marker) for marker in marker_ids) == 4
+    # Without the markers: [CLS], the sub-tokens of a run of whole words that holds both entities, [SEP].
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    text = [token for token in ids[1:-1] if token not in marker_ids]
+    pieces = [sub_tokens(tokenizer, [word]) for word in words]
+    kept = [
+        (low, high)
+        for low in range(min(head[0], tail[0]) + 1)
+        for high in range(max(head[1], tail[1]), len(words) + 1)
+        if sum(pieces[low:high], []) == text
+    ]
+    assert kept
+    low = kept[0][0]
+    # Each marker sits just before the first sub-token of the word at its offset (after the last word for the end).
+    for position, offset in zip(positions, (head[0], head[1], tail[0], tail[1])):
+        assert sum(1 for token in ids[1:position] if token not in marker_ids) == len(sum(pieces[low:offset], []))
+    # Between an entity's markers: its words' sub-tokens, and nothing else but the other entity's markers.
+    for (start, end), (opening, closing) in zip((head, tail), inputs["entity_positions"][0].tolist()):
+        inside = ids[opening + 1 : closing]
+        assert [token for token in inside if token not in marker_ids] == sum(pieces[start:end], [])
+    # Markers that share an offset keep the spans well bracketed (identical spans: <s> <o> ... </o> </s>).
+    order = [MARKERS[index] for index in sorted(range(4), key=lambda index: positions[index])]
+    relation = span_relation(head, tail)
+    assert is_well_bracketed(order) == (relation != "crossing")
+    if relation == "identical":
+        assert order == ["<s>", "<o>", "</o>", "</s>"]
 
 
 image_sizes = st.tuples(st.integers(1, 60), st.integers(1, 60)) | st.sampled_from([(1, 900), (900, 1)])

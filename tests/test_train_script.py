@@ -13,6 +13,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, BertMod
 
 from conftest import SHARED_DATA, accelerate_cpu_launcher, save_tiny_towers
 from mmib import load_model_and_processor
+from mmib.data import read_crop_dict
 from mmib.metrics import ner_scores
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,21 +188,37 @@ def test_ner_end_to_end(towers, tmp_path):
     assert output["tags"] == [model.config.id2label[label] for label in path if label != -100]
 
 
-def test_relation_extraction_end_to_end_on_mnre(towers, tmp_path):
+# MNRE rows (1-based line numbers) whose head and tail spans nest, with a shared start, a shared end or none.
+NESTED_MNRE_LINES = {"train": [678, 1303, 4703, 2096], "val": [63, 136], "test": [796, 818, 1414]}
+MNRE_CROP_DICTS = {"train": "mre_train_dict.pth", "val": "mre_dev_dict.pth", "test": "mre_test_dict.pth"}
+
+
+def nested_mnre_folder(root: Path, num_plain: int) -> Path:
+    """An MNRE folder in the default layout holding, per split, the first `num_plain` lines of the shared split and
+    then its nested rows; the images and crops are the shared ones, the crop dictionaries re-indexed."""
+    shared = SHARED_DATA / "mnre"
+    (root / "txt").mkdir(parents=True)
+    for name in ("img_org", "img_vg", "ours_rel2id.json"):
+        (root / name).symlink_to(shared / name)
+    for split, crop_dict in MNRE_CROP_DICTS.items():
+        lines = (shared / "txt" / f"ours_{split}.txt").read_text(encoding="utf-8").splitlines()
+        chosen = list(range(num_plain)) + [line - 1 for line in NESTED_MNRE_LINES[split]]
+        (root / "txt" / f"ours_{split}.txt").write_text("\n".join(lines[i] for i in chosen) + "\n", encoding="utf-8")
+        crops = read_crop_dict(shared / "txt" / crop_dict)
+        torch.save({index: crops[str(line)] for index, line in enumerate(chosen)}, root / "txt" / crop_dict)
+    return root
+
+
+def test_relation_extraction_end_to_end_on_mnre_with_nested_spans(towers, tmp_path):
     if not (SHARED_DATA / "mnre").is_dir():
         pytest.skip("../shared/data/mnre is not available")
     output_dir = tmp_path / "re"
+    data_dir = nested_mnre_folder(tmp_path / "mnre", num_plain=5)
     flags = common_flags(towers, output_dir) + [
         "--dataset",
         "mnre",
         "--data_dir",
-        str(SHARED_DATA / "mnre"),
-        "--max_train_samples",
-        "12",
-        "--max_eval_samples",
-        "8",
-        "--max_test_samples",
-        "8",
+        str(data_dir),
         "--num_train_epochs",
         "1",
         "--config_overrides",
@@ -210,9 +227,16 @@ def test_relation_extraction_end_to_end_on_mnre(towers, tmp_path):
     run(flags, cwd=tmp_path)
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["task"] == "re" and {"test_precision", "test_recall", "test_f1", "test_accuracy"} <= set(results)
-    assert results["media"]["train"]["crops_found"] > 0
-    lines = (output_dir / "test_predictions.jsonl").read_text().splitlines()
-    assert len(lines) == 8 and {"gold", "prediction", "head_span"} <= set(json.loads(lines[0]))
+    assert results["media"]["train"]["posts"] == 9 and results["media"]["train"]["crops_found"] > 0
+    predictions = [json.loads(line) for line in (output_dir / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 8 and {"gold", "prediction", "head_span"} <= set(predictions[0])
+    # Every test row is predicted, the nested ones too: "Aww Cardi" / "Cardi", "RT Digitas" / "Digitas",
+    # "Bali" / "Bali Island".
+    assert [(row["head_span"], row["tail_span"]) for row in predictions[5:]] == [
+        ([3, 5], [4, 5]),
+        ([0, 2], [1, 2]),
+        ([9, 10], [9, 11]),
+    ]
     check_card(output_dir, results)
     config = json.loads((output_dir / "config.json").read_text())
     assert config["num_crops"] == 3 and config["entity_pooling"] == "span_mean"
