@@ -386,15 +386,24 @@ def test_alignment_batch_of_one_has_no_negative_term():
 
 
 def test_padded_tokens_and_absent_crops_do_not_change_outputs(model):
+    """Token ids under padding and the features of absent image slots reach no output; a present slot's do."""
     batch = make_batch()
+    del batch["pixel_values"]
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(3, NUM_SLOTS, model.config.vision_feature_size, generator=generator)
+    batch["image_features"] = features
     changed = {key: value.clone() for key, value in batch.items()}
     changed["input_ids"][batch["attention_mask"] == 0] = 7
-    changed["pixel_values"][~batch["image_mask"]] = 5.0
+    absent = ~batch["image_mask"]
+    changed["image_features"][absent] = 10.0 * torch.randn(int(absent.sum()), features.shape[-1], generator=generator)
+    present = {**batch, "image_features": features.clone()}
+    present["image_features"][0, 1] += 10.0
     with torch.no_grad():
-        first, second = model(**batch), model(**changed)
+        first, second, third = model(**batch), model(**changed), model(**present)
     for field in ("logits", "kl_text", "kl_vision", "alignment_loss", "loss"):
         assert torch.allclose(first[field], second[field], atol=1e-5), field
     assert torch.equal(first.predictions, second.predictions)
+    assert not torch.allclose(first.logits[0], third.logits[0], atol=1e-3)
 
 
 def test_eval_without_labels_skips_only_training_work(model):
@@ -425,18 +434,26 @@ def test_eval_without_labels_skips_only_training_work(model):
 
 
 def test_text_only_posts_work(model):
+    """A post without images gets no cross-modal attention: its fused states are the text-to-vision APEnc with a zero
+    attention output (residual, LayerNorm, feed-forward), whether the batch holds no image inputs, masked slots
+    only, or other posts' images; it adds no vision KL and no alignment loss."""
     batch = make_batch()
+    text_inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
     with torch.no_grad():
-        without_images = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            word_index=batch["word_index"],
-            labels=batch["labels"],
-        )
+        without_images = model(**text_inputs, word_index=batch["word_index"], labels=batch["labels"])
         all_masked = model(**{**batch, "image_mask": torch.zeros(3, NUM_SLOTS, dtype=torch.bool)})
+        base = model.mmib(**text_inputs)
+        fusion = model.mmib.text_to_vision_encoder
+        hidden = fusion.attention_layer_norm(base.text_latent_mean)
+        expected = fusion.output_layer_norm(hidden + fusion.feed_forward(hidden))
+        mixed = model.mmib(**encoder_inputs(batch))
     assert torch.isfinite(without_images.logits).all() and torch.isfinite(without_images.loss)
     assert without_images.kl_vision.item() == 0.0 and without_images.alignment_loss.item() == 0.0
+    torch.testing.assert_close(base.last_hidden_state, expected)
     assert torch.allclose(without_images.logits, all_masked.logits, atol=1e-5)
+    # Post 1 has no image in `make_batch`, beside two posts that have one.
+    torch.testing.assert_close(mixed.last_hidden_state[1], expected[1])
+    assert not torch.allclose(mixed.last_hidden_state[0], expected[0], atol=1e-3)
 
 
 def test_eval_is_deterministic_and_train_samples():
