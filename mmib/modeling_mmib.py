@@ -662,10 +662,9 @@ class _CRFLogPartition(torch.autograd.Function):
             stacked = torch.stack(alphas, 1)
             finfo = torch.finfo(emissions.dtype)
             # The comparisons are False for NaN. The end sum may lose terms below `tiny`, hence the eps margin.
-            exact = (
-                (torch.minimum(stacked, stacked * torch.cat(scales, dim=1)[:, :, None]) >= finfo.tiny).all()
-                & (end_scale >= finfo.tiny / finfo.eps).all()
-            )
+            unnormalised = stacked * torch.cat(scales, dim=1)[:, :, None]
+            scores_normal = (torch.minimum(stacked, unnormalised) >= finfo.tiny).all()
+            exact = scores_normal & (end_scale >= finfo.tiny / finfo.eps).all()
         ctx.mark_non_differentiable(exact)
         ctx.save_for_backward(exp_emissions, exp_transitions, exp_end, mask, stacked)
         ctx.scales, ctx.end_scale = scales, end_scale
