@@ -465,23 +465,38 @@ class MMIBCRF(nn.Module):
 
         Runs in scaled probability space, one `(B, K) @ (K, K)` product per word, with the gradient computed by the
         backward recursion (the label marginals) instead of autograd through every step: [`_CRFLogPartition`]. Its
-        result equals the log-space recursion to fp32 rounding (relative 1e-6 on log Z). Transition scores that
-        span more than `_MAX_EXP_SPAN` nats, where products of their exponentials could underflow, and inputs
-        below fp32 use the log-space recursion instead.
+        result equals the log-space recursion to fp32 rounding (relative 1e-6 on log Z). It is used only where it
+        is exact: every exponentiated table (start, end and transition scores, each word's emissions) must span at
+        most `_MAX_EXP_SPAN` nats, and afterwards no forward score may have underflowed (a label that is unlikely
+        at one word can still carry the best path, e.g. under BIO constraints with confident emissions). Otherwise,
+        and for inputs below fp32, the log-space recursion gives log Z.
         """
-        span = self.transitions.max() - self.transitions.min()
-        if emissions.dtype in (torch.float32, torch.float64) and span.item() <= _MAX_EXP_SPAN:
+        if emissions.dtype in (torch.float32, torch.float64) and self._exp_spans_fit(emissions):
             # A bf16 model keeps bf16 transitions; the recursion runs in the emissions' (fp32) precision.
             start, end, transitions = (
                 tensor.to(emissions.dtype)
                 for tensor in (self.start_transitions, self.end_transitions, self.transitions)
             )
-            return _CRFLogPartition.apply(emissions, start, end, transitions, mask)
+            log_partition, exact = _CRFLogPartition.apply(emissions, start, end, transitions, mask)
+            if exact.item():
+                return log_partition
         scores = self.start_transitions + emissions[:, 0]
         for position in range(1, emissions.shape[1]):
             step = torch.logsumexp(scores[:, :, None] + self.transitions + emissions[:, position, None, :], dim=1)
             scores = torch.where(mask[:, position, None], step, scores)
         return torch.logsumexp(scores + self.end_transitions, dim=1)
+
+    def _exp_spans_fit(self, emissions: torch.Tensor) -> bool:
+        """Whether every table that the scaled forward exponentiates spans at most `_MAX_EXP_SPAN` nats."""
+        with torch.no_grad():
+            spans = torch.stack(
+                [
+                    (tensor.amax() - tensor.amin()).to(emissions.dtype)
+                    for tensor in (self.start_transitions, self.end_transitions, self.transitions)
+                ]
+                + [(emissions.amax(dim=2) - emissions.amin(dim=2)).amax()]
+            )
+            return bool((spans <= _MAX_EXP_SPAN).all().item())
 
     def path_score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Unnormalised score of the label path `tags` (B, W) (values at masked positions are ignored) -> `(B,)`."""
@@ -558,7 +573,8 @@ class MMIBCRF(nn.Module):
     def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """p(y_t = k | post) for every word, `(B, W, K)`; zeros at masked positions."""
         alpha, beta, log_z = self.forward_backward(emissions, mask)
-        return (alpha + beta - log_z[:, None, None]).exp() * mask[:, :, None]
+        # Masked before exp: past a post's end the sum is meaningless and can overflow (inf * 0 would be NaN).
+        return (alpha + beta - log_z[:, None, None]).masked_fill(~mask[:, :, None], float("-inf")).exp()
 
     def span_probability(
         self, emissions: torch.Tensor, mask: torch.Tensor, tags: torch.LongTensor, spans: torch.LongTensor
@@ -589,8 +605,10 @@ class MMIBCRF(nn.Module):
         return torch.stack(scores).exp() if scores else emissions.new_zeros(0)
 
 
-# Largest spread of the transition scores (max - min, in nats) for which the CRF's forward algorithm runs in scaled
-# probability space: exp(-60) is far from fp32's underflow at exp(-87) even after the products of one step.
+# Largest spread (max - min, in nats) of a score table that the CRF's scaled forward algorithm exponentiates: the
+# exponentials stay far from fp32's underflow at exp(-87), and one step's `alpha @ exp(transitions)` stays above
+# exp(-60) / K, so the terms it loses to underflow are negligible. Products of tables can still underflow: the
+# forward checks its scores afterwards.
 _MAX_EXP_SPAN = 60.0
 
 
@@ -602,6 +620,10 @@ class _CRFLogPartition(torch.autograd.Function):
     backward. In probability space one step is a `(B, K) @ (K, K)` product, an elementwise product with the
     exponentiated emissions and a normalisation (Rabiner's scaling, which keeps every step in fp32 range); the
     backward pass is the matching backward recursion, with no autograd graph at all.
+
+    Returns `(log_partition, exact)`: `exact` is a bool scalar, False when a forward score (before or after its
+    normalisation) or the final sum fell below the smallest normal number, where the result loses precision or
+    becomes -inf or NaN; the caller then uses the log-space recursion.
     """
 
     @staticmethod
@@ -637,12 +659,19 @@ class _CRFLogPartition(torch.autograd.Function):
                 + end_max
                 + end_scale.log()
             )
-        ctx.save_for_backward(exp_emissions, exp_transitions, exp_end, mask, torch.stack(alphas, 1))
+            stacked = torch.stack(alphas, 1)
+            finfo = torch.finfo(emissions.dtype)
+            # The comparisons are False for NaN. The end sum may lose terms below `tiny`, hence the eps margin.
+            unnormalised = stacked * torch.cat(scales, dim=1)[:, :, None]
+            scores_normal = (torch.minimum(stacked, unnormalised) >= finfo.tiny).all()
+            exact = scores_normal & (end_scale >= finfo.tiny / finfo.eps).all()
+        ctx.mark_non_differentiable(exact)
+        ctx.save_for_backward(exp_emissions, exp_transitions, exp_end, mask, stacked)
         ctx.scales, ctx.end_scale = scales, end_scale
-        return log_partition
+        return log_partition, exact
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, grad_exact):
         exp_emissions, exp_transitions, exp_end, mask, alphas = ctx.saved_tensors
         num_words = alphas.shape[1]
         # beta scaled so that sum_k alpha_t(k) beta_t(k) = 1: alpha_t * beta_t is the marginal of word t.

@@ -12,9 +12,10 @@ forward. `MMIBPredictor.from_pretrained(..., image_feature_cache=DIR)` builds th
 `mmib.features.ImageFeatureStore`, importing `mmib.features` only then (it is not remote code: that option needs
 the `mmib` package installed).
 
-A post is a raw string, or a dict with `text` (a raw string, split by [`split_words`]) or `words` (a list), and
-optionally `id`, `image` (a path or a PIL image), `crops` (paths or PIL images) and, for a relation checkpoint on
-its own, `head` / `tail` word spans `[start, end)`. Results are dicts:
+A post is a raw string, or a dict with `text` (a raw string, split by [`split_words`]) or `words` (a list of
+strings, as in training: a word that is white space only or that the tokenizer drops gets a tag too), and optionally
+`id`, `image` (a path or a PIL image), `crops` (paths or PIL images) and, for a relation checkpoint on its own,
+`head` / `tail` word spans `[start, end)`. Results are dicts:
 
 - NER: `{"id", "text", "words", "tags", "entities": [{"text", "type", "start", "end", "word_start",
   "word_end", "score"}]}`: one BIO tag per word; `start` / `end` are character offsets into `text`
@@ -191,8 +192,10 @@ def prepare_post(
             offsets = [(start, end) for _, start, end in split]
         elif "words" in post:
             words = post["words"]
-            if not isinstance(words, list) or not all(isinstance(word, str) and word.strip() for word in words):
-                raise PostError("invalid field", "words must be a list of non-empty strings")
+            # Any string is a word, as in training: one that the tokenizer turns into nothing (U+00A0, U+200B, "")
+            # enters the model as the unknown token and still gets a tag.
+            if not isinstance(words, list) or not all(isinstance(word, str) for word in words):
+                raise PostError("invalid field", "words must be a list of strings")
             text, offsets, position = " ".join(words), [], 0
             for word in words:
                 offsets.append((position, position + len(word)))

@@ -171,22 +171,40 @@ def test_attention_maps_are_the_apenc_weights_and_respect_the_masks():
         assert (weights.masked_select(~keys[:, None, None, :].expand_as(weights)) == 0).all()
     assert (text_to_vision[1] == 0).all()  # post 1 has no image
 
-    # The text-to-vision map equals softmax(QK^T / sqrt(d_h)) recomputed from the layer's own inputs.
-    attention = model.mmib.text_to_vision_encoder.attention
+    # Every map that involves the image slots equals softmax(QK^T / sqrt(d_h)) recomputed from its layer's own
+    # inputs, with no weight on an absent slot's key: the vision self-attention maps (mean and log-variance) and
+    # the two cross-modal maps.
+    mmib = model.mmib
+    layers = {
+        "vision_mean": (mmib.vision_variational_encoder.mean_encoder, vision_mean),
+        "vision_logvar": (mmib.vision_variational_encoder.logvar_encoder, vision_logvar),
+        "vision_to_text": (mmib.vision_to_text_encoder, vision_to_text),
+        "text_to_vision": (mmib.text_to_vision_encoder, text_to_vision),
+    }
     captured = {}
-    hook = model.mmib.text_to_vision_encoder.register_forward_hook(
-        lambda module, args, output: captured.update(queries=args[0], keys=args[1])
-    )
+    hooks = [
+        layer.register_forward_hook(lambda module, args, output, name=name: captured.update({name: args}))
+        for name, (layer, _) in layers.items()
+    ]
     with torch.no_grad():
-        model(**batch)
-    hook.remove()
-    with torch.no_grad():
-        queries = attention._split_heads(attention.q_proj(captured["queries"]))
-        keys = attention._split_heads(attention.k_proj(captured["keys"]))
-        scores = queries @ keys.transpose(-1, -2) / attention.head_dim**0.5
-        scores = scores.masked_fill(~image_keys[:, None, None, :], float("-inf"))
-    for post in (0, 2):
-        assert torch.allclose(text_to_vision[post], scores[post].softmax(-1), atol=1e-6)
+        model(**batch, output_attentions=True)
+    for hook in hooks:
+        hook.remove()
+    for name, (layer, weights) in layers.items():
+        queries, keys, key_mask = captured[name]
+        attention = layer.attention
+        with torch.no_grad():
+            query_heads = attention._split_heads(attention.q_proj(queries))
+            key_heads = attention._split_heads(attention.k_proj(keys))
+            scores = query_heads @ key_heads.transpose(-1, -2) / attention.head_dim**0.5
+        expected_keys = text_keys if name == "vision_to_text" else image_keys
+        assert torch.equal(key_mask, expected_keys), name
+        for post in range(3):
+            present = expected_keys[post]
+            expected = torch.zeros_like(weights[post])
+            if present.any():
+                expected[..., present] = scores[post][..., present].softmax(-1)
+            torch.testing.assert_close(weights[post], expected, atol=1e-6, rtol=0.0, msg=f"{name}, post {post}")
 
 
 def test_ablations_leave_their_attention_maps_out():

@@ -157,18 +157,160 @@ def test_crf_gradient_passes_gradcheck_in_float64():
     assert torch.autograd.gradcheck(lambda e, *p: crf.log_partition(e, mask), (emissions, *crf.parameters()))
 
 
-def test_crf_with_extreme_transitions_uses_the_log_space_recursion():
-    torch.manual_seed(8)
-    crf = MMIBCRF(3)
+def set_crf_scores(crf: MMIBCRF, start=None, end=None, transitions=None) -> MMIBCRF:
     with torch.no_grad():
-        crf.transitions.copy_(torch.tensor([[0.0, -200.0, 5.0], [1.0, 0.0, -150.0], [2.0, 3.0, 0.0]]))
+        for parameter, values in [
+            (crf.start_transitions, start),
+            (crf.end_transitions, end),
+            (crf.transitions, transitions),
+        ]:
+            if values is not None:
+                parameter.copy_(torch.as_tensor(values, dtype=parameter.dtype))
+    return crf
+
+
+def uses_scaled_forward(log_partition: torch.Tensor) -> bool:
+    return type(log_partition.grad_fn).__name__ == "_CRFLogPartitionBackward"
+
+
+EXTREME_TABLES = {
+    "start": {"start": [0.0, -200.0, 5.0]},
+    "end": {"end": [-150.0, 0.0, 3.0]},
+    "transitions": {"transitions": [[0.0, -200.0, 5.0], [1.0, 0.0, -150.0], [2.0, 3.0, 0.0]]},
+}
+
+
+@pytest.mark.parametrize("table", ["start", "end", "transitions", "emissions"])
+def test_crf_with_an_extreme_score_table_uses_the_log_space_recursion(table):
+    """Any exponentiated table (start, end, transitions, a word's emissions) beyond the scaled forward's range
+    sends log Z to the log-space recursion, with brute-force values and log-space gradients; moderate tables keep
+    the scaled forward."""
+    torch.manual_seed(8)
+    crf = set_crf_scores(
+        MMIBCRF(3), start=[0.5, -1.0, 2.0], end=[1.0, 0.0, -0.5], transitions=torch.randn(3, 3).tolist()
+    )
     emissions = torch.randn(2, 4, 3)
     mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    assert uses_scaled_forward(crf.log_partition(emissions, mask))
+    if table == "emissions":
+        emissions[1, 2] = torch.tensor([0.0, -120.0, 1.0])
+    else:
+        set_crf_scores(crf, **EXTREME_TABLES[table])
+    emissions.requires_grad_()
     log_partition = crf.log_partition(emissions, mask)
+    assert not uses_scaled_forward(log_partition)
     assert torch.isfinite(log_partition).all()
-    torch.testing.assert_close(log_partition, log_space_log_partition(crf, emissions, mask))
     for row, length in enumerate([4, 3]):
         assert log_partition[row].item() == pytest.approx(brute_force(crf, emissions[row, :length], length)[0].item())
+    gradients = torch.autograd.grad(log_partition.sum(), [emissions, *crf.parameters()])
+    reference = log_space_log_partition(crf, emissions, mask)
+    for gradient, expected in zip(gradients, torch.autograd.grad(reference.sum(), [emissions, *crf.parameters()])):
+        torch.testing.assert_close(gradient, expected)
+
+
+def test_crf_scaled_forward_falls_back_when_a_forward_score_underflows():
+    """Every table spans at most 60 nats, yet label 1 at word 1 (emission -55, entered at -60) has a forward
+    score of exp(-115): below fp32's range, while it carries the best path (leaving label 0 costs 60 more)."""
+    crf = set_crf_scores(MMIBCRF(2), transitions=[[-60.0, -60.0], [0.0, 0.0]])
+    emissions = torch.tensor([[[0.0, -55.0], [0.0, -55.0], [0.0, 0.0]]], requires_grad=True)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    log_partition = crf.log_partition(emissions, mask)
+    expected_log_z, _, expected_marginals = exhaustive(crf, emissions.detach(), [3])
+    torch.testing.assert_close(log_partition.double(), expected_log_z, rtol=1e-6, atol=0.0)
+    (gradient,) = torch.autograd.grad(log_partition.sum(), emissions)
+    torch.testing.assert_close(gradient.double(), expected_marginals, atol=1e-5, rtol=0.0)
+
+
+BIO_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+FORBIDDEN = -10000.0
+
+
+def bio_crf(constrained: str) -> MMIBCRF:
+    """A CRF with random scores and the BIO constraints users add: -10000 on I- tags at the start or the end, or on
+    the transitions into an I- tag from anything but its own B- or I- tag."""
+    torch.manual_seed(9)
+    crf = MMIBCRF(len(BIO_LABELS))
+    for parameter in crf.parameters():
+        parameter.data.normal_()
+    inside = torch.tensor([label.startswith("I-") for label in BIO_LABELS])
+    with torch.no_grad():
+        if constrained in ("start", "all"):
+            crf.start_transitions[inside] = FORBIDDEN
+        if constrained in ("end", "all"):
+            crf.end_transitions[inside] = FORBIDDEN
+        if constrained in ("transitions", "all"):
+            for previous, label in itertools.product(range(len(BIO_LABELS)), repeat=2):
+                if BIO_LABELS[label].startswith("I-") and BIO_LABELS[previous][2:] != BIO_LABELS[label][2:]:
+                    crf.transitions[previous, label] = FORBIDDEN
+    return crf
+
+
+def exhaustive(
+    crf: MMIBCRF, emissions: torch.Tensor, lengths: list[int]
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """log Z, every path's score and the label marginals of each post by enumeration in float64 (the marginals are
+    zero past a post's length)."""
+    start, end, transitions = (
+        parameter.detach().double() for parameter in (crf.start_transitions, crf.end_transitions, crf.transitions)
+    )
+    emissions = emissions.double()
+    num_labels = emissions.shape[-1]
+    log_partitions, all_scores = [], []
+    marginals = torch.zeros_like(emissions)
+    for post, length in enumerate(lengths):
+        paths = torch.tensor(list(itertools.product(range(num_labels), repeat=length)))
+        scores = start[paths[:, 0]] + end[paths[:, -1]] + emissions[post, torch.arange(length), paths].sum(dim=1)
+        scores = scores + transitions[paths[:, :-1], paths[:, 1:]].sum(dim=1)
+        log_partition = torch.logsumexp(scores, dim=0)
+        probabilities = (scores - log_partition).exp()
+        for position in range(length):
+            marginals[post, position].index_add_(0, paths[:, position], probabilities)
+        log_partitions.append(log_partition)
+        all_scores.append(scores)
+    return torch.stack(log_partitions), all_scores, marginals
+
+
+def path_index(path: torch.Tensor) -> int:
+    """Where `exhaustive` puts a path's score: it enumerates in `itertools.product` order, the labels in base K."""
+    return sum(label * len(BIO_LABELS) ** position for position, label in enumerate(reversed(path.tolist())))
+
+
+@pytest.mark.parametrize("gap", [100.0, 500.0, 1e4])
+@pytest.mark.parametrize("constrained", ["start", "end", "transitions", "all"])
+def test_crf_with_bio_constraints_and_large_emission_gaps_matches_enumeration(constrained, gap):
+    """Each word's emissions favour one label by `gap` nats, and the favoured labels break the constraints (an I-
+    tag first and last, I-PER after O): log Z, its gradient, the loss, the Viterbi path and the marginals equal
+    enumeration in float64."""
+    crf = bio_crf(constrained)
+    lengths = [4, 3, 1]
+    favoured = torch.tensor([[2, 0, 2, 4], [4, 3, 2, 0], [2, 0, 0, 0]])
+    generator = torch.Generator().manual_seed(10)
+    emissions = -gap * (0.5 + 0.5 * torch.rand(3, 4, len(BIO_LABELS), generator=generator))
+    emissions.scatter_(2, favoured[:, :, None], 0.0)
+    emissions[1, 3] = 7.0  # padding
+    mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
+    gold = torch.tensor([[1, 2, 0, 3], [3, 4, 2, 0], [0, 0, 0, 0]])
+    expected_log_z, scores, expected_marginals = exhaustive(crf, emissions, lengths)
+    tolerance = {"rtol": 1e-6, "atol": 1e-3}  # fp32 sums of scores near 1e4 nats
+    # fp32 holds a score of `gap` nats to about gap * 6e-8; a probability is the exponential of such differences.
+    probability_tolerance = {"rtol": 0.0, "atol": 1e-5 + gap * 2e-7}
+
+    emissions.requires_grad_()
+    log_partition = crf.log_partition(emissions, mask)
+    torch.testing.assert_close(log_partition.double(), expected_log_z, **tolerance)
+    (gradient,) = torch.autograd.grad(log_partition.sum(), emissions)
+    torch.testing.assert_close(gradient.double(), expected_marginals, **probability_tolerance)
+    with torch.no_grad():
+        loss = crf.negative_log_likelihood(emissions, gold, mask)
+        decoded = crf.decode(emissions, mask)
+        marginals = crf.marginals(emissions, mask)
+    for post, length in enumerate(lengths):
+        expected_loss = expected_log_z[post] - scores[post][path_index(gold[post, :length])]
+        assert loss[post].item() == pytest.approx(expected_loss.item(), rel=1e-6, abs=1e-3)
+        best = scores[post][path_index(decoded[post, :length])]
+        assert best.item() == pytest.approx(scores[post].max().item(), rel=1e-6, abs=1e-3)
+        assert (decoded[post, length:] == -100).all()
+    torch.testing.assert_close(marginals.double(), expected_marginals, **probability_tolerance)
 
 
 # --- regularizers ------------------------------------------------------------------------------------------------
@@ -244,15 +386,24 @@ def test_alignment_batch_of_one_has_no_negative_term():
 
 
 def test_padded_tokens_and_absent_crops_do_not_change_outputs(model):
+    """Token ids under padding and the features of absent image slots reach no output; a present slot's do."""
     batch = make_batch()
+    del batch["pixel_values"]
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(3, NUM_SLOTS, model.config.vision_feature_size, generator=generator)
+    batch["image_features"] = features
     changed = {key: value.clone() for key, value in batch.items()}
     changed["input_ids"][batch["attention_mask"] == 0] = 7
-    changed["pixel_values"][~batch["image_mask"]] = 5.0
+    absent = ~batch["image_mask"]
+    changed["image_features"][absent] = 10.0 * torch.randn(int(absent.sum()), features.shape[-1], generator=generator)
+    present = {**batch, "image_features": features.clone()}
+    present["image_features"][0, 1] += 10.0
     with torch.no_grad():
-        first, second = model(**batch), model(**changed)
+        first, second, third = model(**batch), model(**changed), model(**present)
     for field in ("logits", "kl_text", "kl_vision", "alignment_loss", "loss"):
         assert torch.allclose(first[field], second[field], atol=1e-5), field
     assert torch.equal(first.predictions, second.predictions)
+    assert not torch.allclose(first.logits[0], third.logits[0], atol=1e-3)
 
 
 def test_eval_without_labels_skips_only_training_work(model):
@@ -283,18 +434,26 @@ def test_eval_without_labels_skips_only_training_work(model):
 
 
 def test_text_only_posts_work(model):
+    """A post without images gets no cross-modal attention: its fused states are the text-to-vision APEnc with a zero
+    attention output (residual, LayerNorm, feed-forward), whether the batch holds no image inputs, masked slots
+    only, or other posts' images; it adds no vision KL and no alignment loss."""
     batch = make_batch()
+    text_inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
     with torch.no_grad():
-        without_images = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            word_index=batch["word_index"],
-            labels=batch["labels"],
-        )
+        without_images = model(**text_inputs, word_index=batch["word_index"], labels=batch["labels"])
         all_masked = model(**{**batch, "image_mask": torch.zeros(3, NUM_SLOTS, dtype=torch.bool)})
+        base = model.mmib(**text_inputs)
+        fusion = model.mmib.text_to_vision_encoder
+        hidden = fusion.attention_layer_norm(base.text_latent_mean)
+        expected = fusion.output_layer_norm(hidden + fusion.feed_forward(hidden))
+        mixed = model.mmib(**encoder_inputs(batch))
     assert torch.isfinite(without_images.logits).all() and torch.isfinite(without_images.loss)
     assert without_images.kl_vision.item() == 0.0 and without_images.alignment_loss.item() == 0.0
+    torch.testing.assert_close(base.last_hidden_state, expected)
     assert torch.allclose(without_images.logits, all_masked.logits, atol=1e-5)
+    # Post 1 has no image in `make_batch`, beside two posts that have one.
+    torch.testing.assert_close(mixed.last_hidden_state[1], expected[1])
+    assert not torch.allclose(mixed.last_hidden_state[0], expected[0], atol=1e-3)
 
 
 def test_eval_is_deterministic_and_train_samples():

@@ -13,6 +13,8 @@ import torch
 from conftest import SHARED_DATA, accelerate_cpu_launcher, make_image
 from mmib import MMIBPredictor
 from mmib.cli import main as cli_main
+from mmib.collator import MMIBDataCollator
+from mmib.data import load_jsonl, load_twitter_ner
 from mmib.jsonl_prediction import StrictModeError, predict_file
 from mmib.prediction_mmib import resolve_dtype
 from mmib.word_splitting_mmib import split_words
@@ -114,6 +116,50 @@ def test_entities_carry_offsets_into_the_raw_text_and_crf_span_probabilities(pre
         if outputs.predictions[index, entity["word_start"]] != tag:
             tag = label2id[f"I-{entity['type']}"]
         assert entity["score"] == pytest.approx(float(marginals[index, entity["word_start"], tag]), abs=1e-5)
+
+
+# White space only or dropped by the tokenizer: Twitter-2015 holds U+00A0, Twitter-2017 U+FE0F, U+200B, U+200D, U+0092
+# and U+00AD; an emoji and a space stand for the rest. The JSON-lines reader also takes "" (not a CoNLL token).
+ODD_WORDS = ["john", "\u00a0", "\u200b", "london", "\ufe0f", "\u200d", "\x92", "\xad", " ", "\U0001f600", "paris"]
+
+
+@pytest.mark.parametrize("reader", ["conll", "jsonl"])
+def test_prediction_tags_every_word_that_training_takes(reader, ner_path, predictor, tmp_path):
+    """The odd words of the benchmarks go through the training path (reader, processor, collator, model) and
+    through prediction (a `words` post, and a JSON-lines file as `mmib predict` reads it): every word gets a tag, the
+    same in both."""
+    words = ODD_WORDS + ([""] if reader == "jsonl" else [])
+    tags = ["B-PER", "O", "O", "B-LOC", "O", "O", "O", "O", "O", "O", "B-LOC"] + ([] if reader == "conll" else ["O"])
+    labels = list(predictor.model.config.id2label.values())
+    if reader == "conll":
+        post = "IMGID:1\n" + "".join(f"{word}\t{tag}\n" for word, tag in zip(words, tags)) + "\n"
+        folder = tmp_path / "twitter2015"
+        folder.mkdir()
+        for split in ("train", "valid", "test"):
+            (folder / f"{split}.txt").write_text(post, encoding="utf-8", newline="")
+        rows = list(load_twitter_ner(folder, label_names=labels)["train"])
+    else:
+        (tmp_path / "train.jsonl").write_text(json.dumps({"words": words, "tags": tags}) + "\n", encoding="utf-8")
+        rows = list(load_jsonl({"train": tmp_path / "train.jsonl"}, label_names=labels)["train"])
+    assert rows[0]["words"] == words
+    batch = MMIBDataCollator(predictor.processor)(rows)
+    assert batch["word_index"].shape == (1, len(words)) and (batch["word_index"] >= 0).all()
+    assert batch["labels"][0].tolist() == [labels.index(tag) for tag in tags]
+    with torch.no_grad():
+        outputs = predictor.model(**batch)
+    assert torch.isfinite(outputs.loss)
+    trained_tags = [predictor.model.config.id2label[label] for label in outputs.predictions[0].tolist()]
+    assert len(trained_tags) == len(words)
+
+    result = predictor({"words": words})
+    assert "error" not in result, result
+    assert result["words"] == words and result["tags"] == trained_tags
+    (tmp_path / "posts.jsonl").write_text(json.dumps({"id": "odd", "words": words}) + "\n", encoding="utf-8")
+    summary = predict_file(
+        predictor, str(tmp_path / "posts.jsonl"), str(tmp_path / "out.jsonl"), num_workers=0, quiet=True
+    )
+    assert not summary.errors
+    assert read_jsonl(tmp_path / "out.jsonl") == [{**result, "id": "odd"}]
 
 
 def test_one_post_a_list_and_a_lazy_iterable(predictor):
