@@ -512,9 +512,7 @@ BOOKKEEPING_FIELDS = frozenset(
 
 def _computation_fields(settings: dict) -> dict:
     return {
-        name: value
-        for name, value in settings.items()
-        if name not in BOOKKEEPING_FIELDS and not name.startswith("_")
+        name: value for name, value in settings.items() if name not in BOOKKEEPING_FIELDS and not name.startswith("_")
     }
 
 

@@ -240,7 +240,12 @@ def test_a_checkpoint_keeps_the_fingerprint_it_was_built_with(family, text_tower
     if family != "timm_wrapper":  # a timm tower's config.json holds its preprocessing (pretrained_cfg)
         own_image_processor(family).save_pretrained(tower)
     model, processor = build_model_and_processor(
-        "ner", str(text_tower_folder), str(tower), id2label=["O"], num_crops=2, tokenizer=tokenizer,
+        "ner",
+        str(text_tower_folder),
+        str(tower),
+        id2label=["O"],
+        num_crops=2,
+        tokenizer=tokenizer,
         apenc_num_attention_heads=4,
     )
     built = vision_fingerprint(model.mmib, processor.image_processor)
