@@ -531,7 +531,7 @@ def vision_settings(model: MMIBModel, image_processor: BaseImageProcessor) -> di
     from the checkpoint they were saved to have the settings they had before.
 
     The image processor's class counts besides its fields: the torchvision and PIL backends of one processor
-    resize differently (up to 2/255 per pixel for ConvNeXt's).
+    (`ConvNextImageProcessor`, `ConvNextImageProcessorPil`) resize differently, so their pixels differ.
 
     Args:
         model ([`MMIBModel`]): the model whose vision tower makes the features.
