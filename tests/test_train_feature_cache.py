@@ -134,6 +134,7 @@ def test_a_training_cache_serves_the_saved_checkpoint_and_a_second_training(towe
         outputs[name] = tmp_path / f"{name}.jsonl"
         arguments = ["predict", str(first), "--input", str(posts), "--output", str(outputs[name]), "--quiet"]
         cli_main(arguments + ["--dtype", "float32", "--num_workers", "0"] + extra)
+        # The 10 train and 3 validation posts with an image (their crops are not sent).
         assert sum(tower_images) == (13 if name == "plain" else 0), name
         tower_images.clear()
     predictions = {
