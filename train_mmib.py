@@ -383,6 +383,7 @@ def main() -> None:
                 batch_size=model_args.feature_batch_size,
                 cache_dir=model_args.image_feature_cache,
                 num_workers=training_args.dataloader_num_workers,
+                device=training_args.device,
             )
     media = media_summary(data, feature_store)
     logger.info("Images and crops: %s", json.dumps(media))

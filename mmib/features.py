@@ -241,6 +241,7 @@ class ImageFeatureStore:
         shard_size: int = 4096,
         num_workers: int = 0,
         verify: bool = True,
+        device: str | torch.device | None = None,
     ) -> "ImageFeatureStore":
         """
         Run every distinct image that the cache does not hold yet once through `model.get_image_features`.
@@ -263,9 +264,12 @@ class ImageFeatureStore:
                 while the tower runs (0: in this process).
             verify (`bool`, *optional*, defaults to `True`): check every existing shard's bytes against its
                 checksum (one sequential read of the cache) besides its size.
+            device (`str` or `torch.device`, *optional*): where the vision tower runs (training passes its own
+                device, the GPU when there is one); the tower is moved there for the build and back afterwards.
+                Defaults to where the tower is.
         """
         unique_paths = sorted({str(path) for path in paths if path})
-        settings = (model, image_processor, unique_paths, batch_size, shard_size, num_workers)
+        settings = (model, image_processor, unique_paths, batch_size, shard_size, num_workers, device)
         if cache_dir is None:
             # Hashing the tower's weights is only needed to validate or label a cache.
             return cls._compute(*settings, cache_dir=None, fingerprint="", shards=[])
@@ -283,7 +287,17 @@ class ImageFeatureStore:
 
     @classmethod
     def _compute(
-        cls, model, image_processor, unique_paths, batch_size, shard_size, num_workers, cache_dir, fingerprint, shards
+        cls,
+        model,
+        image_processor,
+        unique_paths,
+        batch_size,
+        shard_size,
+        num_workers,
+        device,
+        cache_dir,
+        fingerprint,
+        shards,
     ) -> "ImageFeatureStore":
         store = cls(shards, model.config.vision_feature_size, fingerprint=fingerprint)
         todo, unreadable = [], []
@@ -306,6 +320,11 @@ class ImageFeatureStore:
         new_shards = []
         model_was_training = model.training
         model.eval()
+        # Only the tower runs here: the rest of the model stays where it is (the Trainer places it later).
+        home = next(model.vision_model.parameters()).device
+        device = home if device is None else torch.device(device)
+        if todo:
+            model.vision_model.to(device)
 
         def flush():
             if not pending["keys"] and not pending["unreadable"]:
@@ -332,7 +351,7 @@ class ImageFeatureStore:
                             pending["unreadable"].append(np.frombuffer(key, dtype=np.uint8))
                 if good:
                     seen.update(key for key, _ in good)
-                    pixel_values = torch.stack([pixels for _, pixels in good]).to(model.device)
+                    pixel_values = torch.stack([pixels for _, pixels in good]).to(device)
                     with torch.inference_mode():
                         features = model.get_image_features(pixel_values).float().cpu()
                     pending["keys"].extend(np.frombuffer(key, dtype=np.uint8) for key, _ in good)
@@ -341,6 +360,7 @@ class ImageFeatureStore:
                 if len(pending["keys"]) >= shard_size:
                     flush()
             flush()
+        model.vision_model.to(home)
         model.train(model_was_training)
         if unreadable:
             logger.warning(
@@ -465,17 +485,83 @@ def _open_shards(cache_dir: str, fingerprint: str | None, repair: bool, verify: 
     return shards
 
 
-def vision_fingerprint(model: MMIBModel, image_processor: BaseImageProcessor) -> str:
-    """sha256 over the vision tower's weights and config, its pooling and the image processor's settings: the same
-    tower pooled another way, or fed other pixels, makes other features."""
-    digest = hashlib.sha256()
-    digest.update(model.config.vision_config.to_json_string().encode())
-    digest.update(model.config.vision_feature_pooling.encode())
-    digest.update(image_processor.to_json_string().encode())
+# Fields that name, label or locate a config or an image processor and change no feature. `save_pretrained` and
+# `from_pretrained` add, rewrite or drop them (`auto_map`, `_name_or_path`, `transformers_version`), the task heads'
+# labels never reach a frozen tower's pooled output, and `dtype` is covered by the weights' bytes. Fields whose name
+# starts with "_" are private state and are left out too.
+BOOKKEEPING_FIELDS = frozenset(
+    {
+        "architectures",
+        "auto_map",
+        "dtype",
+        "feature_extractor_type",
+        "id2label",
+        "image_processor_type",
+        "label2id",
+        "name_or_path",
+        "output_attentions",
+        "output_hidden_states",
+        "problem_type",
+        "processor_class",
+        "return_dict",
+        "torch_dtype",
+        "transformers_version",
+    }
+)
+
+
+def _computation_fields(settings: dict) -> dict:
+    return {
+        name: value for name, value in settings.items() if name not in BOOKKEEPING_FIELDS and not name.startswith("_")
+    }
+
+
+def _json_value(value):
+    """What `json.dumps` cannot write by itself: numpy arrays and scalars (image means and stds), dtypes."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    return str(value)
+
+
+def vision_settings(model: MMIBModel, image_processor: BaseImageProcessor) -> dict:
+    """
+    Everything that the cached features of an image depend on: the vision tower's config (fields that change the
+    computation) and weights, the pooling, and the image processor's class and preprocessing fields (size, crop,
+    rescaling, mean and std...). Bookkeeping (`BOOKKEEPING_FIELDS`) is left out, so a model and processor read back
+    from the checkpoint they were saved to have the settings they had before.
+
+    The image processor's class counts besides its fields: the torchvision and PIL backends of one processor
+    (`ConvNextImageProcessor`, `ConvNextImageProcessorPil`) resize differently, so their pixels differ.
+
+    Args:
+        model ([`MMIBModel`]): the model whose vision tower makes the features.
+        image_processor ([`BaseImageProcessor`]): the image processor that makes its pixels.
+
+    Returns:
+        `dict`: JSON-serialisable settings; the weights appear as the sha256 of their names and bytes.
+    """
+    weights = hashlib.sha256()
     for name, tensor in sorted(model.vision_model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+        weights.update(name.encode())
+        weights.update(str(tensor.dtype).encode())
+        weights.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {
+        "vision_config": _computation_fields(model.config.vision_config.to_dict()),
+        "vision_weights_sha256": weights.hexdigest(),
+        "vision_feature_pooling": model.config.vision_feature_pooling,
+        "image_processor_class": type(image_processor).__name__,
+        "image_processor": _computation_fields(image_processor.to_dict()),
+    }
+
+
+def vision_fingerprint(model: MMIBModel, image_processor: BaseImageProcessor) -> str:
+    """
+    The identity of a feature cache: sha256 of [`vision_settings`]. Training (`ImageFeatureStore.build`) and
+    prediction (`prediction_feature_lookup`) both use it, so a cache built while training matches the checkpoint
+    that the training saves, and one built with another tower, pooling or preprocessing does not.
+    """
+    settings = json.dumps(vision_settings(model, image_processor), sort_keys=True, default=_json_value)
+    return hashlib.sha256(settings.encode()).hexdigest()
 
 
 def prediction_feature_lookup(

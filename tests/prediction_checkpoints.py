@@ -11,18 +11,27 @@ from mmib.pipeline_mmib import save_pipeline_code
 RELATIONS = {0: "None", 1: "/per/loc/place_of_residence", 2: "/per/per/peer"}
 
 
-def save_ner_checkpoint(folder: Path, seed: int = 0) -> str:
+def ner_model_and_processor(seed: int = 0) -> tuple[MMIBForTokenClassification, MMIBProcessor]:
+    """A tiny random NER model and its processor, in memory (not saved yet, as during a training run)."""
     torch.manual_seed(seed)
     model = MMIBForTokenClassification(tiny_config()).eval()
     # Random CRFs rarely leave O; a bias towards B-PER / B-LOC makes entities appear in every test post.
     with torch.no_grad():
         model.classifier.bias[1] += 1.0
         model.classifier.bias[3] += 1.0
-    processor = MMIBProcessor(make_image_processor(), make_tokenizer(), task="ner", num_crops=2)
+    return model, MMIBProcessor(make_image_processor(), make_tokenizer(), task="ner", num_crops=2)
+
+
+def save_ner_model(model: MMIBForTokenClassification, processor: MMIBProcessor, folder: Path) -> str:
+    """Save an NER model, its processor and the `mmib-ner` pipeline code to `folder`, as `train_mmib.py` does."""
     save_pipeline_code(model, folder)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
+
+
+def save_ner_checkpoint(folder: Path, seed: int = 0) -> str:
+    return save_ner_model(*ner_model_and_processor(seed), folder)
 
 
 def save_re_checkpoint(folder: Path, seed: int = 0) -> str:

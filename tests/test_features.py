@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import ConvNextImageProcessor, ConvNextImageProcessorPil
 
 from conftest import make_image, make_image_processor, make_tokenizer, tiny_config
 from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBProcessor
 from mmib.collator import MMIBDataCollator
-from mmib.features import ImageFeatureStore
+from mmib.features import ImageFeatureStore, vision_fingerprint, vision_settings
 
 
 @pytest.fixture
@@ -106,6 +107,69 @@ def test_cache_round_trip_content_keys_and_fingerprint(model, image_files, tmp_p
     assert ImageFeatureStore.load(cache).fingerprint == recomputed.fingerprint
 
 
+def test_fingerprint_follows_weights_and_preprocessing_not_bookkeeping(model):
+    processor = make_image_processor()
+    reference = vision_fingerprint(model.mmib, processor)
+
+    # What saving and reloading a checkpoint adds or rewrites, and labels, change no feature.
+    processor.auto_map = {"AutoProcessor": "processing_mmib.MMIBProcessor"}
+    processor.processor_class = "MMIBProcessor"
+    processor._processor_class = "MMIBProcessor"
+    processor.image_processor_type = "SomethingElse"
+    vision_config = model.config.vision_config
+    vision_config._name_or_path = "/somewhere/else"
+    vision_config.transformers_version = "4.0.0"
+    vision_config.architectures = ["ResNetForImageClassification"]
+    vision_config.id2label, vision_config.label2id = {0: "cat"}, {"cat": 0}
+    assert vision_fingerprint(model.mmib, processor) == reference
+
+    # Every preprocessing field, the processor's class (its resize), the tower's weights and buffers, its config
+    # and the pooling change the features.
+    changes = {
+        "size": lambda: setattr(processor, "size", {"shortest_edge": 48}),
+        "mean": lambda: setattr(processor, "image_mean", [0.5, 0.456, 0.406]),
+        "std": lambda: setattr(processor, "image_std", [0.2, 0.224, 0.225]),
+        "crop_pct": lambda: setattr(processor, "crop_pct", 1.0),
+        "resample": lambda: setattr(processor, "resample", 2),
+        "do_normalize": lambda: setattr(processor, "do_normalize", False),
+        "weight": lambda: model.mmib.vision_model.embedder.embedder.convolution.weight.data[0, 0, 0, 0].add_(1e-3),
+        "buffer": lambda: model.mmib.vision_model.embedder.embedder.normalization.running_mean.add_(1e-3),
+        "config": lambda: setattr(vision_config, "hidden_act", "gelu"),
+        "pooling": lambda: setattr(model.config, "vision_feature_pooling", "mean"),
+    }
+    seen = {reference}
+    for name, change in changes.items():
+        change()
+        fingerprint = vision_fingerprint(model.mmib, processor)
+        assert fingerprint not in seen, name
+        seen.add(fingerprint)
+
+    fields = {"size": {"shortest_edge": 32}, "crop_pct": 0.875}
+    pil_backend, torch_backend = ConvNextImageProcessorPil(**fields), ConvNextImageProcessor(**fields)
+    settings = [vision_settings(model.mmib, backend) for backend in (pil_backend, torch_backend)]
+    assert settings[0]["image_processor"] == settings[1]["image_processor"]
+    assert vision_fingerprint(model.mmib, pil_backend) != vision_fingerprint(model.mmib, torch_backend)
+
+
+def test_build_runs_the_tower_on_the_given_device(model, image_files):
+    """On a CPU-only machine the meta device stands for the GPU: the tower and its inputs must be there when it
+    runs (the features cannot come back from it, so the run stops at the tower)."""
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def record(tower, args, kwargs):
+        seen.append((next(tower.parameters()).device.type, kwargs["pixel_values"].device.type))
+        raise Stop
+
+    model.mmib.vision_model.register_forward_pre_hook(record, with_kwargs=True)
+    with pytest.raises(Stop):
+        ImageFeatureStore.build(model.mmib, make_image_processor(), [image_files["image0"]], device="meta")
+    assert seen == [("meta", "meta")]
+
+
 def test_build_resumes_and_repairs_truncated_or_corrupt_shards(model, image_files, tmp_path, caplog):
     processor = make_image_processor()
     cache = tmp_path / "cache"
@@ -152,7 +216,7 @@ import sys, torch
 sys.path.insert(0, sys.argv[1])
 from conftest import make_image_processor, tiny_config
 from mmib import MMIBForTokenClassification
-from mmib.features import ImageFeatureStore
+from mmib.features import ImageFeatureStore, vision_fingerprint, vision_settings
 torch.manual_seed(0)
 model = MMIBForTokenClassification(tiny_config()).eval()
 store = ImageFeatureStore.build(

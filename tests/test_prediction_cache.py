@@ -1,5 +1,8 @@
-"""Prediction with an image feature cache: same results as the vision tower, hits never opened, foreign caches
-refused, `mmib predict --image_feature_cache`."""
+"""Prediction with an image feature cache: same results as the vision tower, hits never opened nor run through the
+tower, foreign caches refused, `mmib predict --image_feature_cache`.
+
+The cache is built from the model and processor before they are saved, as a training run builds it, so prediction
+from the saved folder meets what saving adds to the checkpoint (`auto_map` in the image processor's settings)."""
 
 import json
 import shutil
@@ -12,26 +15,22 @@ from mmib import MMIBPredictor
 from mmib.cli import main as cli_main
 from mmib.features import ImageFeatureStore
 from mmib.jsonl_prediction import predict_file
-from prediction_checkpoints import save_ner_checkpoint, save_re_checkpoint
+from mmib.modeling_mmib import MMIBModel
+from prediction_checkpoints import ner_model_and_processor, save_ner_checkpoint, save_ner_model, save_re_checkpoint
 
 
 @pytest.fixture(scope="module")
-def ner_path(tmp_path_factory) -> str:
-    return save_ner_checkpoint(tmp_path_factory.mktemp("ner"))
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory, ner_path):
-    """Images a, b (cached), c (not cached), a renamed copy of a, a cache of a and b, and a JSON-lines input."""
+def files(tmp_path_factory):
+    """Images a, b (cached), c (not cached), a renamed copy of a, a JSON-lines input, and the NER checkpoint
+    `checkpoint` with its cache `cache` of a and b, built before the checkpoint was saved."""
     folder = tmp_path_factory.mktemp("posts")
     for seed, name in enumerate("abc"):
         make_image(seed, (40 + 8 * seed, 30)).save(folder / f"{name}.png")
     shutil.copy(folder / "a.png", folder / "renamed.png")
-    predictor = MMIBPredictor.from_pretrained(ner_path, dtype="float32", device="cpu")
+    model, processor = ner_model_and_processor()
     paths = [str(folder / "a.png"), str(folder / "b.png")]
-    ImageFeatureStore.build(
-        predictor.model.mmib, predictor.processor.image_processor, paths, cache_dir=str(folder / "cache")
-    )
+    ImageFeatureStore.build(model.mmib, processor.image_processor, paths, cache_dir=str(folder / "cache"))
+    save_ner_model(model, processor, folder / "checkpoint")
     rows = [
         {
             "id": "hits and a missed crop",
@@ -47,6 +46,29 @@ def files(tmp_path_factory, ner_path):
     ]
     (folder / "posts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
+
+
+# Image slots of posts.jsonl that go through the vision tower: all 10 without the cache, only c.png's 3 with it.
+TOWER_IMAGES = {"plain": 10, "cached": 3}
+
+
+@pytest.fixture(scope="module")
+def ner_path(files) -> str:
+    return str(files / "checkpoint")
+
+
+@pytest.fixture
+def tower_images(monkeypatch) -> list[int]:
+    """Counts the images that go through any MMIB model's vision tower."""
+    counts = []
+    original = MMIBModel.get_image_features
+
+    def counting(self, pixel_values):
+        counts.append(pixel_values.reshape(-1, *pixel_values.shape[-3:]).shape[0])
+        return original(self, pixel_values)
+
+    monkeypatch.setattr(MMIBModel, "get_image_features", counting)
+    return counts
 
 
 def read_jsonl(path):
@@ -102,12 +124,14 @@ def test_a_cache_of_another_tower_is_refused(files, tmp_path):
         MMIBPredictor.from_pretrained(other, dtype="float32", device="cpu", image_feature_cache=str(files / "cache"))
 
 
-def test_cli_image_feature_cache(ner_path, files, tmp_path):
+def test_cli_image_feature_cache(ner_path, files, tmp_path, tower_images):
     outputs = {}
     for name, extra in (("plain", []), ("cached", ["--image_feature_cache", str(files / "cache")])):
         outputs[name] = tmp_path / f"{name}.jsonl"
         arguments = ["predict", ner_path, "--input", str(files / "posts.jsonl"), "--output", str(outputs[name])]
         cli_main(arguments + ["--dtype", "float32", "--num_workers", "0", "--quiet"] + extra)
+        assert sum(tower_images) == TOWER_IMAGES[name], name
+        tower_images.clear()
     assert_same_predictions(read_jsonl(outputs["cached"]), read_jsonl(outputs["plain"]))
 
 

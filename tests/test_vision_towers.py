@@ -12,21 +12,24 @@ from transformers import (
     AutoModel,
     BertModel,
     CLIPConfig,
+    CLIPImageProcessor,
     CLIPModel,
     CLIPTextConfig,
     CLIPVisionConfig,
     ConvNextConfig,
     ConvNextImageProcessor,
     SiglipConfig,
+    SiglipImageProcessor,
     SiglipModel,
     SiglipTextConfig,
     SiglipVisionConfig,
     TimmWrapperConfig,
     ViTConfig,
+    ViTImageProcessor,
 )
 
 from conftest import IMAGE_SIZE, make_image, make_image_processor, tiny_config, tiny_text_config, tiny_vision_config
-from mmib import MMIBForTokenClassification, MMIBProcessor
+from mmib import MMIBForTokenClassification, MMIBProcessor, build_model_and_processor, load_model_and_processor
 from mmib.features import vision_fingerprint
 from mmib.vision_towers import load_image_processor
 
@@ -210,6 +213,47 @@ def test_from_text_vision_pretrained_loads_a_tower_folder(family, text_tower_fol
     assert model.config.vision_config.model_type == family
     assert loaded.keys() == expected.keys()
     assert all(torch.equal(loaded[name], expected[name]) for name in expected)
+
+
+def own_image_processor(family: str):
+    """Each family's own image processor class, at the tiny towers' image size."""
+    square = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    if family == "clip_vision_model":
+        return CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=square)
+    if family == "siglip_vision_model":
+        return SiglipImageProcessor(size=square)
+    if family == "vit":
+        return ViTImageProcessor(size=square, image_mean=[0.4, 0.5, 0.6])
+    return make_image_processor()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_checkpoint_keeps_the_fingerprint_it_was_built_with(family, text_tower_folder, tokenizer, tmp_path):
+    """As in training: towers from folders, a cache fingerprint, then the checkpoint saved and read back; a cache
+    built before saving must match the checkpoint (saving adds `auto_map` and drops the towers' folder names)."""
+    tower = tmp_path / "tower"
+    torch.manual_seed(3)
+    if family in ("clip_vision_model", "siglip_vision_model"):
+        dual_encoder(family).save_pretrained(tower)
+    else:
+        AutoModel.from_config(tiny_vision_configs()[family]).save_pretrained(tower)
+    if family != "timm_wrapper":  # a timm tower's config.json holds its preprocessing (pretrained_cfg)
+        own_image_processor(family).save_pretrained(tower)
+    model, processor = build_model_and_processor(
+        "ner",
+        str(text_tower_folder),
+        str(tower),
+        id2label=["O"],
+        num_crops=2,
+        tokenizer=tokenizer,
+        apenc_num_attention_heads=4,
+    )
+    built = vision_fingerprint(model.mmib, processor.image_processor)
+    model.save_pretrained(tmp_path / "checkpoint")
+    processor.save_pretrained(tmp_path / "checkpoint")
+    reloaded, reloaded_processor = load_model_and_processor(tmp_path / "checkpoint")
+    assert type(reloaded_processor.image_processor) is type(processor.image_processor)
+    assert vision_fingerprint(reloaded.mmib, reloaded_processor.image_processor) == built
 
 
 def test_a_random_timm_tower_keeps_timms_initialisation(text_tower_folder):
