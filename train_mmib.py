@@ -25,7 +25,7 @@ import yaml
 from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
 
 from mmib import build_model_and_processor, load_model_and_processor
-from mmib.building import TASK_DEFAULTS
+from mmib.building import TASK_DEFAULTS, check_local_folder
 from mmib.collator import MMIBDataCollator
 from mmib.data import load_jsonl, load_mnre, load_twitter_ner, missing_media_report
 from mmib.features import ImageFeatureStore
@@ -270,6 +270,7 @@ def crops_per_post(model_args: ModelArguments, task: str) -> int:
     """Crop slots per post, from the one place that sets them: the checkpoint, else --num_crops or the task
     default that `build_model_and_processor` will also use."""
     if model_args.model_name_or_path:
+        check_local_folder(model_args.model_name_or_path, "MMIB checkpoint")
         return AutoConfig.from_pretrained(model_args.model_name_or_path).num_crops
     return model_args.num_crops if model_args.num_crops is not None else TASK_DEFAULTS[task]["num_crops"]
 
