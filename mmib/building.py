@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import (
     AutoConfig,
     AutoTokenizer,
@@ -19,8 +21,6 @@ from transformers import (
     ConvNextImageProcessor,
     PreTrainedTokenizerBase,
 )
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 from transformers.utils import cached_file
 
 from .modeling_mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBPreTrainedModel
