@@ -12,6 +12,7 @@ code) and a model card (README.md) to `--output_dir`, and push it with `--push_t
 
 import json
 import logging
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -24,13 +25,13 @@ import yaml
 from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
 
 from mmib import build_model_and_processor, load_model_and_processor
-from mmib.building import TASK_DEFAULTS
+from mmib.building import TASK_DEFAULTS, check_local_folder
 from mmib.collator import MMIBDataCollator
 from mmib.data import load_jsonl, load_mnre, load_twitter_ner, missing_media_report
 from mmib.features import ImageFeatureStore
 from mmib.model_card import ModelCardInfo, render_model_card
 from mmib.pipeline_mmib import save_pipeline_code
-from mmib.prediction_mmib import resolve_dtype
+from mmib.prediction_mmib import native_bf16, resolve_device
 from mmib.predictions import (
     build_compute_metrics,
     gold_ner_tags,
@@ -133,34 +134,51 @@ class MMIBTrainingArguments(TrainingArguments):
 
 
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, MMIBTrainingArguments]:
-    """Flags, or a YAML / JSON file of them as the first argument followed by flags that override it."""
+    """Flags, or a YAML / JSON file of them as the first argument followed by flags that override it.
+
+    `--bf16 auto` (or `--bf16=auto`, `bf16: auto` in the file) becomes `--bf16 true` where every device the run
+    computes on multiplies bf16 natively (`bf16_is_native`), else `--bf16 false`; `--use_cpu` makes the CPU the
+    device even on a GPU machine."""
     parser = HfArgumentParser((ModelArguments, DataArguments, MMIBTrainingArguments))
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         with open(argv[0], encoding="utf-8") as handle:
             values = yaml.safe_load(handle) if argv[0].endswith((".yaml", ".yml")) else json.load(handle)
         argv = [argument for name, value in values.items() for argument in _as_flags(name, value)] + argv[1:]
-    return parser.parse_args_into_dataclasses(args=resolve_bf16_auto(argv))
+    if not any(_is_bf16_auto(argv, index) for index in range(len(argv))):
+        return parser.parse_args_into_dataclasses(args=argv)
+    # A first pass reads --use_cpu in whichever form it was given; the second one parses the decided bf16.
+    use_cpu = parser.parse_args_into_dataclasses(args=_with_bf16(argv, False))[2].use_cpu
+    return parser.parse_args_into_dataclasses(args=_with_bf16(argv, bf16_is_native(use_cpu)))
 
 
-def native_bf16() -> bool:
-    """Whether this machine runs bf16 matmuls natively (the same rule as `mmib predict --dtype auto`: a CUDA GPU with
-    bf16, or a CPU with AVX512-BF16 / AMX). Elsewhere bf16 is emulated and slower than fp32 (15x on an AVX2-only
-    CPU)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return resolve_dtype("auto", device)[0] == torch.bfloat16
+def _is_bf16_auto(argv: list[str], index: int) -> bool:
+    return argv[index] == "--bf16=auto" or (argv[index] == "auto" and index > 0 and argv[index - 1] == "--bf16")
 
 
-def resolve_bf16_auto(argv: list[str]) -> list[str]:
-    """`--bf16 auto` (or `--bf16=auto`, `bf16: auto` in a config file) -> `--bf16 true` where bf16 is native
-    (`native_bf16`), else `--bf16 false`."""
-    resolved = []
-    for index, argument in enumerate(argv):
-        if argument == "auto" and index > 0 and argv[index - 1] == "--bf16":
-            argument = str(native_bf16()).lower()
-        elif argument == "--bf16=auto":
-            argument = f"--bf16={str(native_bf16()).lower()}"
-        resolved.append(argument)
-    return resolved
+def _with_bf16(argv: list[str], bf16: bool) -> list[str]:
+    """`argv` with each `--bf16 auto` replaced by `--bf16 <bf16>`."""
+    value = str(bf16).lower()
+    return [
+        (f"--bf16={value}" if argument == "--bf16=auto" else value) if _is_bf16_auto(argv, index) else argument
+        for index, argument in enumerate(argv)
+    ]
+
+
+def training_devices(use_cpu: bool) -> list[torch.device]:
+    """The devices `Trainer` computes on: the CPU with `--use_cpu` or without CUDA, this process's GPU under a
+    launcher (`LOCAL_RANK`), else every visible GPU (`Trainer` wraps the model in `nn.DataParallel`)."""
+    if use_cpu or not torch.cuda.is_available():
+        return [torch.device("cpu")]
+    if "LOCAL_RANK" in os.environ:
+        return [resolve_device()]
+    return [torch.device("cuda", index) for index in range(torch.cuda.device_count())]
+
+
+def bf16_is_native(use_cpu: bool) -> bool:
+    """Whether every training device multiplies bf16 natively, the rule of `mmib predict --dtype auto`
+    (`mmib.prediction_mmib.native_bf16`). Elsewhere bf16 is emulated and slower than fp32 (15x for a training step
+    on an AVX2-only CPU in benchmarks/RESULTS.md)."""
+    return all(native_bf16(device) for device in training_devices(use_cpu))
 
 
 def _as_flags(name: str, value) -> list[str]:
@@ -252,6 +270,7 @@ def crops_per_post(model_args: ModelArguments, task: str) -> int:
     """Crop slots per post, from the one place that sets them: the checkpoint, else --num_crops or the task
     default that `build_model_and_processor` will also use."""
     if model_args.model_name_or_path:
+        check_local_folder(model_args.model_name_or_path, "MMIB checkpoint")
         return AutoConfig.from_pretrained(model_args.model_name_or_path).num_crops
     return model_args.num_crops if model_args.num_crops is not None else TASK_DEFAULTS[task]["num_crops"]
 
@@ -356,10 +375,12 @@ def main() -> None:
     )
     transformers.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
-    if training_args.bf16 and training_args.use_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if training_args.bf16 and not bf16_is_native(training_args.use_cpu):
         logger.warning(
-            "--bf16 on a CPU without bf16 matmul support (no AVX512-BF16 / AMX): bf16 autocast is emulated and "
-            "much slower than fp32 here (about 15x for a training step in benchmarks/RESULTS.md)."
+            "--bf16 on %s without native bf16 (CUDA compute capability 8.0+, or a CPU with AVX512-BF16 / AMX): bf16 "
+            "autocast is emulated and slower than fp32 here (about 15x for a training step on an AVX2-only CPU in "
+            "benchmarks/RESULTS.md). --bf16 auto decides by the hardware.",
+            ", ".join(str(device) for device in training_devices(training_args.use_cpu)),
         )
 
     is_relation = data_args.dataset == "mnre" or (data_args.dataset == "jsonl" and data_args.task == "re")

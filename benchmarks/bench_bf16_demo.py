@@ -28,6 +28,7 @@ from bench_common import (
     median,
     minilm_path,
 )
+from mmib.prediction_mmib import native_bf16
 
 VARIANTS = {"fp32": ["--bf16", "false"], "bf16 auto": ["--bf16", "auto"]}
 
@@ -72,12 +73,12 @@ def main() -> None:
         )
     speedup = figures["bf16 auto"]["train_samples_per_second"] / figures["fp32"]["train_samples_per_second"]
     f1_points = 100 * (figures["bf16 auto"]["test_f1"] - figures["fp32"]["test_f1"])
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    native = native_bf16(torch.device("cpu"))
     summary = "\n".join(
         [
             markdown_table(["variant", "train samples/s", "test F1"], summary_rows),
             "",
-            f"--bf16 auto chose {'bf16' if native else 'fp32'} here (oneDNN bf16 support: {native}).",
+            f"--bf16 auto chose {'bf16' if native else 'fp32'} here (native bf16, AVX512-BF16 or AMX: {native}).",
             f"Throughput bf16 auto / fp32: **{speedup:.2f}x** (target >= 1.8x: {verdict(speedup >= 1.8)}); test F1 "
             f"difference {f1_points:+.2f} points (target within 0.5: {verdict(abs(f1_points) <= 0.5)}).",
         ]

@@ -22,6 +22,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from mmib import MMIBForTokenClassification, MMIBProcessor
 from mmib.data import load_twitter_ner
+from mmib.prediction_mmib import native_bf16
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "twitter2017"
@@ -122,6 +123,7 @@ def machine_note() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "onednn_bf16_supported": torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+        "native_bf16": native_bf16(torch.device("cpu")),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

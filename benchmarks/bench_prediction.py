@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from bench_common import repo_relative
+from mmib.prediction_mmib import native_bf16
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "examples" / "twitter2017-sample"
@@ -83,7 +84,7 @@ def main() -> None:
     machine = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"cpu capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"native bf16 {torch.ops.mkldnn._is_mkldnn_bf16_supported()}"
+        f"native bf16 {native_bf16(torch.device('cpu'))}"
     )
     print(f"machine: {machine}")
     results = []

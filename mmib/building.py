@@ -3,7 +3,8 @@
 `build_model_and_processor` is the one place where a new pair is assembled: task defaults, the RE entity markers and
 the embedding resize they need, the label maps and the image processor of the vision tower. `num_crops` and
 `max_length` are given once there and land in both halves; `load_model_and_processor` refuses a saved pair whose
-halves disagree. `train_mmib.py` uses both.
+halves disagree. `train_mmib.py` uses both. Both refuse a path that can only be a folder and is not one
+([`check_local_folder`]) before anything asks the Hub about it.
 """
 
 import os
@@ -11,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import (
     AutoConfig,
     AutoTokenizer,
@@ -29,6 +32,53 @@ TASK_DEFAULTS = {"ner": {"num_crops": 4, "max_length": 128}, "re": {"num_crops":
 MODEL_CLASSES = {"ner": MMIBForTokenClassification, "re": MMIBForRelationClassification}
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+# What makes the folders that this repository's configs name but does not ship, by folder name.
+FOLDER_MAKERS = {
+    "efficientnet-lite0": "python scripts/convert_efficientnet_lite0.py {path} (examples/run_demo.sh runs it)",
+}
+
+
+def looks_local(path: str | os.PathLike) -> bool:
+    """
+    Whether `path` names a folder rather than a Hub repository: a path object; a string starting with `./`, `../`,
+    `/`, `~` or `runs/` (where this repository's scripts write), or ending with a separator; or one that no Hub id
+    can be (more than one `/`, a Windows path, `..`; see `huggingface_hub.utils.validate_repo_id`).
+    """
+    if isinstance(path, os.PathLike):
+        return True
+    if path.startswith(("./", "../", "/", "~", "runs/")) or path.endswith(("/", os.sep)):
+        return True
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return True
+    return False
+
+
+def check_local_folder(path: str | os.PathLike, what: str) -> None:
+    """
+    Refuses a `path` that looks local ([`looks_local`]) but is not a folder, naming it and, for the folders of
+    `FOLDER_MAKERS`, the command that makes it. Called before anything loads `path`, so that a folder not made yet
+    is reported as such rather than looked up on the Hub ("Check your internet connection").
+
+    Args:
+        path (`str` or `os.PathLike`): a folder or a Hub id.
+        what (`str`): what the path is for, e.g. `"vision tower"`, for the message.
+
+    Raises:
+        FileNotFoundError: `path` looks local and is not a folder.
+    """
+    if os.path.isdir(path) or not looks_local(path):
+        return
+    found = "a file, not a folder" if os.path.exists(path) else "missing"
+    maker = FOLDER_MAKERS.get(Path(path).name)
+    if maker is not None:
+        hint = f"Make it first: {maker.format(path=path)}."
+    elif what == "MMIB checkpoint":
+        hint = "train_mmib.py writes a checkpoint folder to its --output_dir; give that folder or a Hub id (org/name)."
+    else:
+        hint = "Give a folder written by save_pretrained, or a Hub id (org/name)."
+    raise FileNotFoundError(f"The {what} folder {path} ({os.path.abspath(path)}) is {found}. {hint}")
 
 
 def resnet_image_processor() -> ConvNextImageProcessor:
@@ -96,6 +146,7 @@ def build_model_and_processor(
 
     Raises:
         ValueError: unknown task, or settings that do not fit the text tower.
+        FileNotFoundError: a tower path that looks local is not a folder ([`check_local_folder`]).
 
     Example:
 
@@ -109,6 +160,8 @@ def build_model_and_processor(
     """
     if task not in MODEL_CLASSES:
         raise ValueError(f"Unknown task {task!r}: expected one of {tuple(MODEL_CLASSES)}.")
+    check_local_folder(text_model_name_or_path, "text tower")
+    check_local_folder(vision_model_name_or_path, "vision tower")
     num_crops = TASK_DEFAULTS[task]["num_crops"] if num_crops is None else num_crops
     max_length = TASK_DEFAULTS[task]["max_length"] if max_length is None else max_length
     if not isinstance(id2label, Mapping):
@@ -161,7 +214,9 @@ def load_model_and_processor(
         ValueError: the processor and the model config disagree (`num_crops`, `max_length` beyond the text tower's
             positions, a tokenizer larger than the text embeddings), or the checkpoint differs from `task`,
             `num_crops` or `max_length`.
+        FileNotFoundError: `model_name_or_path` looks local and is not a folder ([`check_local_folder`]).
     """
+    check_local_folder(model_name_or_path, "MMIB checkpoint")
     processor = MMIBProcessor.from_pretrained(model_name_or_path)
     if task is not None and processor.task != task:
         raise ValueError(f"The checkpoint {model_name_or_path} does task {processor.task!r}, not {task!r}.")
@@ -201,8 +256,10 @@ def check_tokenizer_matches_embeddings(
 __all__ = [
     "TASK_DEFAULTS",
     "build_model_and_processor",
+    "check_local_folder",
     "check_tokenizer_matches_embeddings",
     "image_processor_for",
     "load_model_and_processor",
+    "looks_local",
     "resnet_image_processor",
 ]

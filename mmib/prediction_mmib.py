@@ -48,7 +48,7 @@ from transformers import (
 from .image_loading_mmib import UnreadableImageError, load_image
 from .word_splitting_mmib import split_words
 
-__all__ = ["MMIBPredictor", "PreparedPost", "resolve_device", "resolve_dtype"]
+__all__ = ["MMIBPredictor", "PreparedPost", "native_bf16", "resolve_device", "resolve_dtype"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -62,12 +62,30 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """
+    Whether `device` multiplies bf16 natively, where bf16 autocast is faster than fp32 rather than emulated and
+    slower: a CUDA device of compute capability 8.0 or higher (Ampere on; T4 and V100 emulate bf16, although
+    `torch.cuda.is_bf16_supported()` says yes there), or a CPU with AVX512-BF16 or AMX (an AVX512 CPU without them
+    emulates it, although oneDNN reports bf16 support there). Other devices count as not native.
+
+    The CUDA answer is that of `device` itself, not of the current device; the CPU flags come from
+    `torch.cpu.get_capabilities()` (cpuinfo), which every platform torch runs on answers.
+    """
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        flags = torch.cpu.get_capabilities()
+        return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+    return False
+
+
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> tuple[torch.dtype, str]:
     """
     The compute dtype for `--dtype auto|float32|bfloat16` (bf16 runs under autocast, see [`MMIBPredictor`]).
 
-    `auto` takes bfloat16 only where the hardware multiplies it natively (CUDA with bf16 support, or a CPU for which
-    oneDNN reports native bf16, e.g. AVX512-BF16 / AMX), else float32: emulated bf16 is slower than fp32.
+    `auto` takes bfloat16 only where `device` multiplies it natively ([`native_bf16`]), else float32: emulated bf16
+    is slower than fp32. `train_mmib.py --bf16 auto` follows the same rule.
 
     Returns:
         `(dtype, reason)`, the reason being a short human-readable note for the log.
@@ -78,12 +96,9 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> tuple[torch
         return DTYPES[dtype], "requested"
     if dtype != "auto":
         raise ValueError(f"Unknown dtype {dtype!r}: expected auto, float32 or bfloat16.")
-    if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
-        return (torch.bfloat16, "auto: CUDA with bf16") if native else (torch.float32, "auto: CUDA without bf16")
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16, "auto: CPU with native bf16"
-    return torch.float32, f"auto: no native bf16 on {device.type}"
+    if native_bf16(device):
+        return torch.bfloat16, f"auto: native bf16 on {device}"
+    return torch.float32, f"auto: no native bf16 on {device} (needs CUDA compute capability 8.0, AVX512-BF16 or AMX)"
 
 
 @dataclass

@@ -23,8 +23,8 @@ class MMIBTrainer(Trainer):
     - `compute_loss` returns the model's `loss`, the objective of paper eq. 29 as [`mmib_total_loss`] defines it
       (task loss + beta_text * kl_text + beta_vision * kl_vision + alignment_weight * alignment_loss, with the
       weights from the model config; set them there, or with the `train_mmib.py` flags of the same names).
-    - Each part is logged next to `loss` under its own name, averaged over the logging interval and over processes;
-      a part that the model does not compute (ablation switches) is not logged.
+    - Each part is logged next to `loss` under its own name, averaged over the logging interval and over processes
+      (or `nn.DataParallel` replicas); a part that the model does not compute (ablation switches) is not logged.
     - `prediction_step` returns the CRF's Viterbi paths for NER (padded with -100) and the relation logits for RE.
     - `create_model_card` (called by `push_to_hub`) writes `model_card`, the MMIB card set by `train_mmib.py`,
       instead of the generic Trainer card.
@@ -53,7 +53,9 @@ class MMIBTrainer(Trainer):
             for name in LOSS_PARTS:
                 value = outputs.get(name)
                 if value is not None:
-                    self._loss_part_sums[name] += value.detach().float()
+                    # Under nn.DataParallel (several GPUs, no launcher) each part comes back once per replica: their
+                    # mean, as the Trainer takes the mean of the loss (a part of one replica is its own mean).
+                    self._loss_part_sums[name] += value.detach().float().mean()
             self._loss_part_count += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 

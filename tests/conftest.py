@@ -4,7 +4,9 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from types import MappingProxyType, SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -118,6 +120,35 @@ def environment_without_mmib(tmp_path: Path) -> dict[str, str]:
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     environment.pop("PYTHONPATH", None)
     return environment
+
+
+# CPU flags as `torch.cpu.get_capabilities()` (cpuinfo) reports them, for `fake_cpu_flags`.
+AVX2_FLAGS = ("avx", "avx2", "fma3", "f16c")
+AVX512_FLAGS = (*AVX2_FLAGS, "avx512_f", "avx512_cd", "avx512_bw", "avx512_dq", "avx512_vl", "avx512_vnni")
+
+
+def fake_cpu_flags(monkeypatch: pytest.MonkeyPatch, flags: Sequence[str]) -> None:
+    """Makes cpuinfo (`torch.cpu.get_capabilities`) report an x86 CPU with exactly `flags`."""
+    capabilities = MappingProxyType({"architecture": "x86_64", **dict.fromkeys(flags, True)})
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+
+
+def fake_cuda_devices(
+    monkeypatch: pytest.MonkeyPatch, capabilities: Sequence[tuple[int, int]], current: int = 0
+) -> None:
+    """Makes torch see CUDA devices of these compute capabilities, `current` the current one. Each can create bf16
+    tensors, as a T4 (7.5) or V100 (7.0) can by emulation, so `torch.cuda.is_bf16_supported()` says yes to all."""
+
+    def properties(device: torch.device | str | int | None = None) -> SimpleNamespace:
+        index = torch.device(device).index if isinstance(device, torch.device | str) else device
+        major, minor = capabilities[current if index is None else index]
+        return SimpleNamespace(major=major, minor=minor, name=f"fake sm_{major}{minor}")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
 
 
 @pytest.fixture

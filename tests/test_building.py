@@ -1,9 +1,11 @@
 """mmib.building: one call builds a matching model + processor; loading a saved pair refuses mismatches."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import transformers.utils.hub
 from transformers import AutoTokenizer, BertModel, ConvNextImageProcessor, ResNetModel
 
 from conftest import IMAGE_SIZE, make_image, make_image_processor, make_tokenizer, tiny_text_config, tiny_vision_config
@@ -13,7 +15,9 @@ from mmib import (
     build_model_and_processor,
     load_model_and_processor,
 )
+from mmib.building import looks_local
 
+REPO = Path(__file__).resolve().parents[1]
 RELATIONS = ["None", "/per/loc/place_of_residence"]
 SMALL = {"apenc_num_attention_heads": 4, "apenc_intermediate_size": 48}
 
@@ -132,3 +136,65 @@ def test_load_round_trip_and_refusals(towers, tmp_path):
     processor_file.write_text(json.dumps({**saved, "num_crops": 3}))
     with pytest.raises(ValueError, match="num_crops=3 but the model config of .* has num_crops=2"):
         load_model_and_processor(tmp_path)
+
+
+@pytest.fixture
+def hub_lookups(monkeypatch) -> list[str]:
+    """Every repository that transformers asks the Hub for (each lookup then fails, as offline)."""
+    asked = []
+
+    def hub(repo_id, *args, **kwargs):
+        asked.append(repo_id)
+        raise OSError(f"{repo_id} is not on this offline Hub")
+
+    monkeypatch.setattr(transformers.utils.hub, "hf_hub_download", hub)
+    monkeypatch.setattr(transformers.utils.hub, "snapshot_download", hub)
+    return asked
+
+
+@pytest.mark.parametrize(
+    "path, local",
+    [
+        ("./tower", True),
+        ("../tower", True),
+        ("/data/towers/bert", True),
+        ("runs/efficientnet-lite0", True),
+        ("towers/bert/v2", True),
+        ("bert/", True),
+        (Path("bert"), True),
+        ("bert-base-cased", False),
+        ("microsoft/resnet-50", False),
+    ],
+)
+def test_looks_local_separates_folders_from_hub_ids(path, local):
+    assert looks_local(path) is local
+
+
+def test_a_missing_local_tower_or_checkpoint_is_reported_before_any_hub_lookup(
+    towers, hub_lookups, monkeypatch, tmp_path
+):
+    """`python train_mmib.py configs/demo_twitter2017.yaml` before `examples/run_demo.sh` made the demo tower."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        build_model_and_processor("ner", towers["text"], "runs/efficientnet-lite0", id2label=["O", "B-PER"])
+    message = str(error.value)
+    assert "vision tower folder runs/efficientnet-lite0" in message and "is missing" in message
+    assert "python scripts/convert_efficientnet_lite0.py runs/efficientnet-lite0" in message
+    with pytest.raises(FileNotFoundError, match=r"text tower folder \./nowhere/bert .*save_pretrained"):
+        build_model_and_processor("ner", "./nowhere/bert", towers["vision"], id2label=["O", "B-PER"])
+    with pytest.raises(FileNotFoundError, match=r"MMIB checkpoint folder runs/mmib-t17 .*--output_dir"):
+        load_model_and_processor("runs/mmib-t17")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="model.safetensors .* is a file, not a folder"):
+        load_model_and_processor("./model.safetensors")
+    monkeypatch.syspath_prepend(str(REPO))
+    import train_mmib
+
+    model_args = train_mmib.ModelArguments(model_name_or_path="runs/mmib-t17")
+    with pytest.raises(FileNotFoundError, match="MMIB checkpoint folder runs/mmib-t17"):
+        train_mmib.crops_per_post(model_args, "ner")
+    assert hub_lookups == []
+    # A Hub id is still looked up on the Hub.
+    with pytest.raises(OSError):
+        load_model_and_processor("someone/mmib-t17")
+    assert hub_lookups and set(hub_lookups) == {"someone/mmib-t17"}

@@ -11,7 +11,15 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import AutoModelForTokenClassification, AutoTokenizer, BertModel
 
-from conftest import SHARED_DATA, accelerate_cpu_launcher, save_tiny_towers
+from conftest import (
+    AVX2_FLAGS,
+    AVX512_FLAGS,
+    SHARED_DATA,
+    accelerate_cpu_launcher,
+    fake_cpu_flags,
+    fake_cuda_devices,
+    save_tiny_towers,
+)
 from mmib import load_model_and_processor
 from mmib.data import read_crop_dict
 from mmib.metrics import ner_scores
@@ -344,15 +352,46 @@ def test_two_process_cpu_ddp_matches_one_process(towers, dropout_free_text_tower
     assert [json.loads(line)["tags"] for line in lines] == tags
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_bf16_auto_picks_bf16_only_where_it_is_native(native, monkeypatch, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+@pytest.fixture
+def train_mmib(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
     import train_mmib
 
-    monkeypatch.setattr(train_mmib, "native_bf16", lambda: native)
-    for flags in (["--bf16", "auto"], ["--bf16=auto"]):
-        _, _, training_args = train_mmib.parse_arguments(["--output_dir", str(tmp_path), "--use_cpu", *flags])
-        assert training_args.bf16 is native
+    return train_mmib
+
+
+@pytest.mark.parametrize(
+    "flags, native",
+    [((*AVX512_FLAGS, "avx512_bf16"), True), ((*AVX2_FLAGS, "amx_tile", "amx_bf16"), True), (AVX512_FLAGS, False)],
+    ids=["avx512_bf16", "amx", "avx512_only"],
+)
+def test_bf16_auto_with_use_cpu_is_the_cpus_answer_even_beside_native_gpus(
+    flags, native, train_mmib, monkeypatch, tmp_path
+):
+    fake_cpu_flags(monkeypatch, flags)
+    fake_cuda_devices(monkeypatch, [(8, 0), (9, 0)])
+    for use_cpu in (["--use_cpu"], ["--use_cpu", "true"], ["--use_cpu=True"]):
+        for bf16 in (["--bf16", "auto"], ["--bf16=auto"]):
+            training_args = train_mmib.parse_arguments(["--output_dir", str(tmp_path), *use_cpu, *bf16])[2]
+            assert training_args.use_cpu and training_args.bf16 is native, (use_cpu, bf16)
     config = tmp_path / "run.yaml"
     config.write_text(f"output_dir: {tmp_path}\nuse_cpu: true\nbf16: auto\n")
     assert train_mmib.parse_arguments([str(config)])[2].bf16 is native
+    assert train_mmib.parse_arguments([str(config), "--bf16", "false"])[2].bf16 is False
+
+
+def test_bf16_auto_on_cuda_needs_native_bf16_on_every_training_gpu(train_mmib, monkeypatch):
+    fake_cpu_flags(monkeypatch, AVX2_FLAGS)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    # Without a launcher the Trainer spreads over every GPU (nn.DataParallel): a V100 beside an A100 emulates.
+    fake_cuda_devices(monkeypatch, [(8, 0), (7, 0)])
+    assert train_mmib.bf16_is_native(use_cpu=False) is False
+    fake_cuda_devices(monkeypatch, [(8, 0), (8, 6)])
+    assert train_mmib.bf16_is_native(use_cpu=False) is True
+    # Under a launcher each process trains on its own GPU, which need not be the current device.
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    fake_cuda_devices(monkeypatch, [(8, 0), (7, 5)], current=0)
+    assert train_mmib.bf16_is_native(use_cpu=False) is False
+    fake_cuda_devices(monkeypatch, [(7, 5), (8, 0)], current=0)
+    assert train_mmib.bf16_is_native(use_cpu=False) is True
+    assert train_mmib.bf16_is_native(use_cpu=True) is False

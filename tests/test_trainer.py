@@ -7,19 +7,22 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, List, Value
 from test_modeling import all_path_scores
+from torch import nn
 from transformers import EvalPrediction, TrainingArguments
 
-from conftest import NER_LABELS, make_image_processor, make_tokenizer, tiny_config
+from conftest import NER_LABELS, make_image, make_image_processor, make_tokenizer, tiny_config
 from mmib import MMIBForTokenClassification, MMIBProcessor
 from mmib.collator import MMIBDataCollator
 from mmib.model_card import ModelCardInfo, render_model_card
 from mmib.predictions import build_compute_metrics, ner_tags_from_predictions, per_type_scores
-from mmib.trainer import MMIBTrainer
+from mmib.trainer import LOSS_PARTS, MMIBTrainer
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "mmib_model_card_template.md"
 
 
-def ner_dataset() -> Dataset:
+def ner_dataset(image_folder: Path | None = None) -> Dataset:
+    """Two posts; with `image_folder`, each with an image and a crop written there (so that every loss part counts),
+    else without images."""
     features = Features(
         {
             "id": Value("string"),
@@ -39,6 +42,11 @@ def ner_dataset() -> Dataset:
         },
         {"id": "b", "words": ["i", "love", "paris", "!"], "ner_tags": [0, 0, 3, 0], "image": None, "crops": []},
     ]
+    if image_folder is not None:
+        for index, row in enumerate(rows):
+            row["image"], row["crops"] = str(image_folder / f"{index}.png"), [str(image_folder / f"{index}-crop.png")]
+            make_image(2 * index).save(row["image"])
+            make_image(2 * index + 1).save(row["crops"][0])
     return Dataset.from_list(rows, features=features)
 
 
@@ -67,28 +75,90 @@ def trainer(tmp_path) -> MMIBTrainer:
     )
 
 
-def test_compute_loss_adds_the_weighted_regularizers_and_logs_their_means(trainer):
-    batch = trainer.data_collator(list(ner_dataset()))
+def test_compute_loss_adds_the_weighted_regularizers_and_logs_their_means(trainer, tmp_path):
+    batch = trainer.data_collator(list(ner_dataset(tmp_path)))
     trainer.model.eval()
     with torch.no_grad():
         loss, outputs = trainer.compute_loss(trainer.model, batch, return_outputs=True)
-    expected = outputs.task_loss + 0.5 * outputs.kl_text + 0.25 * outputs.kl_vision + 2.0 * outputs.alignment_loss
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    part = {name: outputs[name].item() for name in LOSS_PARTS}
+    # The task loss by brute force: the mean CRF negative log-likelihood of the two posts' gold tags.
+    nlls = []
+    for post, gold in enumerate(batch["labels"].tolist()):
+        paths, scores = all_path_scores(trainer.model.crf, outputs.logits[post])
+        nlls.append((scores.logsumexp(0) - scores[paths.tolist().index(gold)]).item())
+    assert part["task_loss"] == pytest.approx(sum(nlls) / 2, rel=1e-5)
+    # The fixture's weights: beta_text 0.5, beta_vision 0.25, alignment_weight 2.0. Each term moves the loss far
+    # beyond the tolerance, and the two KLs differ, so that a term left out or two weights swapped shows.
+    terms = [0.5 * part["kl_text"], 0.25 * part["kl_vision"], 2.0 * part["alignment_loss"]]
+    assert min(abs(term) for term in terms) > 1e-3 * abs(part["task_loss"])
+    assert abs(part["kl_text"] - part["kl_vision"]) * 0.25 > 1e-3 * abs(part["task_loss"])
+    expected = part["task_loss"] + 0.5 * part["kl_text"] + 0.25 * part["kl_vision"] + 2.0 * part["alignment_loss"]
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
 
     trainer.model.train()
     parts = []
     for _ in range(2):
         with torch.no_grad():
             outputs = trainer.compute_loss(trainer.model, batch, return_outputs=True)[1]
-        parts.append(outputs)
+        parts.append({name: outputs[name].item() for name in LOSS_PARTS})
+    assert parts[0]["kl_text"] != parts[1]["kl_text"]  # sampled latents: the two passes differ
     logs = {"loss": 1.0}
     trainer.log(logs)
-    assert logs["task_loss"] == pytest.approx(round((parts[0].task_loss + parts[1].task_loss).item() / 2, 4), abs=1e-4)
-    assert logs["kl_text"] == pytest.approx(round((parts[0].kl_text + parts[1].kl_text).item() / 2, 4), abs=1e-4)
+    for name in LOSS_PARTS:
+        assert logs[name] == pytest.approx(round((parts[0][name] + parts[1][name]) / 2, 4), abs=1e-4), name
     assert trainer._loss_part_count == 0
     eval_logs = {"eval_loss": 1.0}
     trainer.log(eval_logs)
     assert "task_loss" not in eval_logs
+
+
+class TwoReplicas(nn.Module):
+    """What `nn.DataParallel` does with two GPUs, on the CPU: each half of the batch goes through the module, and the
+    outputs are gathered as its `gather` does (0-dim tensors become one value per replica, the others are
+    concatenated along the batch)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, **inputs):
+        halves = [{name: value[index::2] for name, value in inputs.items()} for index in range(2)]
+        outputs = [self.module(**half) for half in halves]
+        return type(outputs[0])(
+            **{
+                name: torch.stack([out[name] for out in outputs])
+                if outputs[0][name].dim() == 0
+                else torch.cat([out[name] for out in outputs])
+                for name in outputs[0].keys()
+            }
+        )
+
+
+def test_a_data_parallel_training_step_averages_loss_and_parts_over_the_replicas(trainer, monkeypatch, tmp_path):
+    """`python train_mmib.py` on two GPUs without a launcher: the Trainer wraps the model in `nn.DataParallel`."""
+    monkeypatch.setattr(trainer.args, "_n_gpu", 2)  # what TrainingArguments finds on such a machine
+    batch = trainer.data_collator(list(ner_dataset(tmp_path)))
+    replicas = TwoReplicas(trainer.model).train()
+    # By hand: each replica's half of the batch alone, with the same sampled latents (same seed, same order).
+    torch.manual_seed(7)
+    with torch.no_grad():
+        halves = [trainer.model(**{name: value[index::2] for name, value in batch.items()}) for index in range(2)]
+    by_replica = [{name: half[name].item() for name in ("loss", *LOSS_PARTS)} for half in halves]
+    for part in by_replica:
+        weighted = 0.5 * part["kl_text"] + 0.25 * part["kl_vision"] + 2.0 * part["alignment_loss"]
+        assert part["loss"] == pytest.approx(part["task_loss"] + weighted, rel=1e-6)
+    assert by_replica[0]["task_loss"] != pytest.approx(by_replica[1]["task_loss"], rel=1e-3)
+
+    torch.manual_seed(7)
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this step is taken out of
+    loss = trainer.training_step(replicas, batch)
+    assert loss.item() == pytest.approx((by_replica[0]["loss"] + by_replica[1]["loss"]) / 2, rel=1e-5)
+    assert all(p.grad is not None for p in trainer.model.classifier.parameters())
+    logs = {"loss": loss.item()}
+    trainer.log(logs)
+    for name in LOSS_PARTS:
+        mean = (by_replica[0][name] + by_replica[1][name]) / 2
+        assert logs[name] == pytest.approx(round(mean, 4), abs=1e-4), name
 
 
 def bio_entities(tags: list[str]) -> set[tuple[int, int, str]]:
