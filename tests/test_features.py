@@ -107,6 +107,12 @@ def test_cache_round_trip_content_keys_and_fingerprint(model, image_files, tmp_p
     assert ImageFeatureStore.load(cache).fingerprint == recomputed.fingerprint
 
 
+def test_fingerprint_of_a_fixed_tiny_tower_is_unchanged(model):
+    """A changed hash silently recomputes every user's feature cache: change it only on purpose (and bump FORMAT)."""
+    golden = "95126c79de08833851db9d697f1d57775fcb3a8dd1f0ae031af6fcbf08ae8985"  # main at 64db95d
+    assert vision_fingerprint(model.mmib, make_image_processor()) == golden
+
+
 def test_fingerprint_follows_weights_and_preprocessing_not_bookkeeping(model):
     processor = make_image_processor()
     reference = vision_fingerprint(model.mmib, processor)
