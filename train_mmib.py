@@ -31,7 +31,7 @@ from mmib.data import load_jsonl, load_mnre, load_twitter_ner, missing_media_rep
 from mmib.features import ImageFeatureStore
 from mmib.model_card import ModelCardInfo, render_model_card
 from mmib.pipeline_mmib import save_pipeline_code
-from mmib.prediction_mmib import native_bf16, resolve_device
+from mmib.predictor_mmib import native_bf16, resolve_device
 from mmib.predictions import (
     build_compute_metrics,
     gold_ner_tags,
@@ -176,7 +176,7 @@ def training_devices(use_cpu: bool) -> list[torch.device]:
 
 def bf16_is_native(use_cpu: bool) -> bool:
     """Whether every training device multiplies bf16 natively, the rule of `mmib predict --dtype auto`
-    (`mmib.prediction_mmib.native_bf16`). Elsewhere bf16 is emulated and slower than fp32 (15x for a training step
+    (`mmib.predictor_mmib.native_bf16`). Elsewhere bf16 is emulated and slower than fp32 (15x for a training step
     on an AVX2-only CPU in benchmarks/RESULTS.md)."""
     return all(native_bf16(device) for device in training_devices(use_cpu))
 

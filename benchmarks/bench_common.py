@@ -22,7 +22,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from mmib import MMIBForTokenClassification, MMIBProcessor
 from mmib.data import load_twitter_ner
-from mmib.prediction_mmib import native_bf16
+from mmib.predictor_mmib import native_bf16
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "twitter2017"

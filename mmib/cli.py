@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .jsonl_prediction import StrictModeError, predict_file
-from .prediction_mmib import MMIBPredictor
+from .predictor_mmib import MMIBPredictor
 
 
 def _parser() -> argparse.ArgumentParser:

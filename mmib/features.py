@@ -35,6 +35,7 @@ from transformers import BaseImageProcessor, ProcessorMixin
 
 from .image_loading_mmib import load_image
 from .modeling_mmib import MMIBModel
+from .vision_towers_mmib import BOOKKEEPING_FIELDS, vision_settings  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -485,73 +486,11 @@ def _open_shards(cache_dir: str, fingerprint: str | None, repair: bool, verify: 
     return shards
 
 
-# Fields that name, label or locate a config or an image processor and change no feature. `save_pretrained` and
-# `from_pretrained` add, rewrite or drop them (`auto_map`, `_name_or_path`, `transformers_version`), the task heads'
-# labels never reach a frozen tower's pooled output, and `dtype` is covered by the weights' bytes. Fields whose name
-# starts with "_" are private state and are left out too.
-BOOKKEEPING_FIELDS = frozenset(
-    {
-        "architectures",
-        "auto_map",
-        "dtype",
-        "feature_extractor_type",
-        "id2label",
-        "image_processor_type",
-        "label2id",
-        "name_or_path",
-        "output_attentions",
-        "output_hidden_states",
-        "problem_type",
-        "processor_class",
-        "return_dict",
-        "torch_dtype",
-        "transformers_version",
-    }
-)
-
-
-def _computation_fields(settings: dict) -> dict:
-    return {
-        name: value for name, value in settings.items() if name not in BOOKKEEPING_FIELDS and not name.startswith("_")
-    }
-
-
 def _json_value(value):
     """What `json.dumps` cannot write by itself: numpy arrays and scalars (image means and stds), dtypes."""
     if isinstance(value, (np.ndarray, np.generic)):
         return value.tolist()
     return str(value)
-
-
-def vision_settings(model: MMIBModel, image_processor: BaseImageProcessor) -> dict:
-    """
-    Everything that the cached features of an image depend on: the vision tower's config (fields that change the
-    computation) and weights, the pooling, and the image processor's class and preprocessing fields (size, crop,
-    rescaling, mean and std...). Bookkeeping (`BOOKKEEPING_FIELDS`) is left out, so a model and processor read back
-    from the checkpoint they were saved to have the settings they had before.
-
-    The image processor's class counts besides its fields: the torchvision and PIL backends of one processor
-    (`ConvNextImageProcessor`, `ConvNextImageProcessorPil`) resize differently, so their pixels differ.
-
-    Args:
-        model ([`MMIBModel`]): the model whose vision tower makes the features.
-        image_processor ([`BaseImageProcessor`]): the image processor that makes its pixels.
-
-    Returns:
-        `dict`: JSON-serialisable settings; the weights appear as the sha256 of their names and bytes.
-    """
-    weights = hashlib.sha256()
-    for name, tensor in sorted(model.vision_model.state_dict().items()):
-        weights.update(name.encode())
-        weights.update(str(tensor.dtype).encode())
-        weights.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return {
-        "vision_config": _computation_fields(model.config.vision_config.to_dict()),
-        "vision_weights_sha256": weights.hexdigest(),
-        "vision_feature_pooling": model.config.vision_feature_pooling,
-        "image_processor_class": type(image_processor).__name__,
-        "image_processor": _computation_fields(image_processor.to_dict()),
-    }
 
 
 def vision_fingerprint(model: MMIBModel, image_processor: BaseImageProcessor) -> str:
@@ -568,7 +507,7 @@ def prediction_feature_lookup(
     cache_dir: str, checkpoints: Sequence[tuple[str, torch.nn.Module, ProcessorMixin]]
 ) -> Callable[[str], torch.Tensor | None]:
     """
-    The `image_feature_lookup` of [`~mmib.prediction_mmib.MMIBPredictor`] from a cache folder: `features_of` of
+    The `image_feature_lookup` of [`~mmib.predictor_mmib.MMIBPredictor`] from a cache folder: `features_of` of
     the loaded [`ImageFeatureStore`] (a file's features by its content, `None` for a miss).
 
     Args:

@@ -2,8 +2,7 @@
 Post-processing of [`MMIBProcessor`]: word-level label ids -> BIO tags and entity spans (NER), relation logits ->
 label and probability (RE).
 
-This file travels to the Hub as remote code next to `processing_mmib.py`: it imports only torch and the standard
-library.
+Travels with checkpoints as remote code (see CONTRIBUTING.md).
 """
 
 from collections.abc import Mapping, Sequence

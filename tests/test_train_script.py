@@ -162,7 +162,7 @@ def test_ner_end_to_end(towers, tmp_path):
     # A checkpoint holds safetensors, the remote code and no pickle; it loads through the Auto classes.
     files = {path.name for path in output_dir.iterdir()}
     assert {"model.safetensors", "modeling_mmib.py", "processing_mmib.py", "training_args.json"} <= files
-    assert {"pipeline_mmib.py", "prediction_mmib.py", "word_splitting_mmib.py"} <= files
+    assert {"pipeline_mmib.py", "predictor_mmib.py", "posts_mmib.py", "word_splitting_mmib.py"} <= files
     assert "training_args.bin" not in files
     model = AutoModelForTokenClassification.from_pretrained(output_dir)
     assert model.config.id2label[0] == "O"
