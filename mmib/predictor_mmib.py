@@ -28,6 +28,7 @@ strings, as in training: a word that is white space only or that the tokenizer d
 
 import importlib
 import itertools
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 

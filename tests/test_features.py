@@ -12,7 +12,7 @@ from transformers import ConvNextImageProcessor, ConvNextImageProcessorPil
 
 from conftest import make_image, make_image_processor, make_tokenizer, tiny_config
 from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBProcessor
-from mmib.collator import MMIBDataCollator
+from mmib.training.collator import MMIBDataCollator
 from mmib.features import ImageFeatureStore, vision_fingerprint, vision_settings
 
 

@@ -21,9 +21,9 @@ from conftest import (
 )
 from mmib import MMIBPredictor
 from mmib.cli import main as cli_main
-from mmib.collator import MMIBDataCollator
+from mmib.training.collator import MMIBDataCollator
 from mmib.data import load_jsonl, load_twitter_ner
-from mmib.jsonl_prediction import StrictModeError, predict_file
+from mmib.batch_prediction import StrictModeError, predict_file
 from mmib.predictor_mmib import DTYPES, resolve_dtype
 from mmib.word_splitting_mmib import split_words
 from prediction_checkpoints import RELATIONS, save_ner_checkpoint, save_re_checkpoint

@@ -14,7 +14,7 @@ from conftest import make_image
 from mmib import MMIBPredictor
 from mmib.cli import main as cli_main
 from mmib.features import ImageFeatureStore
-from mmib.jsonl_prediction import predict_file
+from mmib.batch_prediction import predict_file
 from mmib.modeling_mmib import MMIBModel
 from prediction_checkpoints import ner_model_and_processor, save_ner_checkpoint, save_ner_model, save_re_checkpoint
 

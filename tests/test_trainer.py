@@ -12,12 +12,11 @@ from transformers import EvalPrediction, TrainingArguments
 
 from conftest import NER_LABELS, make_image, make_image_processor, make_tokenizer, tiny_config
 from mmib import MMIBForTokenClassification, MMIBProcessor
-from mmib.collator import MMIBDataCollator
-from mmib.model_card import ModelCardInfo, render_model_card
-from mmib.predictions import build_compute_metrics, ner_tags_from_predictions, per_type_scores
-from mmib.trainer import LOSS_PARTS, MMIBTrainer
+from mmib.training.collator import MMIBDataCollator
+from mmib.training.model_card import TEMPLATE, ModelCardInfo, render_model_card
+from mmib.training.evaluation import build_compute_metrics, ner_tags_from_predictions, per_type_scores
+from mmib.training.trainer import LOSS_PARTS, MMIBTrainer
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "mmib_model_card_template.md"
 
 
 def ner_dataset(image_folder: Path | None = None) -> Dataset:

@@ -65,7 +65,7 @@ def load_split(data: str, split: str, num_crops: int) -> datasets.Dataset:
     if data.endswith(".jsonl"):
         return load_jsonl({split: data})[split]
     if not data.endswith((".yaml", ".yml", ".json")):
-        raise ValueError(f"--data {data!r}: expected a .jsonl file or a train_mmib.py config (.yaml/.json).")
+        raise ValueError(f"--data {data!r}: expected a .jsonl file or an `mmib train` config (.yaml/.json).")
     with open(data, encoding="utf-8") as handle:
         config = (yaml.safe_load if data.endswith((".yaml", ".yml")) else json.load)(handle) or {}
     dataset = config.get("dataset", "twitter2017")

@@ -26,8 +26,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from .posts_mmib import PreparedPost
-from .predictor_mmib import MMIBPredictor
+from ..posts_mmib import PreparedPost
+from ..predictor_mmib import MMIBPredictor
 
 __all__ = ["PredictionSummary", "StrictModeError", "predict_file"]
 

@@ -5,9 +5,9 @@ from typing import Any
 
 import torch
 
-from .features import ImageFeatureStore
-from .image_loading_mmib import load_image
-from .processing_mmib import MMIBProcessor
+from ..features import ImageFeatureStore
+from ..image_loading_mmib import load_image
+from ..processing_mmib import MMIBProcessor
 
 
 @dataclass

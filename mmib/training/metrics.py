@@ -1,7 +1,7 @@
 """Evaluation metrics for MMIB: entity-level NER scores and relation-classification scores.
 
 Both functions take plain label strings, so they serve the Trainer's ``compute_metrics``, the CLI and the
-local ``evaluate`` metric modules shipped in ``mmib/evaluate_metrics`` alike:
+local ``evaluate`` metric modules shipped in ``mmib/training/evaluate_metrics`` alike:
 
 - :func:`ner_scores`: entity-level micro precision / recall / F1 (plus per-type scores) computed with
   ``seqeval.metrics``. The default ``mode="conlleval"`` chunks like ``conlleval.pl`` (seqeval's default, an

@@ -1,11 +1,13 @@
 """Model cards for trained MMIB checkpoints: a Jinja template rendered with a `model-index` of the results."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-TASKS = {
+TEMPLATE = Path(__file__).with_name("model_card_template.md")
+CARD_TASKS = {
     "ner": {
         "title": "multimodal named entity recognition",
         "task_type": "token-classification",
@@ -64,18 +66,18 @@ def _percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
-def render_model_card(info: ModelCardInfo, template_path: str) -> ModelCard:
+def render_model_card(info: ModelCardInfo, template_path: str | Path = TEMPLATE) -> ModelCard:
     """
     Render the card template with a `model-index` holding the validation and test precision, recall and F1.
 
     Args:
         info ([`ModelCardInfo`]): the run to describe.
-        template_path (`str`): the Jinja template (`model_cards/mmib_model_card_template.md`).
+        template_path (`str`, *optional*): the Jinja template; defaults to the package's `model_card_template.md`.
 
     Returns:
         `huggingface_hub.ModelCard`; `.save(path)` writes it, `.data.eval_results` holds the parsed results.
     """
-    task = TASKS[info.task]
+    task = CARD_TASKS[info.task]
     eval_results = [
         EvalResult(
             task_type=task["task_type"],

@@ -1,8 +1,9 @@
 """Train and evaluate MMIB for multimodal NER (Twitter-2015/2017) or relation extraction (MNRE), or on own posts.
 
-    python train_mmib.py configs/demo.yaml --seed 1         # arguments from a YAML or JSON file, then flags
-    python train_mmib.py --dataset twitter2017 --output_dir runs/t17 ...
-    accelerate launch train_mmib.py ...                     # Accelerate places the model (GPU, DDP, bf16)
+    mmib train configs/demo.yaml --seed 1                   # arguments from a YAML or JSON file, then flags
+    mmib train --dataset twitter2017 --output_dir runs/t17 ...
+    python train_mmib.py ...                                # the same, from a source checkout
+    accelerate launch -m mmib.training.run ...              # Accelerate places the model (GPU, DDP, bf16)
 
 Steps: read the data -> build the processor and the model -> cache the frozen vision tower's image features ->
 train with `MMIBTrainer`, choosing the best checkpoint on validation F1 -> evaluate validation and, once, test at
@@ -15,175 +16,41 @@ import logging
 import os
 import shlex
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import torch
 import transformers
-import yaml
-from transformers import AutoConfig, HfArgumentParser, TrainingArguments, set_seed
+from transformers import AutoConfig, set_seed
 
-from mmib import build_model_and_processor, load_model_and_processor
-from mmib.building import TASK_DEFAULTS, check_local_folder
-from mmib.collator import MMIBDataCollator
-from mmib.data import load_jsonl, load_mnre, load_twitter_ner, missing_media_report
-from mmib.features import ImageFeatureStore
-from mmib.model_card import ModelCardInfo, render_model_card
-from mmib.pipeline_mmib import save_pipeline_code
-from mmib.predictor_mmib import native_bf16, resolve_device
-from mmib.predictions import (
-    build_compute_metrics,
-    gold_ner_tags,
-    per_type_scores,
-    relation_labels_from_logits,
+from ..building import TASK_DEFAULTS, build_model_and_processor, check_local_folder, load_model_and_processor
+from ..data import load_jsonl, load_mnre, load_twitter_ner, missing_media_report
+from ..features import ImageFeatureStore
+from ..pipeline_mmib import save_pipeline_code
+from .arguments import (
+    DataArguments,
+    MMIBTrainingArguments,
+    ModelArguments,
+    bf16_is_native,
+    parse_arguments,
+    parse_config_overrides,
+    training_devices,
 )
-from mmib.trainer import MMIBTrainer
+from .collator import MMIBDataCollator
+from .evaluation import build_compute_metrics, gold_ner_tags, per_type_scores, relation_labels_from_logits
+from .model_card import ModelCardInfo, render_model_card
+from .trainer import MMIBTrainer
 
-logger = logging.getLogger("train_mmib")
+logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent
-CARD_TEMPLATE = REPO_ROOT / "model_cards" / "mmib_model_card_template.md"
-DEFAULT_DATA_DIRS = {name: f"../shared/data/{name}" for name in ("twitter2015", "twitter2017", "mnre")}
-
-
-@dataclass
-class ModelArguments:
-    """Which towers or checkpoint to start from, and the MMIB settings to change."""
-
-    text_model_name_or_path: str = field(
-        default="bert-base-cased", metadata={"help": "Hub id or folder of the BERT-like text tower."}
-    )
-    vision_model_name_or_path: str = field(
-        default="microsoft/resnet-50", metadata={"help": "Hub id or folder of the vision tower."}
-    )
-    random_vision_weights: bool = field(
-        default=False,
-        metadata={
-            "help": "Build the vision tower from the config at --vision_model_name_or_path with random weights "
-            "(offline smoke runs: no pretrained image weights are available there)."
-        },
-    )
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "An MMIB checkpoint to continue from, instead of the two towers."}
-    )
-    num_crops: int | None = field(default=None, metadata={"help": "Object crops per post (NER 4, RE 3)."})
-    max_length: int | None = field(default=None, metadata={"help": "Tokens per post (NER 128, RE 80)."})
-    beta_text: float | None = field(default=None, metadata={"help": "Weight of KL_text (config: 0.1)."})
-    beta_vision: float | None = field(default=None, metadata={"help": "Weight of KL_vision (config: 0.1)."})
-    alignment_weight: float | None = field(default=None, metadata={"help": "Weight of L_align (config: 1.0)."})
-    config_overrides: str | None = field(
-        default=None,
-        metadata={
-            "help": "Other MMIBConfig fields for a new model, as `name=value,name=value` "
-            "(e.g. `latent_size=384,apenc_num_attention_heads=6,kl_reduction=sum`)."
-        },
-    )
-    image_feature_cache: str | None = field(
-        default=None,
-        metadata={
-            "help": "A folder that keeps the frozen tower's image features (sharded safetensors keyed by file "
-            "content; resumable, safe to share between runs)."
-        },
-    )
-    feature_batch_size: int = field(default=32, metadata={"help": "Images per pass when caching features."})
+DATASET_NAMES = ("twitter2015", "twitter2017", "mnre")
 
 
-@dataclass
-class DataArguments:
-    """Which posts to read."""
-
-    dataset: str = field(default="twitter2017", metadata={"help": "twitter2015 | twitter2017 | mnre | jsonl"})
-    data_dir: str | None = field(
-        default=None, metadata={"help": "Benchmark folder (default: ../shared/data/<dataset> beside the repo)."}
-    )
-    image_dir: str | None = field(default=None, metadata={"help": "Image folder, if not the default layout."})
-    crop_dir: str | None = field(default=None, metadata={"help": "Crop folder, if not the default layout."})
-    task: str = field(default="ner", metadata={"help": "For --dataset jsonl: ner | re."})
-    train_file: str | None = field(default=None, metadata={"help": "JSON-lines train file (--dataset jsonl)."})
-    validation_file: str | None = field(default=None, metadata={"help": "JSON-lines validation file."})
-    test_file: str | None = field(default=None, metadata={"help": "JSON-lines test file."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train posts."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation posts."})
-    max_test_samples: int | None = field(default=None, metadata={"help": "Use only the first N test posts."})
-    ner_metric_mode: str = field(
-        default="conlleval", metadata={"help": "conlleval (default chunking) | strict (IOB2 entities only)."}
-    )
-    smoke_note: str | None = field(
-        default=None, metadata={"help": "Marks the model card as a smoke-scale run, with this explanation."}
-    )
-
-
-@dataclass
-class MMIBTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with the paper's optimisation and dev-set model selection as defaults."""
-
-    learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate (paper: 3e-5)."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (paper: 0.01)."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Batch size per device (paper: 8)."})
-    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size per device."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on validation."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (best included)."})
-    load_best_model_at_end: bool = field(default=True, metadata={"help": "Reload the best validation checkpoint."})
-    metric_for_best_model: str = field(default="f1", metadata={"help": "Validation metric choosing it."})
-    greater_is_better: bool = field(default=True, metadata={"help": "Higher metric is better."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Rows are processed in the collator."})
-    label_names: list[str] = field(default_factory=lambda: ["labels"], metadata={"help": "Label input names."})
-    logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
-
-
-def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, MMIBTrainingArguments]:
-    """Flags, or a YAML / JSON file of them as the first argument followed by flags that override it.
-
-    `--bf16 auto` (or `--bf16=auto`, `bf16: auto` in the file) becomes `--bf16 true` where every device the run
-    computes on multiplies bf16 natively (`bf16_is_native`), else `--bf16 false`; `--use_cpu` makes the CPU the
-    device even on a GPU machine."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, MMIBTrainingArguments))
-    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-        with open(argv[0], encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) if argv[0].endswith((".yaml", ".yml")) else json.load(handle)
-        argv = [argument for name, value in values.items() for argument in _as_flags(name, value)] + argv[1:]
-    if not any(_is_bf16_auto(argv, index) for index in range(len(argv))):
-        return parser.parse_args_into_dataclasses(args=argv)
-    # A first pass reads --use_cpu in whichever form it was given; the second one parses the decided bf16.
-    use_cpu = parser.parse_args_into_dataclasses(args=_with_bf16(argv, False))[2].use_cpu
-    return parser.parse_args_into_dataclasses(args=_with_bf16(argv, bf16_is_native(use_cpu)))
-
-
-def _is_bf16_auto(argv: list[str], index: int) -> bool:
-    return argv[index] == "--bf16=auto" or (argv[index] == "auto" and index > 0 and argv[index - 1] == "--bf16")
-
-
-def _with_bf16(argv: list[str], bf16: bool) -> list[str]:
-    """`argv` with each `--bf16 auto` replaced by `--bf16 <bf16>`."""
-    value = str(bf16).lower()
-    return [
-        (f"--bf16={value}" if argument == "--bf16=auto" else value) if _is_bf16_auto(argv, index) else argument
-        for index, argument in enumerate(argv)
-    ]
-
-
-def training_devices(use_cpu: bool) -> list[torch.device]:
-    """The devices `Trainer` computes on: the CPU with `--use_cpu` or without CUDA, this process's GPU under a
-    launcher (`LOCAL_RANK`), else every visible GPU (`Trainer` wraps the model in `nn.DataParallel`)."""
-    if use_cpu or not torch.cuda.is_available():
-        return [torch.device("cpu")]
-    if "LOCAL_RANK" in os.environ:
-        return [resolve_device()]
-    return [torch.device("cuda", index) for index in range(torch.cuda.device_count())]
-
-
-def bf16_is_native(use_cpu: bool) -> bool:
-    """Whether every training device multiplies bf16 natively, the rule of `mmib predict --dtype auto`
-    (`mmib.predictor_mmib.native_bf16`). Elsewhere bf16 is emulated and slower than fp32 (15x for a training step
-    on an AVX2-only CPU in benchmarks/RESULTS.md)."""
-    return all(native_bf16(device) for device in training_devices(use_cpu))
-
-
-def _as_flags(name: str, value) -> list[str]:
-    values = value if isinstance(value, list) else [value]
-    return [f"--{name}", *(json.dumps(item) if isinstance(item, bool) else str(item) for item in values)]
+def default_data_dir(name: str) -> Path:
+    """`$MMIB_SHARED_DATA/<name>`, else `../shared/data/<name>` beside the source checkout (as before the move)."""
+    if "MMIB_SHARED_DATA" in os.environ:
+        return Path(os.environ["MMIB_SHARED_DATA"]) / name
+    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / name
 
 
 def load_data(data_args: DataArguments, num_crops: int) -> tuple[str, datasets.DatasetDict]:
@@ -194,9 +61,9 @@ def load_data(data_args: DataArguments, num_crops: int) -> tuple[str, datasets.D
         if missing:
             raise ValueError(f"--dataset jsonl needs --{missing[0]}_file (all of train/validation/test).")
         return data_args.task, load_jsonl(files, task=data_args.task, image_root=data_args.image_dir)
-    if data_args.dataset not in DEFAULT_DATA_DIRS:
+    if data_args.dataset not in DATASET_NAMES:
         raise ValueError(f"Unknown --dataset {data_args.dataset!r}: twitter2015, twitter2017, mnre or jsonl.")
-    data_dir = data_args.data_dir or str(REPO_ROOT / DEFAULT_DATA_DIRS[data_args.dataset])
+    data_dir = data_args.data_dir or str(default_data_dir(data_args.dataset))
     media = {"image_dir": data_args.image_dir, "crop_dir": data_args.crop_dir, "num_crops": num_crops}
     if data_args.dataset == "mnre":
         return "re", load_mnre(data_dir, **media)
@@ -215,20 +82,6 @@ def select_samples(data: datasets.DatasetDict, data_args: DataArguments) -> data
             for split, dataset in data.items()
         }
     )
-
-
-def parse_config_overrides(overrides: str | None) -> dict:
-    """`"a=1,b=x"` -> `{"a": 1, "b": "x"}` with JSON values where they parse (numbers, booleans)."""
-    parsed = {}
-    for item in filter(None, (overrides or "").split(",")):
-        name, separator, value = item.partition("=")
-        if not separator:
-            raise ValueError(f"--config_overrides item {item!r} is not name=value.")
-        try:
-            parsed[name.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[name.strip()] = value.strip()
-    return parsed
 
 
 def build_processor_and_model(model_args: ModelArguments, task: str, label_names: list[str]):
@@ -328,8 +181,9 @@ def build_model_card(
     media: dict,
     validation_metrics: dict,
     test_output,
+    command: str,
 ):
-    """The run's model card, with the validation and test scores in its model-index."""
+    """The run's model card, with the validation and test scores in its model-index; `command` started the run."""
     output_dir = Path(training_args.output_dir)
     return render_model_card(
         ModelCardInfo(
@@ -341,7 +195,7 @@ def build_model_card(
             text_model=model_args.model_name_or_path or model_args.text_model_name_or_path,
             vision_model=model_args.model_name_or_path or model_args.vision_model_name_or_path,
             vision_state="random weights" if model_args.random_vision_weights else "pretrained, frozen",
-            command="python train_mmib.py " + " ".join(shlex.quote(argument) for argument in sys.argv[1:]),
+            command=command,
             split_sizes={split: len(dataset) for split, dataset in data.items()},
             media_summary=json.dumps(media),
             validation_metrics={
@@ -363,12 +217,20 @@ def build_model_card(
             smoke_note=data_args.smoke_note,
             per_type=per_type_scores(test_output.metrics, "test"),
         ),
-        str(CARD_TEMPLATE),
     )
 
 
-def main() -> None:
-    model_args, data_args, training_args = parse_arguments(sys.argv[1:])
+def main(argv: list[str] | None = None, prog: str = "python -m mmib.training.run") -> None:
+    """
+    One training run.
+
+    Args:
+        argv (`list[str]`, *optional*): the arguments (defaults to `sys.argv[1:]`): a config file and/or flags.
+        prog (`str`): how the run was started, recorded with `argv` as the model card's `command`.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    model_args, data_args, training_args = parse_arguments(argv, prog=prog)
+    command = " ".join([prog, *(shlex.quote(argument) for argument in argv)])
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if training_args.should_log else logging.WARNING,
@@ -454,7 +316,7 @@ def main() -> None:
             output_dir / "test_predictions.jsonl", task, data["test"], test_output, processor, model.config.id2label
         )
         trainer.model_card = build_model_card(
-            model_args, data_args, training_args, task, data, model, media, validation_metrics, test_output
+            model_args, data_args, training_args, task, data, model, media, validation_metrics, test_output, command
         )
     # Every process takes part in saving; the main one writes the model, processor, remote code and card, and
     # pushes them with --push_to_hub. An NER checkpoint also carries the `mmib-ner` pipeline's code, put in the

@@ -22,11 +22,11 @@ class MMIBTrainer(Trainer):
 
     - `compute_loss` returns the model's `loss`, the objective of paper eq. 29 as [`mmib_total_loss`] defines it
       (task loss + beta_text * kl_text + beta_vision * kl_vision + alignment_weight * alignment_loss, with the
-      weights from the model config; set them there, or with the `train_mmib.py` flags of the same names).
+      weights from the model config; set them there, or with the `mmib train` flags of the same names).
     - Each part is logged next to `loss` under its own name, averaged over the logging interval and over processes
       (or `nn.DataParallel` replicas); a part that the model does not compute (ablation switches) is not logged.
     - `prediction_step` returns the CRF's Viterbi paths for NER (padded with -100) and the relation logits for RE.
-    - `create_model_card` (called by `push_to_hub`) writes `model_card`, the MMIB card set by `train_mmib.py`,
+    - `create_model_card` (called by `push_to_hub`) writes `model_card`, the MMIB card set by `mmib train`,
       instead of the generic Trainer card.
     - Saved folders hold `training_args.json` instead of the pickled `training_args.bin`, so a checkpoint shared
       on the Hub contains no pickle.
