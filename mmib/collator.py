@@ -1,0 +1,3 @@
+"""Old import path; use `mmib.training.collator`."""
+
+from .training.collator import MMIBDataCollator  # noqa: F401
