@@ -383,6 +383,23 @@ def test_jsonl_bad_record_names_file_and_line(tmp_path, task, bad, message):
         load_jsonl({"train": path}, task=task, label_names=labels)
 
 
+def test_training_and_prediction_share_the_word_and_span_rules(tmp_path):
+    """One rule (posts_mmib.words_field / span_field) for JSON-lines training records and for predicted posts."""
+    from mmib.posts_mmib import prepare_post
+
+    record = {"words": ["a", " ", "b"], "head": [0, 1], "tail": [2, 3], "relation": "x"}
+    path = write_lines(tmp_path / "train.jsonl", [record])
+    # A whitespace-only word is a word for both.
+    assert load_jsonl({"train": path}, task="re", label_names=["None", "x"])["train"][0]["tail_span"] == [2, 3]
+    assert prepare_post(record, needs_spans=True).tail == (2, 3)
+    for span in ([True, 2], [0, 1.0], [2, 2], [0, 4], "01"):
+        path = write_lines(tmp_path / "train.jsonl", [{**record, "tail": span}])
+        post = prepare_post({**record, "tail": span}, needs_spans=True)
+        with pytest.raises(ValueError, match=r"train\.jsonl:1: .*'tail'"):
+            load_jsonl({"train": path}, task="re", label_names=["None", "x"])
+        assert post.error_kind == "invalid field" and "'tail'" in post.error, span
+
+
 def test_jsonl_unknown_task(tmp_path):
     with pytest.raises(ValueError, match="task"):
         load_jsonl({"train": tmp_path / "x.jsonl"}, task="pos")

@@ -80,7 +80,7 @@ def test_split_words_follows_the_data_conventions_with_offsets(text, words):
 def test_split_words_round_trips_the_twitter_splits():
     """The measured round-trip shares (benchmarks/word_splitter_roundtrip.py); Twitter-2015's own tokenizer left
     punctuation attached in ~3% of posts (`no!`, `Services.`), which a splitter that splits punctuation cannot redo."""
-    from mmib.data import _read_conll
+    from mmib.data.twitter import _read_conll
 
     minimum = {"twitter2015": 0.97, "twitter2017": 0.999}
     for name, share in minimum.items():
