@@ -16,7 +16,8 @@ from mmib import MMIBForTokenClassification, MMIBProcessor
 from mmib.analysis import ablation, beta_sweep
 from mmib.analysis.contribution import contribution_scores, explain_posts
 from mmib.analysis.intermediates import encoder_intermediates
-from mmib.analysis.modality_gap import collect_pairs, entity_spans, gap_statistics, run_modality_gap
+from mmib.analysis.modality_gap import collect_pairs, gap_statistics, run_modality_gap
+from mmib.post_processing_mmib import entity_spans
 from mmib.analysis.runs import TrainingRun, training_command
 from mmib.cli import _parser
 from mmib.data import load_jsonl

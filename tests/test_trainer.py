@@ -225,6 +225,15 @@ def test_truncated_words_are_predicted_o_and_scored():
         ner_tags_from_predictions(np.zeros((3, 4), dtype=int), dataset, id2label)
 
 
+def test_more_labels_than_words_is_an_error_naming_the_row():
+    """A Viterbi path never has more labels than words: if one had, cutting it silently would hide a bug."""
+    dataset = ner_dataset()
+    predictions = np.array([[1, 2, 0, 3, -100], [0, 0, 0, 0, 0]])
+    assert [len(words) for words in dataset["words"]] == [4, 4]
+    with pytest.raises(ValueError, match=r"predictions\[1\] has 5 labels but post 1 has 4 words"):
+        ner_tags_from_predictions(predictions, dataset, dict(enumerate(NER_LABELS)))
+
+
 def test_relation_metrics_ignore_none():
     features = Features({"relation": ClassLabel(names=["None", "/per/per/peer", "/loc/loc/contain"])})
     dataset = Dataset.from_list([{"relation": 1}, {"relation": 0}, {"relation": 2}, {"relation": 1}], features)

@@ -18,9 +18,12 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from ..collator import MMIBDataCollator
 from ..data import load_jsonl, load_twitter_ner
-from .intermediates import encoder_intermediates, load_ner_checkpoint
+from ..data.rows import gold_ner_tags
+from ..post_processing_mmib import entity_spans
+from ..training.collator import MMIBDataCollator
+from ..predictor_mmib import load_checkpoint
+from .intermediates import encoder_intermediates
 from .plotting import plot_modality_gap
 
 
@@ -44,19 +47,6 @@ def gap_statistics(text_points: np.ndarray, image_points: np.ndarray) -> GapStat
     distance = float(np.linalg.norm(text_centre - image_centre))
     pooled = np.sqrt((spread_text**2 + spread_image**2) / 2)
     return GapStatistics(distance / pooled if pooled > 0 else float("inf"), distance, spread_text, spread_image)
-
-
-def entity_spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
-    """`(start, end, type)` of the BIO entities of one post (an I- without a matching B- starts an entity)."""
-    spans, start, current = [], None, None
-    for position, tag in enumerate([*tags, "O"]):
-        prefix, _, entity_type = tag.partition("-")
-        if start is not None and not (prefix == "I" and entity_type == current):
-            spans.append((start, position, current))
-            start = None
-        if prefix in ("B", "I") and start is None:
-            start, current = position, entity_type
-    return spans
 
 
 def load_split(data: str, split: str, num_crops: int) -> datasets.Dataset:
@@ -85,7 +75,7 @@ def collect_pairs(model, processor, dataset: datasets.Dataset, batch_size: int =
     One entity-object pair per gold entity of every post that has an image: the entity's Z^T averaged over its
     words (first sub-words), and the post's Z^V averaged over its present image slots, with the entity type.
     """
-    names = dataset.features["ner_tags"].feature.names
+    gold = gold_ner_tags(dataset)
     collator = MMIBDataCollator(processor)
     pairs = []
     for start in tqdm(range(0, len(dataset), batch_size), desc="representations", unit="batch"):
@@ -104,7 +94,7 @@ def collect_pairs(model, processor, dataset: datasets.Dataset, batch_size: int =
             if not batch["image_mask"][row_index].any():
                 continue
             word_index = batch["word_index"][row_index]
-            for begin, end, entity_type in entity_spans([names[tag] for tag in row["ner_tags"]]):
+            for begin, end, entity_type in entity_spans(gold[start + row_index]):
                 positions = [int(position) for position in word_index[begin:end] if position >= 0]
                 if not positions:
                     continue
@@ -151,7 +141,8 @@ def run_modality_gap(
     output_dir.mkdir(parents=True, exist_ok=True)
     results, panels, type_names = [], [], []
     for model_name, label in zip(models, labels):
-        model, processor = load_ner_checkpoint(model_name)
+        model, processor = load_checkpoint(model_name, task="ner")
+        model.eval()
         pairs = collect_pairs(model, processor, load_split(data, split, processor.num_crops))
         if len(pairs) < 2:
             raise ValueError(f"{data} ({split}) has {len(pairs)} entities in posts with an image: too few to compare.")

@@ -168,3 +168,9 @@ def _as_string(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name!r} must be a non-empty string")
     return value
+
+
+def gold_ner_tags(dataset: datasets.Dataset) -> list[list[str]]:
+    """The rows' gold BIO tags as strings."""
+    names = dataset.features["ner_tags"].feature.names
+    return [[names[label] for label in row] for row in dataset["ner_tags"]]

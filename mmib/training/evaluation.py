@@ -10,8 +10,11 @@ from typing import Any
 
 import datasets
 import numpy as np
+import torch
 from transformers import EvalPrediction
 
+from ..data.rows import gold_ner_tags
+from ..post_processing_mmib import relation_classification_results, word_tags
 from .metrics import ner_scores, re_scores
 
 PER_TYPE_KEYS = ("precision", "recall", "f1", "support")
@@ -32,17 +35,11 @@ def ner_tags_from_predictions(
     if len(predictions) != len(dataset):
         raise ValueError(f"{len(predictions)} predictions for {len(dataset)} dataset rows.")
     tags, truncated_words = [], 0
-    for row, words in zip(predictions, dataset["words"]):
-        predicted = [id2label[int(label)] for label in row if label != -100][: len(words)]
-        truncated_words += len(words) - len(predicted)
-        tags.append(predicted + ["O"] * (len(words) - len(predicted)))
+    for index, (row, words) in enumerate(zip(predictions, dataset["words"])):
+        post_tags, truncated = word_tags(row, len(words), id2label, index)
+        tags.append(post_tags)
+        truncated_words += truncated
     return tags, truncated_words
-
-
-def gold_ner_tags(dataset: datasets.Dataset) -> list[list[str]]:
-    """The rows' gold BIO tags as strings."""
-    names = dataset.features["ner_tags"].feature.names
-    return [[names[label] for label in row] for row in dataset["ner_tags"]]
 
 
 def per_type_scores(metrics: dict[str, Any], prefix: str) -> dict[str, dict[str, float]]:
@@ -57,7 +54,7 @@ def per_type_scores(metrics: dict[str, Any], prefix: str) -> dict[str, dict[str,
 
 def relation_labels_from_logits(logits: np.ndarray, id2label: dict[int, str]) -> list[str]:
     """Arg-max relation of each row of `(N, R)` logits."""
-    return [id2label[int(index)] for index in np.asarray(logits).argmax(axis=-1)]
+    return [result["label"] for result in relation_classification_results(torch.as_tensor(logits), id2label)]
 
 
 def build_compute_metrics(
