@@ -468,3 +468,24 @@ def test_real_benchmark_files_counts(caplog):
         "train": 49, "validation": 7, "test": 51}  # fmt: skip
     assert {split: report.crops_found for split, report in mnre_report.items()} == {
         "train": 16, "validation": 12, "test": 22}  # fmt: skip
+
+
+def test_the_registry_dispatches_each_dataset_to_its_reader_and_task(tmp_path, monkeypatch):
+    from mmib.data.registry import READERS, default_data_dir, load_dataset, task_of
+
+    twitter, mnre = write_twitter(tmp_path / "shared" / "twitter2017"), write_mnre(tmp_path / "shared" / "mnre")
+    posts = write_lines(tmp_path / "posts.jsonl", [{"words": ["a", "b"], "tags": ["B-PER", "O"]}])
+    task, data = load_dataset("twitter2017", data_dir=twitter)
+    assert task == "ner" and data["train"][0]["words"] == load_twitter_ner(twitter)["train"][0]["words"]
+    task, data = load_dataset("mnre", data_dir=mnre)
+    assert task == "re" and "relation" in data["train"].features
+    task, data = load_dataset("jsonl", files={"test": posts})
+    assert task == "ner" and list(data) == ["test"] and data["test"][0]["words"] == ["a", "b"]
+    assert [task_of(name, "re") for name in READERS] == ["ner", "ner", "re", "re"]
+    with pytest.raises(ValueError, match="Unknown dataset 'twitter2019': expected one of twitter2015, .*jsonl"):
+        load_dataset("twitter2019")
+    with pytest.raises(ValueError, match="jsonl dataset needs its files"):
+        load_dataset("jsonl")
+    monkeypatch.setenv("MMIB_SHARED_DATA", str(tmp_path / "shared"))
+    assert default_data_dir("mnre") == mnre
+    assert load_dataset("twitter2017")[1]["test"]["words"] == load_twitter_ner(twitter)["test"]["words"]

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import yaml
 from tqdm.auto import tqdm
 
-from ..data import load_jsonl, load_twitter_ner
+from ..data.registry import load_dataset, task_of
 from ..data.rows import gold_ner_tags
 from ..post_processing_mmib import entity_spans
+from ..training.arguments import read_config_file
 from ..training.collator import MMIBDataCollator
 from ..predictor_mmib import load_checkpoint
 from .intermediates import encoder_intermediates
@@ -50,24 +50,24 @@ def gap_statistics(text_points: np.ndarray, image_points: np.ndarray) -> GapStat
 
 
 def load_split(data: str, split: str, num_crops: int) -> datasets.Dataset:
-    """One split of labelled NER posts: from a JSON-lines file, or from a `train_mmib.py` YAML / JSON config
+    """One split of labelled NER posts: from a JSON-lines file, or from an `mmib train` YAML / JSON config
     (`dataset: jsonl` with `<split>_file`, or `twitter2015` / `twitter2017` with `data_dir`)."""
     if data.endswith(".jsonl"):
-        return load_jsonl({split: data})[split]
+        return load_dataset("jsonl", files={split: data})[1][split]
     if not data.endswith((".yaml", ".yml", ".json")):
         raise ValueError(f"--data {data!r}: expected a .jsonl file or an `mmib train` config (.yaml/.json).")
-    with open(data, encoding="utf-8") as handle:
-        config = (yaml.safe_load if data.endswith((".yaml", ".yml")) else json.load)(handle) or {}
+    config = read_config_file(data)
     dataset = config.get("dataset", "twitter2017")
+    if task_of(dataset, config.get("task", "ner")) != "ner":
+        raise ValueError(f"{data}: dataset {dataset!r} has no NER entities (twitter2015, twitter2017 or jsonl).")
+    files = None
     if dataset == "jsonl":
         key = f"{split}_file"
         if not config.get(key):
             raise ValueError(f"{data}: no {key} for split {split!r}.")
-        return load_jsonl({split: config[key]})[split]
-    if dataset in ("twitter2015", "twitter2017"):
-        data_dir = config.get("data_dir") or f"../shared/data/{dataset}"
-        return load_twitter_ner(data_dir, image_dir=config.get("image_dir"), num_crops=num_crops)[split]
-    raise ValueError(f"{data}: dataset {dataset!r} has no NER entities (twitter2015, twitter2017 or jsonl).")
+        files = {split: config[key]}
+    media = {"image_dir": config.get("image_dir"), "num_crops": num_crops}
+    return load_dataset(dataset, data_dir=config.get("data_dir"), files=files, **media)[1][split]
 
 
 def collect_pairs(model, processor, dataset: datasets.Dataset, batch_size: int = 16) -> list[dict]:

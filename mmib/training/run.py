@@ -24,7 +24,8 @@ import transformers
 from transformers import AutoConfig, set_seed
 
 from ..building import TASK_DEFAULTS, build_model_and_processor, check_local_folder, load_model_and_processor
-from ..data import load_jsonl, load_mnre, load_twitter_ner, missing_media_report
+from ..data import missing_media_report
+from ..data.registry import load_dataset, task_of
 from ..features import ImageFeatureStore
 from ..pipeline_mmib import save_pipeline_code
 from .arguments import (
@@ -43,31 +44,23 @@ from .trainer import MMIBTrainer
 
 logger = logging.getLogger(__name__)
 
-DATASET_NAMES = ("twitter2015", "twitter2017", "mnre")
-
-
-def default_data_dir(name: str) -> Path:
-    """`$MMIB_SHARED_DATA/<name>`, else `../shared/data/<name>` beside the source checkout (as before the move)."""
-    if "MMIB_SHARED_DATA" in os.environ:
-        return Path(os.environ["MMIB_SHARED_DATA"]) / name
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / name
-
-
 def load_data(data_args: DataArguments, num_crops: int) -> tuple[str, datasets.DatasetDict]:
-    """Returns `(task, DatasetDict)` for the chosen dataset."""
+    """Returns `(task, DatasetDict)` for the chosen dataset (see `mmib.data.registry`)."""
+    files = None
     if data_args.dataset == "jsonl":
         files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
         missing = [split for split, path in files.items() if not path]
         if missing:
             raise ValueError(f"--dataset jsonl needs --{missing[0]}_file (all of train/validation/test).")
-        return data_args.task, load_jsonl(files, task=data_args.task, image_root=data_args.image_dir)
-    if data_args.dataset not in DATASET_NAMES:
-        raise ValueError(f"Unknown --dataset {data_args.dataset!r}: twitter2015, twitter2017, mnre or jsonl.")
-    data_dir = data_args.data_dir or str(default_data_dir(data_args.dataset))
-    media = {"image_dir": data_args.image_dir, "crop_dir": data_args.crop_dir, "num_crops": num_crops}
-    if data_args.dataset == "mnre":
-        return "re", load_mnre(data_dir, **media)
-    return "ner", load_twitter_ner(data_dir, **media)
+    return load_dataset(
+        data_args.dataset,
+        data_dir=data_args.data_dir,
+        files=files,
+        task=data_args.task,
+        image_dir=data_args.image_dir,
+        crop_dir=data_args.crop_dir,
+        num_crops=num_crops,
+    )
 
 
 def select_samples(data: datasets.DatasetDict, data_args: DataArguments) -> datasets.DatasetDict:
@@ -245,8 +238,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m mmib.training.run
             ", ".join(str(device) for device in training_devices(training_args.use_cpu)),
         )
 
-    is_relation = data_args.dataset == "mnre" or (data_args.dataset == "jsonl" and data_args.task == "re")
-    task, data = load_data(data_args, crops_per_post(model_args, "re" if is_relation else "ner"))
+    task = task_of(data_args.dataset, data_args.task)
+    task, data = load_data(data_args, crops_per_post(model_args, task))
     data = select_samples(data, data_args)
     label_column = "ner_tags" if task == "ner" else "relation"
     label_feature = data["train"].features[label_column]
