@@ -352,6 +352,7 @@ def check_inputs(
     labels: torch.Tensor | None = None,
     task: str | None = None,
     vocab_size: int | None = None,
+    image_feature_mask: torch.Tensor | None = None,
 ) -> None:
     """
     Validates the inputs of an MMIB `forward`, so that what a user can get wrong ends in a `ValueError` naming the
@@ -400,7 +401,13 @@ def check_inputs(
             raise ValueError(f"image_features must be floating point, got {image_features.dtype}.")
         slots = pixel_values if pixel_values is not None else image_features
         num_slots = None if slots is None else slots.shape[1]
-        _check_shape("image_mask", image_mask, (batch_size, num_slots), "(batch_size, 1 + num_crops) like the images")
+        like_images = "(batch_size, 1 + num_crops) like the images"
+        _check_shape("image_mask", image_mask, (batch_size, num_slots), like_images)
+        _check_shape("image_feature_mask", image_feature_mask, (batch_size, num_slots), like_images)
+        if pixel_values is not None and image_features is not None and image_features.shape[1] != num_slots:
+            raise ValueError(
+                f"image_features has {image_features.shape[1]} image slots but pixel_values has {num_slots}."
+            )
     if word_index is not None:
         _check_shape("word_index", word_index, (batch_size, None), "(batch_size, num_words)")
         _check_integer("word_index", word_index)
@@ -421,8 +428,11 @@ def check_inputs(
     _check_range("word_index", word_index, 0, length, allowed=-1)
     _check_range("entity_positions", entity_positions, 0, length)
     _check_range("labels", labels, 0, config.num_labels, allowed=-100 if task == "ner" else None)
-    if not config.text_only and image_features is not None and not torch.isfinite(image_features).all():
-        raise ValueError("image_features contains NaN or infinite values.")
+    if not config.text_only and image_features is not None:
+        # Slots outside image_feature_mask are computed from pixels: whatever they hold is not used.
+        given = image_features if image_feature_mask is None else image_features[image_feature_mask.bool()]
+        if not torch.isfinite(given).all():
+            raise ValueError("image_features contains NaN or infinite values.")
 
 
 def _present(*tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
@@ -603,9 +613,15 @@ class MMIBModel(MMIBPreTrainedModel):
         image_features: torch.FloatTensor | None,
         image_mask: torch.Tensor | None,
         batch_size: int,
+        image_feature_mask: torch.Tensor | None = None,
     ) -> tuple[torch.FloatTensor, torch.BoolTensor]:
-        if pixel_values is not None and image_features is not None:
-            raise ValueError("Pass either pixel_values or image_features, not both.")
+        if pixel_values is not None and image_features is not None and image_feature_mask is None:
+            raise ValueError(
+                "Both pixel_values and image_features were given: pass image_feature_mask to say which slots "
+                "image_features holds."
+            )
+        if image_feature_mask is not None and image_features is None:
+            raise ValueError("image_feature_mask says which slots image_features holds, but no image_features was given.")
         if pixel_values is None and image_features is None:
             if image_mask is not None and image_mask.any():
                 raise ValueError(
@@ -621,19 +637,34 @@ class MMIBModel(MMIBPreTrainedModel):
         )
         if image_mask.shape != slots:
             raise ValueError(f"image_mask has shape {tuple(image_mask.shape)}, expected {tuple(slots)}.")
-        if image_features is None:
-            # The processor returns fp32 pixels; a half-precision tower needs its own dtype.
-            pixel_values = pixel_values.to(self.vision_model.dtype)
-            # Only present slots go through the tower: absent crops cost nothing.
-            image_features = pixel_values.new_zeros(*slots, self.config.vision_feature_size)
-            if image_mask.any():
-                image_features[image_mask] = self.get_image_features(pixel_values[image_mask]).to(image_features.dtype)
-        elif image_features.shape[-1] != self.config.vision_feature_size:
+        if image_features is not None and image_features.shape[-1] != self.config.vision_feature_size:
             raise ValueError(
                 f"image_features has size {image_features.shape[-1]} in its last dimension, expected "
                 f"config.vision_feature_size = {self.config.vision_feature_size}."
             )
-        return image_features, image_mask
+        if image_feature_mask is None:
+            if image_features is not None:
+                return image_features, image_mask
+            feature_mask = torch.zeros_like(image_mask)
+        else:
+            feature_mask = image_feature_mask.bool()
+            if (feature_mask & ~image_mask).any():
+                raise ValueError("image_feature_mask marks slots that image_mask marks as absent.")
+        computed = image_mask & ~feature_mask
+        if computed.any() and pixel_values is None:
+            raise ValueError(
+                f"{int(computed.sum())} present image slots are not in image_feature_mask and no pixel_values "
+                "were given to compute them."
+            )
+        # The processor returns fp32 pixels; a half-precision tower needs its own dtype.
+        dtype = self.vision_model.dtype
+        features = torch.zeros(*slots, self.config.vision_feature_size, dtype=dtype, device=image_mask.device)
+        if image_features is not None:
+            features[feature_mask] = image_features[feature_mask].to(dtype)
+        # Only present slots without features go through the tower: absent crops cost nothing.
+        if computed.any():
+            features[computed] = self.get_image_features(pixel_values[computed].to(dtype)).to(dtype)
+        return features, image_mask
 
     def _kl_divergence(self, mean: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """KL(N(mean, exp(logvar)) || N(0, I)) over the valid positions, reduced by `config.kl_reduction`, in fp32."""
@@ -691,6 +722,7 @@ class MMIBModel(MMIBPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         compute_regularizers: bool = True,
+        image_feature_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> MMIBModelOutput | tuple:
         r"""
@@ -715,6 +747,10 @@ class MMIBModel(MMIBPreTrainedModel):
                 and (in eval mode) the log-variance encoders. They only feed the training objective, so the heads
                 pass `False` in eval mode when no `labels` are given; the outputs `kl_text`, `kl_vision`,
                 `alignment_loss` and the log-variances are then `None`. Training mode always computes them.
+            image_feature_mask (`torch.Tensor` of shape `(B, N)`, *optional*): True (1) where `image_features`
+                holds the slot's features (e.g. from a cache); the other present slots are computed from
+                `pixel_values`, so one batch can mix cached features and pixels. Defaults to `image_mask` when only
+                `image_features` is given; required when both `pixel_values` and `image_features` are.
             kwargs: passed to the text tower and to the APEnc attention functions, as in BERT.
 
         Returns:
@@ -729,6 +765,7 @@ class MMIBModel(MMIBPreTrainedModel):
             image_features,
             image_mask,
             vocab_size=self.text_model.get_input_embeddings().num_embeddings,
+            image_feature_mask=image_feature_mask,
         )
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         if output_hidden_states is None:
@@ -760,7 +797,9 @@ class MMIBModel(MMIBPreTrainedModel):
             kl_text=self._kl_divergence(text_mean, text_logvar, text_mask) if use_kl else None,
         )
         if not self.config.text_only:
-            image_features, image_mask = self._image_inputs(pixel_values, image_features, image_mask, batch_size)
+            image_features, image_mask = self._image_inputs(
+                pixel_values, image_features, image_mask, batch_size, image_feature_mask
+            )
             vision_inputs = self.vision_projection(image_features.to(text_inputs.dtype))
             vision_latents, vision_mean, vision_logvar, vision_attentions = self.vision_variational_encoder(
                 vision_inputs, image_mask, compute_regularizers, **attention_kwargs
@@ -877,6 +916,7 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        image_feature_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> MMIBTokenClassifierOutput | tuple:
         r"""
@@ -886,8 +926,8 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
             labels (`torch.LongTensor` of shape `(B, W)`, *optional*): word-level label ids, -100 at padding.
             word_index (`torch.LongTensor` of shape `(B, W)`) is required; it is a keyword-or-fourth argument so that
                 the BERT call order `model(input_ids, attention_mask)` holds.
-            Other arguments (`output_attentions`, `output_hidden_states`, `return_dict`, `**kwargs` included): as
-                in [`MMIBModel.forward`].
+            Other arguments (`output_attentions`, `output_hidden_states`, `return_dict`, `image_feature_mask`,
+                `**kwargs` included): as in [`MMIBModel.forward`].
 
         Returns:
             [`MMIBTokenClassifierOutput`] (or a tuple of its non-`None` fields with `return_dict=False`);
@@ -909,6 +949,7 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
             word_index=word_index,
             labels=labels,
             task="ner",
+            image_feature_mask=image_feature_mask,
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.mmib(
@@ -922,6 +963,7 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             compute_regularizers=labels is not None,
+            image_feature_mask=image_feature_mask,
             **kwargs,
         )
         word_mask = word_index >= 0
@@ -982,6 +1024,7 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        image_feature_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> MMIBRelationClassifierOutput | tuple:
         r"""
@@ -990,8 +1033,8 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
                 `[[<s>, </s>], [<o>, </o>]]` around the head and tail entities (from [`MMIBProcessor`]).
             labels (`torch.LongTensor` of shape `(B,)`, *optional*): relation ids.
             entity_positions is required; it is a keyword-or-fourth argument so that the BERT call order holds.
-            Other arguments (`output_attentions`, `output_hidden_states`, `return_dict`, `**kwargs` included): as
-                in [`MMIBModel.forward`].
+            Other arguments (`output_attentions`, `output_hidden_states`, `return_dict`, `image_feature_mask`,
+                `**kwargs` included): as in [`MMIBModel.forward`].
 
         Returns:
             [`MMIBRelationClassifierOutput`] (or a tuple of its non-`None` fields with `return_dict=False`).
@@ -1012,6 +1055,7 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
             entity_positions=entity_positions,
             labels=labels,
             task="re",
+            image_feature_mask=image_feature_mask,
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.mmib(
@@ -1025,6 +1069,7 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             compute_regularizers=labels is not None,
+            image_feature_mask=image_feature_mask,
             **kwargs,
         )
         entity_vectors = self._entity_vectors(outputs.last_hidden_state, entity_positions)

@@ -162,9 +162,10 @@ def load_checkpoint(
 
 def add_cached_features(inputs: BatchFeature, posts: Sequence[PreparedPost], num_crops: int) -> BatchFeature:
     """
-    Adds the posts' cached image features to processor `inputs` (made with `None` in the cached slots):
-    `cached_image_features` `(B, 1 + num_crops, D)` and `cached_image_mask` `(B, 1 + num_crops)`. The processor's
-    `image_mask` then marks the slots whose pixels still need the vision tower. Unchanged when nothing is cached.
+    Adds the posts' cached image features to processor `inputs` (made with `None` in the cached slots), as the
+    model takes them: `image_features` `(B, 1 + num_crops, D)`, `image_feature_mask` `(B, 1 + num_crops)` (the
+    cached slots) and `image_mask` extended to them; the model computes the other present slots from
+    `pixel_values` in the same forward. Unchanged when nothing is cached.
     """
     vectors = [vector for post in posts for vector in post.cached_features.values()]
     if not vectors:
@@ -175,8 +176,15 @@ def add_cached_features(inputs: BatchFeature, posts: Sequence[PreparedPost], num
         for slot, vector in post.cached_features.items():
             if slot <= num_crops:
                 features[index, slot], cached[index, slot] = vector, True
-    inputs["cached_image_features"], inputs["cached_image_mask"] = features, cached
+    inputs["image_features"], inputs["image_feature_mask"] = features, cached
+    inputs["image_mask"] = inputs["image_mask"].bool() | cached
     return inputs
+
+
+
+def _on_device(inputs: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The model's inputs on its device (a pipeline hands them over as a plain mapping, not a `BatchFeature`)."""
+    return {name: value.to(device) for name, value in inputs.items()}
 
 
 class MMIBPredictor:
@@ -339,21 +347,6 @@ class MMIBPredictor:
             good = [post for post in posts if post.error is None]
             return self.encode(good) if good else None
 
-    def _to_device(self, inputs: BatchFeature, model: PreTrainedModel) -> dict[str, torch.Tensor]:
-        """The model's inputs on its device; cached features and the tower's features of the other images are
-        merged into `image_features` (call it under [`_autocast`], like the forward that would compute them)."""
-        inputs = {name: value.to(model.device) for name, value in inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        if "cached_image_features" in inputs:
-            features = inputs.pop("cached_image_features").to(model.dtype)
-            cached, misses = inputs.pop("cached_image_mask"), inputs["image_mask"].bool()
-            pixel_values = inputs.pop("pixel_values", None)
-            if pixel_values is not None and misses.any():
-                features[misses] = model.mmib.get_image_features(pixel_values[misses]).to(features.dtype)
-            inputs["image_features"], inputs["image_mask"] = features, misses | cached
-        return inputs
-
     @torch.inference_mode()
     def predict_prepared(self, posts: list[PreparedPost], inputs: BatchFeature | None = None) -> list[dict]:
         """
@@ -370,7 +363,7 @@ class MMIBPredictor:
 
     def _predict_entities(self, posts: list[PreparedPost], inputs: BatchFeature) -> list[dict]:
         with self._autocast():
-            inputs = self._to_device(inputs, self.model)
+            inputs = _on_device(inputs, self.model.device)
             outputs = self.model(**inputs)
         emissions, mask = outputs.logits.float(), inputs["word_index"] >= 0
         tags = outputs.predictions
@@ -437,7 +430,7 @@ class MMIBPredictor:
         )
         inputs = add_cached_features(inputs, [post for post, _, _ in chunk], self.relation_processor.num_crops)
         with self._autocast():
-            logits = self.relation_model(**self._to_device(inputs, self.relation_model)).logits
+            logits = self.relation_model(**_on_device(inputs, self.relation_model.device)).logits
         return self.relation_processor.post_process_relation_classification(
             logits.float(), self.relation_model.config.id2label
         )
@@ -462,7 +455,7 @@ class MMIBPredictor:
 
     def _predict_relations(self, posts: list[PreparedPost], inputs: BatchFeature) -> list[dict]:
         with self._autocast():
-            logits = self.model(**self._to_device(inputs, self.model)).logits
+            logits = self.model(**_on_device(inputs, self.model.device)).logits
         labels = self.processor.post_process_relation_classification(logits.float(), self.model.config.id2label)
         return [
             {"id": post.id, "text": post.text, "words": post.words, "head": list(post.head), "tail": list(post.tail)}
