@@ -489,3 +489,18 @@ def test_the_registry_dispatches_each_dataset_to_its_reader_and_task(tmp_path, m
     monkeypatch.setenv("MMIB_SHARED_DATA", str(tmp_path / "shared"))
     assert default_data_dir("mnre") == mnre
     assert load_dataset("twitter2017")[1]["test"]["words"] == load_twitter_ner(twitter)["test"]["words"]
+
+
+def test_read_posts_takes_raw_text_like_mmib_predict(tmp_path):
+    """`mmib explain` reads posts with read_posts: a file written for `mmib predict` (raw text) works for both."""
+    from mmib.data import read_posts
+    from mmib.posts_mmib import prepare_post
+
+    rows = [{"id": "t", "text": "RT @ann: Paris, at last!"}, {"id": "w", "words": ["Paris", "at", "last"]}]
+    path = write_lines(tmp_path / "posts.jsonl", rows)
+    posts = read_posts(path)
+    assert [post["words"] for post in posts] == [prepare_post(row).words for row in rows]
+    assert posts[0]["words"] == ["RT", "@ann", ":", "Paris", ",", "at", "last", "!"]
+    for bad, message in (({"text": "a", "words": ["a"]}, "either text or words"), ({"text": 3}, "'text' must be")):
+        with pytest.raises(ValueError, match=rf"posts\.jsonl:1: .*{message}"):
+            read_posts(write_lines(tmp_path / "posts.jsonl", [bad]))

@@ -11,6 +11,7 @@ import datasets
 
 from ..posts_mmib import span_field, words_field
 from ..processing_mmib import TASKS
+from ..word_splitting_mmib import split_words
 from .labels import (
     _check_bio_names,
     _check_ner_tags,
@@ -183,11 +184,24 @@ def write_jsonl(dataset: datasets.Dataset, path: PathLike) -> int:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return len(dataset)
 
+def _post_words(record: Mapping[str, Any]) -> list[str]:
+    """The words of a post record, from raw ``text`` (split like ``mmib predict``) or ``words``."""
+    if "text" in record and "words" in record:
+        raise ValueError("give either text or words, not both")
+    if "text" not in record:
+        return words_field(_require(record, "words"), "words")
+    text = record["text"]
+    if not isinstance(text, str):
+        raise ValueError(f"'text' must be a string, got {type(text).__name__}")
+    return words_field([word for word, _, _ in split_words(text)], "words of 'text'")
+
+
 def read_posts(path: PathLike, image_root: PathLike | None = None) -> list[dict[str, Any]]:
     """Reads posts to run a model on, from the JSON-lines format with or without labels (labels are ignored).
 
     Args:
-        path: a ``.jsonl`` file; each record needs ``words`` and may have ``id``, ``image`` and ``crops``.
+        path: a ``.jsonl`` file; each record needs ``text`` (a raw string, split as ``mmib predict`` splits it) or
+            ``words``, and may have ``id``, ``image`` and ``crops``: the posts ``mmib predict`` reads.
         image_root: folder against which relative image and crop paths are resolved. None = the file's folder.
 
     Returns:
@@ -211,7 +225,7 @@ def read_posts(path: PathLike, image_root: PathLike | None = None) -> list[dict[
             posts.append(
                 {
                     "id": str(record.get("id", len(posts))),
-                    "words": words_field(_require(record, "words"), "words"),
+                    "words": _post_words(record),
                     "image": resolve(image) if image is not None else None,
                     "crops": [resolve(crop) for crop in _as_strings(record.get("crops", []), "crops")],
                 }
