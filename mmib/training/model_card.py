@@ -1,10 +1,18 @@
 """Model cards for trained MMIB checkpoints: a Jinja template rendered with a `model-index` of the results."""
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import datasets
+import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .evaluation import per_type_scores
+
+if TYPE_CHECKING:
+    from .arguments import DataArguments, MMIBTrainingArguments, ModelArguments
 
 TEMPLATE = Path(__file__).with_name("model_card_template.md")
 CARD_TASKS = {
@@ -144,4 +152,53 @@ def render_model_card(info: ModelCardInfo, template_path: str | Path = TEMPLATE)
         repo_id=info.repo_id,
         usage_example=task["usage"],
         **hyper,
+    )
+
+
+def card_for_run(
+    model_args: "ModelArguments",
+    data_args: "DataArguments",
+    training_args: "MMIBTrainingArguments",
+    task: str,
+    data: datasets.DatasetDict,
+    model: Any,
+    media: dict,
+    validation_metrics: dict,
+    test_output,
+    command: str,
+) -> ModelCard:
+    """The run's model card, with the validation and test scores in its model-index; `command` started the run."""
+    output_dir = Path(training_args.output_dir)
+    return render_model_card(
+        ModelCardInfo(
+            task=task,
+            model_name=Path(training_args.hub_model_id or output_dir.name).name,
+            repo_id=training_args.hub_model_id or str(output_dir),
+            dataset_name=data_args.dataset,
+            dataset_description=data_args.dataset if data_args.dataset != "jsonl" else "own posts (JSON lines)",
+            text_model=model_args.model_name_or_path or model_args.text_model_name_or_path,
+            vision_model=model_args.model_name_or_path or model_args.vision_model_name_or_path,
+            vision_state="random weights" if model_args.random_vision_weights else "pretrained, frozen",
+            command=command,
+            split_sizes={split: len(dataset) for split, dataset in data.items()},
+            media_summary=json.dumps(media),
+            validation_metrics={
+                key[5:]: value for key, value in validation_metrics.items() if key.startswith("eval_")
+            },
+            test_metrics={key[5:]: value for key, value in test_output.metrics.items() if key.startswith("test_")},
+            hyperparameters={
+                "beta_text": model.config.beta_text,
+                "beta_vision": model.config.beta_vision,
+                "alignment_weight": model.config.alignment_weight,
+                "learning_rate": training_args.learning_rate,
+                "batch_size": training_args.per_device_train_batch_size,
+                "world_size": training_args.world_size,
+                "epochs": training_args.num_train_epochs,
+                "seed": training_args.seed,
+                "hardware": "CPU" if training_args.use_cpu or not torch.cuda.is_available() else "GPU",
+            },
+            ner_mode=data_args.ner_metric_mode,
+            smoke_note=data_args.smoke_note,
+            per_type=per_type_scores(test_output.metrics, "test"),
+        ),
     )

@@ -38,8 +38,8 @@ from .arguments import (
     training_devices,
 )
 from .collator import MMIBDataCollator
-from .evaluation import build_compute_metrics, gold_ner_tags, per_type_scores, relation_labels_from_logits
-from .model_card import ModelCardInfo, render_model_card
+from .evaluation import build_compute_metrics, gold_ner_tags, relation_labels_from_logits
+from .model_card import card_for_run
 from .trainer import MMIBTrainer
 
 logger = logging.getLogger(__name__)
@@ -164,55 +164,6 @@ def write_test_predictions(path: Path, task: str, test: datasets.Dataset, output
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def build_model_card(
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    training_args: MMIBTrainingArguments,
-    task: str,
-    data: datasets.DatasetDict,
-    model,
-    media: dict,
-    validation_metrics: dict,
-    test_output,
-    command: str,
-):
-    """The run's model card, with the validation and test scores in its model-index; `command` started the run."""
-    output_dir = Path(training_args.output_dir)
-    return render_model_card(
-        ModelCardInfo(
-            task=task,
-            model_name=Path(training_args.hub_model_id or output_dir.name).name,
-            repo_id=training_args.hub_model_id or str(output_dir),
-            dataset_name=data_args.dataset,
-            dataset_description=data_args.dataset if data_args.dataset != "jsonl" else "own posts (JSON lines)",
-            text_model=model_args.model_name_or_path or model_args.text_model_name_or_path,
-            vision_model=model_args.model_name_or_path or model_args.vision_model_name_or_path,
-            vision_state="random weights" if model_args.random_vision_weights else "pretrained, frozen",
-            command=command,
-            split_sizes={split: len(dataset) for split, dataset in data.items()},
-            media_summary=json.dumps(media),
-            validation_metrics={
-                key[5:]: value for key, value in validation_metrics.items() if key.startswith("eval_")
-            },
-            test_metrics={key[5:]: value for key, value in test_output.metrics.items() if key.startswith("test_")},
-            hyperparameters={
-                "beta_text": model.config.beta_text,
-                "beta_vision": model.config.beta_vision,
-                "alignment_weight": model.config.alignment_weight,
-                "learning_rate": training_args.learning_rate,
-                "batch_size": training_args.per_device_train_batch_size,
-                "world_size": training_args.world_size,
-                "epochs": training_args.num_train_epochs,
-                "seed": training_args.seed,
-                "hardware": "CPU" if training_args.use_cpu or not torch.cuda.is_available() else "GPU",
-            },
-            ner_mode=data_args.ner_metric_mode,
-            smoke_note=data_args.smoke_note,
-            per_type=per_type_scores(test_output.metrics, "test"),
-        ),
-    )
-
-
 def main(argv: list[str] | None = None, prog: str = "python -m mmib.training.run") -> None:
     """
     One training run.
@@ -308,7 +259,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m mmib.training.run
         write_test_predictions(
             output_dir / "test_predictions.jsonl", task, data["test"], test_output, processor, model.config.id2label
         )
-        trainer.model_card = build_model_card(
+        trainer.model_card = card_for_run(
             model_args, data_args, training_args, task, data, model, media, validation_metrics, test_output, command
         )
     # Every process takes part in saving; the main one writes the model, processor, remote code and card, and
