@@ -482,6 +482,58 @@ class MMIBPreTrainedModel(PreTrainedModel):
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_map}
         super().save_pretrained(save_directory, *args, **kwargs)
 
+    def _encode(
+        self,
+        task: str,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.LongTensor | None,
+        pixel_values: torch.FloatTensor | None,
+        image_features: torch.FloatTensor | None,
+        image_mask: torch.Tensor | None,
+        labels: torch.LongTensor | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        image_feature_mask: torch.Tensor | None,
+        kwargs: dict,
+        **task_input: torch.LongTensor | None,
+    ) -> MMIBModelOutput:
+        """The heads' shared prologue: the task input (`word_index` or `entity_positions`) is required, every input
+        is checked, and the encoder runs (its regularizers only when there are labels to train on)."""
+        ((name, value),) = task_input.items()
+        if value is None:
+            raise ValueError(
+                f"{name} is required (from MMIBProcessor). The call order is input_ids, attention_mask, "
+                f"token_type_ids, {name}, ...: pass {name} by keyword."
+            )
+        check_inputs(
+            self.config,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            pixel_values,
+            image_features,
+            image_mask,
+            labels=labels,
+            task=task,
+            image_feature_mask=image_feature_mask,
+            **task_input,
+        )
+        return self.mmib(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            pixel_values=pixel_values,
+            image_features=image_features,
+            image_mask=image_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            compute_regularizers=labels is not None,
+            image_feature_mask=image_feature_mask,
+            **kwargs,
+        )
+
     @property
     def _text_model(self) -> PreTrainedModel:
         return getattr(self, self.base_model_prefix, self).text_model
@@ -933,39 +985,22 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
             [`MMIBTokenClassifierOutput`] (or a tuple of its non-`None` fields with `return_dict=False`);
             `predictions` is filled in eval mode.
         """
-        if word_index is None:
-            raise ValueError(
-                "word_index is required (from MMIBProcessor). The call order is input_ids, attention_mask, "
-                "token_type_ids, word_index, ...: pass word_index by keyword."
-            )
-        check_inputs(
-            self.config,
+        outputs = self._encode(
+            "ner",
             input_ids,
             attention_mask,
             token_type_ids,
             pixel_values,
             image_features,
             image_mask,
+            labels,
+            output_attentions,
+            output_hidden_states,
+            image_feature_mask,
+            kwargs,
             word_index=word_index,
-            labels=labels,
-            task="ner",
-            image_feature_mask=image_feature_mask,
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.mmib(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            pixel_values=pixel_values,
-            image_features=image_features,
-            image_mask=image_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            compute_regularizers=labels is not None,
-            image_feature_mask=image_feature_mask,
-            **kwargs,
-        )
         word_mask = word_index >= 0
         word_states = outputs.last_hidden_state.gather(
             1, word_index.clamp(min=0)[:, :, None].expand(-1, -1, outputs.last_hidden_state.shape[-1])
@@ -1039,39 +1074,22 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
         Returns:
             [`MMIBRelationClassifierOutput`] (or a tuple of its non-`None` fields with `return_dict=False`).
         """
-        if entity_positions is None:
-            raise ValueError(
-                "entity_positions is required (from MMIBProcessor). The call order is input_ids, attention_mask, "
-                "token_type_ids, entity_positions, ...: pass entity_positions by keyword."
-            )
-        check_inputs(
-            self.config,
+        outputs = self._encode(
+            "re",
             input_ids,
             attention_mask,
             token_type_ids,
             pixel_values,
             image_features,
             image_mask,
+            labels,
+            output_attentions,
+            output_hidden_states,
+            image_feature_mask,
+            kwargs,
             entity_positions=entity_positions,
-            labels=labels,
-            task="re",
-            image_feature_mask=image_feature_mask,
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.mmib(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            pixel_values=pixel_values,
-            image_features=image_features,
-            image_mask=image_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            compute_regularizers=labels is not None,
-            image_feature_mask=image_feature_mask,
-            **kwargs,
-        )
         entity_vectors = self._entity_vectors(outputs.last_hidden_state, entity_positions)
         logits = self.classifier(self.dropout(entity_vectors))
         task_loss = None if labels is None else F.cross_entropy(logits.float(), labels)
