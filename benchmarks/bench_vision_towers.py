@@ -38,7 +38,7 @@ from bench_common import (
 )
 from mmib import MMIBForTokenClassification, MMIBProcessor
 from mmib.collator import MMIBDataCollator
-from mmib.vision_towers import load_image_processor
+from mmib.vision_towers_mmib import load_image_processor
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from convert_efficientnet_lite0 import convert  # noqa: E402

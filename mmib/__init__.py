@@ -20,7 +20,7 @@ from .modeling_mmib import (
     mmib_total_loss,
 )
 from .pipeline_mmib import MMIBTokenClassificationPipeline
-from .prediction_mmib import MMIBPredictor
+from .predictor_mmib import MMIBPredictor
 from .processing_mmib import MMIBProcessor
 
 AutoConfig.register(MMIBConfig.model_type, MMIBConfig, exist_ok=True)

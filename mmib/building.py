@@ -18,20 +18,17 @@ from transformers import (
     AutoConfig,
     AutoTokenizer,
     BaseImageProcessor,
-    ConvNextImageProcessor,
     PreTrainedTokenizerBase,
 )
-from transformers.utils import cached_file
 
 from .modeling_mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBPreTrainedModel
-from .processing_mmib import MMIBProcessor, check_processor_matches_config
-from .vision_towers import has_image_processor_settings, load_image_processor
+from .predictor_mmib import load_checkpoint
+from .processing_mmib import MMIBProcessor, check_processor_matches_config, check_tokenizer_matches_embeddings
+from .vision_towers_mmib import IMAGENET_MEAN, IMAGENET_STD, image_processor_for, resnet_image_processor
 
 # The paper's settings: 4 crops and 128 tokens for Twitter-2015/2017 NER, 3 crops and 80 tokens for MNRE.
 TASK_DEFAULTS = {"ner": {"num_crops": 4, "max_length": 128}, "re": {"num_crops": 3, "max_length": 80}}
 MODEL_CLASSES = {"ner": MMIBForTokenClassification, "re": MMIBForRelationClassification}
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 # What makes the folders that this repository's configs name but does not ship, by folder name.
 FOLDER_MAKERS = {
     "efficientnet-lite0": "python scripts/convert_efficientnet_lite0.py {path} (examples/run_demo.sh runs it)",
@@ -79,34 +76,6 @@ def check_local_folder(path: str | os.PathLike, what: str) -> None:
     else:
         hint = "Give a folder written by save_pretrained, or a Hub id (org/name)."
     raise FileNotFoundError(f"The {what} folder {path} ({os.path.abspath(path)}) is {found}. {hint}")
-
-
-def resnet_image_processor() -> ConvNextImageProcessor:
-    """The standard ResNet-50 image processor (that of `microsoft/resnet-50`): short side to 256 (bicubic), center
-    crop 224, ImageNet mean and std."""
-    return ConvNextImageProcessor(
-        size={"shortest_edge": 224},
-        crop_pct=0.875,
-        resample=3,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
-    )
-
-
-def image_processor_for(vision_model_name_or_path: str | os.PathLike) -> BaseImageProcessor:
-    """The vision tower's own image processor ([`~mmib.vision_towers.load_image_processor`]) when its folder or Hub
-    repository has image processor settings (a `preprocessor_config.json`, or a timm `pretrained_cfg`), else
-    [`resnet_image_processor`]."""
-    if os.path.isdir(vision_model_name_or_path):
-        found = has_image_processor_settings(Path(vision_model_name_or_path))
-    else:
-        found = cached_file(
-            vision_model_name_or_path,
-            "preprocessor_config.json",
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
-    return load_image_processor(vision_model_name_or_path) if found else resnet_image_processor()
 
 
 def build_model_and_processor(
@@ -190,75 +159,25 @@ def build_model_and_processor(
     return model, processor
 
 
-def load_model_and_processor(
-    model_name_or_path: str | os.PathLike,
-    task: str | None = None,
-    num_crops: int | None = None,
-    max_length: int | None = None,
-    **model_kwargs: Any,
-) -> tuple[MMIBPreTrainedModel, MMIBProcessor]:
+def load_model_and_processor(model_name_or_path: str | os.PathLike, **kwargs: Any) -> tuple[Any, MMIBProcessor]:
     """
-    Loads a saved MMIB checkpoint (model + processor) and checks that the two halves and the caller agree.
-
-    Args:
-        model_name_or_path (`str`): folder or Hub id of a checkpoint saved with its processor.
-        task (`str`, *optional*): the task the caller expects (`"ner"` or `"re"`).
-        num_crops, max_length (`int`, *optional*): values the caller expects. They are fixed once a model is
-            built, so a value that differs from the checkpoint's is refused rather than silently ignored.
-        model_kwargs: passed to the model's `from_pretrained` (e.g. `beta_text`, `dtype`).
-
-    Returns:
-        `(model, processor)`; the model class follows `processor.task`.
-
-    Raises:
-        ValueError: the processor and the model config disagree (`num_crops`, `max_length` beyond the text tower's
-            positions, a tokenizer larger than the text embeddings), or the checkpoint differs from `task`,
-            `num_crops` or `max_length`.
-        FileNotFoundError: `model_name_or_path` looks local and is not a folder ([`check_local_folder`]).
+    [`~mmib.predictor_mmib.load_checkpoint`] after refusing a path that looks local and is not a folder
+    ([`check_local_folder`]), so that a folder not made yet is reported as such rather than looked up on the Hub.
     """
     check_local_folder(model_name_or_path, "MMIB checkpoint")
-    processor = MMIBProcessor.from_pretrained(model_name_or_path)
-    if task is not None and processor.task != task:
-        raise ValueError(f"The checkpoint {model_name_or_path} does task {processor.task!r}, not {task!r}.")
-    for name, value in (("num_crops", num_crops), ("max_length", max_length)):
-        if value is not None and value != getattr(processor, name):
-            raise ValueError(
-                f"The checkpoint {model_name_or_path} was built with {name}={getattr(processor, name)}, not {value}; "
-                f"{name} is fixed once a model is built (leave it unset to use the checkpoint's)."
-            )
-    model = MODEL_CLASSES[processor.task].from_pretrained(model_name_or_path, **model_kwargs)
-    check_processor_matches_config(processor, model.config, source=str(model_name_or_path))
-    check_tokenizer_matches_embeddings(processor, model, source=str(model_name_or_path))
-    return model, processor
-
-
-def check_tokenizer_matches_embeddings(
-    processor: MMIBProcessor, model: MMIBPreTrainedModel, source: str = "the checkpoint"
-) -> None:
-    """
-    Refuses a processor whose tokenizer can produce ids that the model's text embeddings do not have (a tokenizer
-    from another model, or RE markers added without resizing the embeddings). A tokenizer smaller than the
-    embedding matrix is accepted: embeddings padded to a multiple of 8 or 64 are common.
-
-    Raises:
-        ValueError: `len(processor.tokenizer)` exceeds the number of embedding rows.
-    """
-    tokens, rows = len(processor.tokenizer), model.get_input_embeddings().num_embeddings
-    if tokens > rows:
-        raise ValueError(
-            f"The tokenizer of {source} has {tokens} tokens but the model's text embeddings have {rows} rows "
-            "(text_config.vocab_size): the tokenizer belongs to another model, or tokens were added without "
-            "model.resize_token_embeddings(len(tokenizer)). Save the processor that was built with the model "
-            "(mmib.build_model_and_processor does both)."
-        )
+    return load_checkpoint(str(model_name_or_path), **kwargs)
 
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MODEL_CLASSES",
     "TASK_DEFAULTS",
     "build_model_and_processor",
     "check_local_folder",
     "check_tokenizer_matches_embeddings",
     "image_processor_for",
+    "load_checkpoint",
     "load_model_and_processor",
     "looks_local",
     "resnet_image_processor",

@@ -1,11 +1,12 @@
-"""`mmib` command line: apply trained MMIB checkpoints to posts, and run the paper's analyses. Parses arguments and
-dispatches.
+"""`mmib` command line: train MMIB, apply trained checkpoints to posts, and run the paper's analyses. Parses arguments
+and dispatches.
 
+mmib train configs/demo.yaml --seed 1 --output_dir runs/demo       # `mmib train --help` lists every training flag
 mmib predict runs/demo-twitter2017 --text "Kawhi Leonard wins the fan vote in Toronto" --image post.jpg
 mmib predict runs/demo-twitter2017 --input posts.jsonl --output predictions.jsonl [--relation_model runs/mnre]
 mmib predict runs/mnre --words Messi joins PSG --head 0 1 --tail 2 3 --image post.jpg --crops a.png b.png
 accelerate launch --multi_gpu --num_processes 2 -m mmib.cli predict MODEL --input posts.jsonl --output out.jsonl
-mmib ablate configs/image_decides_ner.yaml --seeds 1 2 3 --output_dir runs/ablation [train_mmib.py flags]
+mmib ablate configs/image_decides_ner.yaml --seeds 1 2 3 --output_dir runs/ablation [mmib train flags]
 mmib sweep configs/image_decides_ner.yaml --beta_text 0 0.1 1 --beta_vision 0 0.1 1 --output_dir runs/sweep
 mmib explain runs/model --input posts.jsonl --output_dir runs/explain
 mmib modality-gap runs/no_ar runs/full --data configs/image_decides_ner.yaml --split test --output_dir runs/gap
@@ -18,13 +19,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .jsonl_prediction import StrictModeError, predict_file
-from .prediction_mmib import MMIBPredictor
+from .batch_prediction import StrictModeError, predict_file
+from .predictor_mmib import MMIBPredictor
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmib", description="MMIB multimodal NER and relation extraction.")
     commands = parser.add_subparsers(dest="command", required=True)
+    # Listed for --help only: main() hands `mmib train ...` to the training run's own HfArgumentParser.
+    commands.add_parser("train", help="Train and evaluate a model (see `mmib train --help`).", add_help=False)
     predict = commands.add_parser(
         "predict", help="Tag posts (NER, optionally NER -> RE) or classify relations (RE); writes JSON."
     )
@@ -56,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-TRAINING_EPILOG = "Other arguments are passed to every train_mmib.py run (e.g. --text_model_name_or_path DIR)."
+TRAINING_EPILOG = "Other arguments are passed to every `mmib train` run (e.g. --text_model_name_or_path DIR)."
 
 
 def _add_analysis_parsers(commands) -> None:
@@ -66,7 +69,7 @@ def _add_analysis_parsers(commands) -> None:
         help="Train the full model and every ablation with the same seeds; write ablation.csv and ablation.md.",
         epilog=TRAINING_EPILOG,
     )
-    ablate.add_argument("config", help="A train_mmib.py config file (YAML / JSON).")
+    ablate.add_argument("config", help="An `mmib train` config file (YAML / JSON).")
     ablate.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="Training seeds (default 1 2 3).")
     ablate.add_argument("--output_dir", required=True, help="Tables and one folder per run; finished runs are kept.")
 
@@ -76,7 +79,7 @@ def _add_analysis_parsers(commands) -> None:
         help="The paper's Fig. 4: β_T varied, β_V varied, both varied; write beta_sweep.csv and a plot.",
         epilog=TRAINING_EPILOG,
     )
-    sweep.add_argument("config", help="A train_mmib.py config file (YAML / JSON).")
+    sweep.add_argument("config", help="An `mmib train` config file (YAML / JSON).")
     sweep.add_argument("--beta_text", nargs="+", type=float, help="β_T values (default: the paper's 0 .. 2).")
     sweep.add_argument("--beta_vision", nargs="+", type=float, help="β_V values (default: the paper's 0 .. 2).")
     sweep.add_argument("--both", nargs="+", type=float, help="Values of β_T = β_V (default: all values above).")
@@ -99,7 +102,7 @@ def _add_analysis_parsers(commands) -> None:
         help="t-SNE of entity and object representations and the modality-gap number.",
     )
     gap.add_argument("models", nargs="+", help="One or more MMIB NER checkpoints (e.g. without, then with L_ar).")
-    gap.add_argument("--data", required=True, help="Labelled JSON-lines posts, or a train_mmib.py config file.")
+    gap.add_argument("--data", required=True, help="Labelled JSON-lines posts, or an `mmib train` config file.")
     gap.add_argument("--split", default="test", help="Split of a config's dataset (default test).")
     gap.add_argument("--labels", nargs="+", help="A panel title per checkpoint (default: folder names).")
     gap.add_argument("--max_pairs", type=int, default=150, help="Entity-object pairs drawn (paper: 150).")
@@ -118,6 +121,12 @@ def _single_post(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train":
+        from .training.run import main as train
+
+        train(argv[1:], prog="mmib train")
+        return
     args, training_flags = _parser().parse_known_args(argv)
     if training_flags and args.command not in ("ablate", "sweep"):
         raise SystemExit(f"mmib {args.command}: unrecognized arguments: {' '.join(training_flags)}")

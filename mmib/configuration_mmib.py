@@ -1,12 +1,11 @@
 """MMIB model configuration."""
 
-import functools
-import json
 from typing import Literal
 
-import torch
 from transformers import PreTrainedConfig
-from transformers.models.auto import CONFIG_MAPPING, AutoConfig, AutoModel
+from transformers.models.auto import CONFIG_MAPPING, AutoConfig
+
+from .vision_towers_mmib import default_pooling, feature_size
 
 
 class MMIBConfig(PreTrainedConfig):
@@ -129,7 +128,7 @@ class MMIBConfig(PreTrainedConfig):
         self.text_config = _build_sub_config(self.text_config, "bert")
         self.vision_config = _build_sub_config(self.vision_config, "resnet")
         if self.vision_feature_pooling is None:
-            self.vision_feature_pooling = "cls" if self.vision_config.model_type in _CLS_POOLED_TOWERS else "pooler"
+            self.vision_feature_pooling = default_pooling(self.vision_config)
         if self.latent_size is None:
             self.latent_size = self.text_config.hidden_size
         if self.apenc_intermediate_size is None:
@@ -179,27 +178,7 @@ class MMIBConfig(PreTrainedConfig):
         (`head_hidden_size`, e.g. 1024 for MobileNetV3 whose head adds a 1x1 conv) or of its feature map
         (`num_features`) for `"cls"` / `"mean"` pooling.
         """
-        if self.vision_config.model_type == "timm_wrapper":
-            num_features, head_hidden_size = _timm_feature_sizes(
-                self.vision_config.architecture, json.dumps(self.vision_config.model_args, sort_keys=True)
-            )
-            return head_hidden_size if self.vision_feature_pooling == "pooler" else num_features
-        hidden_sizes = getattr(self.vision_config, "hidden_sizes", None)
-        return hidden_sizes[-1] if hidden_sizes else self.vision_config.hidden_size
-
-
-# ViT and DeiT pool with a dense + tanh layer on the CLS token that is random in image classification checkpoints.
-_CLS_POOLED_TOWERS = ("vit", "deit")
-
-
-@functools.lru_cache
-def _timm_feature_sizes(architecture: str, model_args_json: str) -> tuple[int, int]:
-    """`(num_features, head_hidden_size)` of a timm architecture, read off the model built on the meta device (no
-    memory, ~50 ms): timm configs do not record them."""
-    config = CONFIG_MAPPING["timm_wrapper"](architecture=architecture, model_args=json.loads(model_args_json))
-    with torch.device("meta"):
-        timm_model = AutoModel.from_config(config).timm_model
-    return timm_model.num_features, getattr(timm_model, "head_hidden_size", timm_model.num_features)
+        return feature_size(self.vision_config, self.vision_feature_pooling)
 
 
 def _build_sub_config(value: dict | PreTrainedConfig | None, default_model_type: str) -> PreTrainedConfig:

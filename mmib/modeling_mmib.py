@@ -13,6 +13,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_mmib import MMIBConfig
+from .crf_mmib import MMIBCRF
+from .vision_towers_mmib import attention_fallback, pool_tower_output, timm_initialised_tower, vision_sub_config
 
 # Bounds of the latent log-variances (see `MMIBVariationalEncoder.forward`).
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
@@ -350,6 +352,7 @@ def check_inputs(
     labels: torch.Tensor | None = None,
     task: str | None = None,
     vocab_size: int | None = None,
+    image_feature_mask: torch.Tensor | None = None,
 ) -> None:
     """
     Validates the inputs of an MMIB `forward`, so that what a user can get wrong ends in a `ValueError` naming the
@@ -398,7 +401,13 @@ def check_inputs(
             raise ValueError(f"image_features must be floating point, got {image_features.dtype}.")
         slots = pixel_values if pixel_values is not None else image_features
         num_slots = None if slots is None else slots.shape[1]
-        _check_shape("image_mask", image_mask, (batch_size, num_slots), "(batch_size, 1 + num_crops) like the images")
+        like_images = "(batch_size, 1 + num_crops) like the images"
+        _check_shape("image_mask", image_mask, (batch_size, num_slots), like_images)
+        _check_shape("image_feature_mask", image_feature_mask, (batch_size, num_slots), like_images)
+        if pixel_values is not None and image_features is not None and image_features.shape[1] != num_slots:
+            raise ValueError(
+                f"image_features has {image_features.shape[1]} image slots but pixel_values has {num_slots}."
+            )
     if word_index is not None:
         _check_shape("word_index", word_index, (batch_size, None), "(batch_size, num_words)")
         _check_integer("word_index", word_index)
@@ -419,8 +428,11 @@ def check_inputs(
     _check_range("word_index", word_index, 0, length, allowed=-1)
     _check_range("entity_positions", entity_positions, 0, length)
     _check_range("labels", labels, 0, config.num_labels, allowed=-100 if task == "ner" else None)
-    if not config.text_only and image_features is not None and not torch.isfinite(image_features).all():
-        raise ValueError("image_features contains NaN or infinite values.")
+    if not config.text_only and image_features is not None:
+        # Slots outside image_feature_mask are computed from pixels: whatever they hold is not used.
+        given = image_features if image_feature_mask is None else image_features[image_feature_mask.bool()]
+        if not torch.isfinite(given).all():
+            raise ValueError("image_features contains NaN or infinite values.")
 
 
 def _present(*tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
@@ -440,286 +452,10 @@ class MMIBDiscriminator(nn.Module):
         return self.fc2(F.gelu(self.fc1(torch.cat([text_pooled, vision_pooled], dim=-1)))).squeeze(-1)
 
 
-class MMIBCRF(nn.Module):
-    """
-    Linear-chain CRF over word positions, vectorised over the batch.
-
-    Every method takes `mask` of shape `(B, W)`, True for the words of each post: a prefix of each row. A row may be
-    empty (a post whose words were all truncated away): its negative log-likelihood is 0 and its path all -100.
-    """
-
-    def __init__(self, num_labels: int):
-        super().__init__()
-        self.start_transitions = nn.Parameter(torch.zeros(num_labels))
-        self.end_transitions = nn.Parameter(torch.zeros(num_labels))
-        self.transitions = nn.Parameter(torch.zeros(num_labels, num_labels))
-
-    @staticmethod
-    def _check_mask(mask: torch.Tensor) -> None:
-        if (mask[:, 1:] & ~mask[:, :-1]).any():
-            raise ValueError("The word mask must be a prefix of each row (words padded at the end only).")
-
-    def log_partition(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """
-        log Z of each post by the forward algorithm. `emissions` (B, W, K) -> `(B,)`.
-
-        Runs in scaled probability space, one `(B, K) @ (K, K)` product per word, with the gradient computed by the
-        backward recursion (the label marginals) instead of autograd through every step: [`_CRFLogPartition`]. Its
-        result equals the log-space recursion to fp32 rounding (relative 1e-6 on log Z). It is used only where it
-        is exact: every exponentiated table (start, end and transition scores, each word's emissions) must span at
-        most `_MAX_EXP_SPAN` nats, and afterwards no forward score may have underflowed (a label that is unlikely
-        at one word can still carry the best path, e.g. under BIO constraints with confident emissions). Otherwise,
-        and for inputs below fp32, the log-space recursion gives log Z.
-        """
-        if emissions.dtype in (torch.float32, torch.float64) and self._exp_spans_fit(emissions):
-            # A bf16 model keeps bf16 transitions; the recursion runs in the emissions' (fp32) precision.
-            start, end, transitions = (
-                tensor.to(emissions.dtype)
-                for tensor in (self.start_transitions, self.end_transitions, self.transitions)
-            )
-            log_partition, exact = _CRFLogPartition.apply(emissions, start, end, transitions, mask)
-            if exact.item():
-                return log_partition
-        scores = self.start_transitions + emissions[:, 0]
-        for position in range(1, emissions.shape[1]):
-            step = torch.logsumexp(scores[:, :, None] + self.transitions + emissions[:, position, None, :], dim=1)
-            scores = torch.where(mask[:, position, None], step, scores)
-        return torch.logsumexp(scores + self.end_transitions, dim=1)
-
-    def _exp_spans_fit(self, emissions: torch.Tensor) -> bool:
-        """Whether every table that the scaled forward exponentiates spans at most `_MAX_EXP_SPAN` nats."""
-        with torch.no_grad():
-            spans = torch.stack(
-                [
-                    (tensor.amax() - tensor.amin()).to(emissions.dtype)
-                    for tensor in (self.start_transitions, self.end_transitions, self.transitions)
-                ]
-                + [(emissions.amax(dim=2) - emissions.amin(dim=2)).amax()]
-            )
-            return bool((spans <= _MAX_EXP_SPAN).all().item())
-
-    def path_score(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Unnormalised score of the label path `tags` (B, W) (values at masked positions are ignored) -> `(B,)`."""
-        tags = tags.masked_fill(~mask, 0)
-        weights = mask.to(emissions.dtype)
-        emission_scores = (emissions.gather(2, tags[:, :, None]).squeeze(2) * weights).sum(dim=1)
-        transition_scores = (self.transitions[tags[:, :-1], tags[:, 1:]] * weights[:, 1:]).sum(dim=1)
-        last_tags = tags.gather(1, (mask.sum(dim=1) - 1).clamp(min=0)[:, None]).squeeze(1)
-        return (
-            self.start_transitions[tags[:, 0]] + emission_scores + transition_scores + self.end_transitions[last_tags]
-        )
-
-    def negative_log_likelihood(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """-log p(tags | emissions) of each post, `(B,)` (paper eq. 27); 0 for a post without words."""
-        self._check_mask(mask)
-        negative_log_likelihood = self.log_partition(emissions, mask) - self.path_score(emissions, tags, mask)
-        return negative_log_likelihood * mask[:, 0].to(negative_log_likelihood.dtype)
-
-    def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.LongTensor:
-        """Viterbi decoding: the best label path of each post, `(B, W)`, -100 at masked positions."""
-        self._check_mask(mask)
-        num_words = emissions.shape[1]
-        labels = torch.arange(emissions.shape[2], device=emissions.device)
-        scores = self.start_transitions + emissions[:, 0]
-        # Indexed (next, previous): the max runs over the last, contiguous dimension. A max over a middle dimension
-        # of these tiny tensors is split across threads, which stalls for milliseconds on a busy CPU.
-        incoming = self.transitions.T.contiguous()
-        backpointers = []
-        for position in range(1, num_words):
-            best, best_previous = (scores[:, None, :] + incoming).max(dim=2)
-            inside = mask[:, position, None]
-            # Past a post's last word the pointers are the identity, so backtracking carries its last tag back.
-            backpointers.append(torch.where(inside, best_previous, labels))
-            scores = torch.where(inside, best + emissions[:, position], scores)
-        current = (scores + self.end_transitions).argmax(dim=1, keepdim=True)
-        path = [current]
-        for pointers in reversed(backpointers):
-            current = pointers.gather(1, current)
-            path.append(current)
-        return torch.cat(path[::-1], dim=1).masked_fill(~mask, -100)
-
-    def forward_backward(
-        self, emissions: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """
-        Forward and backward log scores of every (word, label).
-
-        Returns:
-            `(alpha, beta, log_z)`: `alpha[b, t, k]` = log of the summed scores of all label prefixes `y_0..y_t` with
-            `y_t = k` (emission at `t` included), `beta[b, t, k]` = log of the summed scores of all continuations
-            `y_{t+1}..` after `y_t = k` (end transition included, emission at `t` not), both `(B, W, K)` and only
-            meaningful at unmasked words; `log_z` `(B,)`. So `alpha + beta - log_z[:, None, None]` is the log
-            marginal probability of label `k` at word `t`.
-        """
-        self._check_mask(mask)
-        num_words = emissions.shape[1]
-        transitions = self.transitions.to(emissions.dtype)
-        alphas = [self.start_transitions.to(emissions.dtype) + emissions[:, 0]]
-        for position in range(1, num_words):
-            step = torch.logsumexp(alphas[-1][:, :, None] + transitions + emissions[:, position, None, :], dim=1)
-            alphas.append(torch.where(mask[:, position, None], step, alphas[-1]))
-        end = self.end_transitions.to(emissions.dtype)
-        last = mask.sum(dim=1) - 1
-        betas = [None] * num_words
-        betas[-1] = end.expand(emissions.shape[0], -1)
-        for position in range(num_words - 2, -1, -1):
-            step = torch.logsumexp(transitions + (emissions[:, position + 1] + betas[position + 1])[:, None, :], dim=2)
-            # The last word of a shorter post only has the end transition after it.
-            betas[position] = torch.where((last == position)[:, None], end, step)
-        alpha, beta = torch.stack(alphas, dim=1), torch.stack(betas, dim=1)
-        log_z = torch.logsumexp(alphas[-1] + end, dim=1)
-        return alpha, beta, log_z
-
-    def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """p(y_t = k | post) for every word, `(B, W, K)`; zeros at masked positions."""
-        alpha, beta, log_z = self.forward_backward(emissions, mask)
-        # Masked before exp: past a post's end the sum is meaningless and can overflow (inf * 0 would be NaN).
-        return (alpha + beta - log_z[:, None, None]).masked_fill(~mask[:, :, None], float("-inf")).exp()
-
-    def span_probability(
-        self, emissions: torch.Tensor, mask: torch.Tensor, tags: torch.LongTensor, spans: torch.LongTensor
-    ) -> torch.Tensor:
-        """
-        Probability that the words of each span carry exactly the given labels, whatever the other words carry:
-        p(y_s..y_{e-1} = tags[b, s..e-1] | post b) = exp(alpha[s, y_s] + sum_{t=s+1}^{e-1} (transition(y_{t-1},
-        y_t) + emission(t, y_t)) + beta[e-1, y_{e-1}] - log Z).
-
-        Args:
-            emissions (`torch.Tensor` of shape `(B, W, K)`), mask (`(B, W)`): as for `decode`.
-            tags (`torch.LongTensor` of shape `(B, W)`): labels per word (e.g. the Viterbi path; -100 at padding).
-            spans (`torch.LongTensor` of shape `(N, 3)`): rows `(post, start, end)`, word offsets, end exclusive,
-                inside the post's unmasked words.
-
-        Returns:
-            `torch.Tensor` of shape `(N,)`.
-        """
-        alpha, beta, log_z = self.forward_backward(emissions, mask)
-        tags = tags.masked_fill(~mask, 0)
-        transitions = self.transitions.to(emissions.dtype)
-        scores = []
-        for post, start, end in spans.tolist():
-            path = tags[post, start:end]
-            inside = emissions[post, start + 1 : end].gather(1, path[1:, None]).sum()
-            inside = inside + transitions[path[:-1], path[1:]].sum()
-            scores.append(alpha[post, start, path[0]] + inside + beta[post, end - 1, path[-1]] - log_z[post])
-        return torch.stack(scores).exp() if scores else emissions.new_zeros(0)
-
-
-# Largest spread (max - min, in nats) of a score table that the CRF's scaled forward algorithm exponentiates: the
-# exponentials stay far from fp32's underflow at exp(-87), and one step's `alpha @ exp(transitions)` stays above
-# exp(-60) / K, so the terms it loses to underflow are negligible. Products of tables can still underflow: the
-# forward checks its scores afterwards.
-_MAX_EXP_SPAN = 60.0
-
-
-class _CRFLogPartition(torch.autograd.Function):
-    """
-    log Z of a linear-chain CRF and its gradient (the label marginals) by the scaled forward-backward algorithm.
-
-    A log-space forward algorithm costs about five small kernels per word forward and as many autograd nodes
-    backward. In probability space one step is a `(B, K) @ (K, K)` product, an elementwise product with the
-    exponentiated emissions and a normalisation (Rabiner's scaling, which keeps every step in fp32 range); the
-    backward pass is the matching backward recursion, with no autograd graph at all.
-
-    Returns `(log_partition, exact)`: `exact` is a bool scalar, False when a forward score (before or after its
-    normalisation) or the final sum fell below the smallest normal number, where the result loses precision or
-    becomes -inf or NaN; the caller then uses the log-space recursion.
-    """
-
-    @staticmethod
-    def forward(ctx, emissions, start_transitions, end_transitions, transitions, mask):
-        with torch.autocast(emissions.device.type, enabled=False):
-            emission_max = emissions.max(dim=2, keepdim=True).values
-            exp_emissions = (emissions - emission_max).exp()
-            transition_max = transitions.max()
-            exp_transitions = (transitions - transition_max).exp()
-            start_max, end_max = start_transitions.max(), end_transitions.max()
-            exp_end = (end_transitions - end_max).exp()
-            alpha = (start_transitions - start_max).exp() * exp_emissions[:, 0]
-            alphas, scales = [], []
-            for position in range(emissions.shape[1]):
-                if position > 0:
-                    alpha = torch.where(
-                        mask[:, position, None],
-                        (alphas[-1] @ exp_transitions) * exp_emissions[:, position],
-                        alphas[-1],
-                    )
-                scale = alpha.sum(dim=1, keepdim=True)
-                alpha = alpha / scale
-                alphas.append(alpha)
-                scales.append(scale)
-            end_scale = (alpha * exp_end).sum(dim=1)
-            weights = mask.to(emissions.dtype)
-            weights[:, 0] = 1.0
-            log_scales = torch.cat(scales, dim=1).log()
-            log_partition = (
-                ((log_scales + emission_max.squeeze(2)) * weights).sum(dim=1)
-                + transition_max * (weights.sum(dim=1) - 1)
-                + start_max
-                + end_max
-                + end_scale.log()
-            )
-            stacked = torch.stack(alphas, 1)
-            finfo = torch.finfo(emissions.dtype)
-            # The comparisons are False for NaN. The end sum may lose terms below `tiny`, hence the eps margin.
-            unnormalised = stacked * torch.cat(scales, dim=1)[:, :, None]
-            scores_normal = (torch.minimum(stacked, unnormalised) >= finfo.tiny).all()
-            exact = scores_normal & (end_scale >= finfo.tiny / finfo.eps).all()
-        ctx.mark_non_differentiable(exact)
-        ctx.save_for_backward(exp_emissions, exp_transitions, exp_end, mask, stacked)
-        ctx.scales, ctx.end_scale = scales, end_scale
-        return log_partition, exact
-
-    @staticmethod
-    def backward(ctx, grad_output, grad_exact):
-        exp_emissions, exp_transitions, exp_end, mask, alphas = ctx.saved_tensors
-        num_words = alphas.shape[1]
-        # beta scaled so that sum_k alpha_t(k) beta_t(k) = 1: alpha_t * beta_t is the marginal of word t.
-        beta = (exp_end / ctx.end_scale[:, None]).expand_as(alphas[:, 0])
-        betas = [beta] * num_words
-        messages = []
-        for position in range(num_words - 1, 0, -1):
-            message = exp_emissions[:, position] * betas[position] / ctx.scales[position]
-            message = message * mask[:, position, None]
-            messages.append(message)
-            betas[position - 1] = torch.where(mask[:, position, None], message @ exp_transitions.T, betas[position])
-        scale = grad_output[:, None, None]
-        marginals = alphas * torch.stack(betas, 1) * scale
-        grad_emissions = marginals * mask[:, :, None]
-        grad_emissions[:, 0] = marginals[:, 0]
-        grad_start = marginals[:, 0].sum(dim=0)
-        last = alphas.gather(1, (mask.sum(dim=1) - 1).clamp(min=0)[:, None, None].expand(-1, 1, alphas.shape[2]))
-        grad_end = (last.squeeze(1) * exp_end / ctx.end_scale[:, None] * grad_output[:, None]).sum(dim=0)
-        grad_transitions = torch.zeros_like(exp_transitions)
-        if messages:
-            previous = (alphas[:, :-1] * scale).flatten(0, 1)
-            following = torch.stack(messages[::-1], 1).flatten(0, 1)
-            grad_transitions = exp_transitions * (previous.T @ following)
-        return grad_emissions, grad_start, grad_end, grad_transitions, None
-
-
 def _text_tower_kwargs(text_config: PreTrainedConfig) -> dict:
     """Drop the text tower's pooler where its class allows it: MMIB never uses it, and unused weights break DDP."""
     parameters = inspect.signature(MODEL_MAPPING[type(text_config)].__init__).parameters
     return {"add_pooling_layer": False} if "add_pooling_layer" in parameters else {}
-
-
-_KERNEL_SUPPORT_FLAGS = {
-    "sdpa": "_supports_sdpa",
-    "flash_attention_2": "_supports_flash_attn",
-    "flash_attention_3": "_supports_flash_attn",
-    "flex_attention": "_supports_flex_attn",
-}
-
-
-def _tower_attention_fallback(tower_config: PreTrainedConfig) -> None:
-    """
-    `attn_implementation="sdpa"` reaches every sub-config. A tower whose class cannot run the requested kernel (a
-    ResNet has no attention at all) is given its own default instead of refusing to build.
-    """
-    flag = _KERNEL_SUPPORT_FLAGS.get(tower_config._attn_implementation)
-    if flag is not None and not getattr(MODEL_MAPPING[type(tower_config)], flag, False):
-        tower_config._attn_implementation = None
 
 
 class MMIBPreTrainedModel(PreTrainedModel):
@@ -745,6 +481,58 @@ class MMIBPreTrainedModel(PreTrainedModel):
         auto_map.update({auto_class: f"modeling_mmib.{cls.__name__}" for cls, auto_class in AUTO_CLASSES.items()})
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_map}
         super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _encode(
+        self,
+        task: str,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.LongTensor | None,
+        pixel_values: torch.FloatTensor | None,
+        image_features: torch.FloatTensor | None,
+        image_mask: torch.Tensor | None,
+        labels: torch.LongTensor | None,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        image_feature_mask: torch.Tensor | None,
+        kwargs: dict,
+        **task_input: torch.LongTensor | None,
+    ) -> MMIBModelOutput:
+        """The heads' shared prologue: the task input (`word_index` or `entity_positions`) is required, every input
+        is checked, and the encoder runs (its regularizers only when there are labels to train on)."""
+        ((name, value),) = task_input.items()
+        if value is None:
+            raise ValueError(
+                f"{name} is required (from MMIBProcessor). The call order is input_ids, attention_mask, "
+                f"token_type_ids, {name}, ...: pass {name} by keyword."
+            )
+        check_inputs(
+            self.config,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            pixel_values,
+            image_features,
+            image_mask,
+            labels=labels,
+            task=task,
+            image_feature_mask=image_feature_mask,
+            **task_input,
+        )
+        return self.mmib(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            pixel_values=pixel_values,
+            image_features=image_features,
+            image_mask=image_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            compute_regularizers=labels is not None,
+            image_feature_mask=image_feature_mask,
+            **kwargs,
+        )
 
     @property
     def _text_model(self) -> PreTrainedModel:
@@ -796,11 +584,11 @@ class MMIBPreTrainedModel(PreTrainedModel):
         text_model = AutoModel.from_pretrained(text_model_name_or_path, **_text_tower_kwargs(text_config))
         vision_model = None
         if isinstance(vision_model_name_or_path, PreTrainedConfig):
-            vision_config = _vision_sub_config(vision_model_name_or_path)
+            vision_config = vision_sub_config(vision_model_name_or_path)
             if vision_config.model_type == "timm_wrapper":
-                vision_model = _timm_initialised_tower(vision_config)
+                vision_model = timm_initialised_tower(vision_config)
         else:
-            vision_config = _vision_sub_config(AutoConfig.from_pretrained(vision_model_name_or_path))
+            vision_config = vision_sub_config(AutoConfig.from_pretrained(vision_model_name_or_path))
             vision_model = AutoModel.from_pretrained(vision_model_name_or_path, config=vision_config)
         config = MMIBConfig(text_config=text_model.config, vision_config=vision_config, **config_kwargs)
         model = cls(config)
@@ -813,24 +601,6 @@ class MMIBPreTrainedModel(PreTrainedModel):
         return model
 
 
-def _vision_sub_config(config: PreTrainedConfig) -> PreTrainedConfig:
-    """The image tower's config: the `vision_config` of a dual encoder (CLIP, SigLIP), whose vision model classes
-    load the vision half of its weights, else the config itself."""
-    return getattr(config, "vision_config", None) or config
-
-
-def _timm_initialised_tower(config: PreTrainedConfig) -> PreTrainedModel:
-    """A random timm tower with timm's own initialisation. transformers draws every timm convolution from
-    N(0, 0.02), under which activations vanish through a deep CNN (EfficientNet-Lite0's pooled features come out
-    ~1e-20), which would make a "random tower" baseline meaningless."""
-    import timm  # a TimmWrapper tower needs timm in any case
-
-    tower = AutoModel.from_config(config)
-    fresh = timm.create_model(config.architecture, pretrained=False, num_classes=0, **(config.model_args or {}))
-    tower.timm_model.load_state_dict(fresh.state_dict())
-    return tower
-
-
 class MMIBModel(MMIBPreTrainedModel):
     """
     The MMIB encoder: text and vision towers, the variational encoders of both modalities with the refinement
@@ -839,7 +609,7 @@ class MMIBModel(MMIBPreTrainedModel):
 
     def __init__(self, config: MMIBConfig):
         super().__init__(config)
-        _tower_attention_fallback(config.text_config)
+        attention_fallback(config.text_config)
         self.text_model = AutoModel.from_config(config.text_config, **_text_tower_kwargs(config.text_config))
         text_size = config.text_config.hidden_size
         self.text_projection = (
@@ -851,7 +621,7 @@ class MMIBModel(MMIBPreTrainedModel):
         self.vision_model = self.vision_projection = self.vision_variational_encoder = None
         self.vision_to_text_encoder = self.text_to_vision_encoder = self.discriminator = None
         if not config.text_only:
-            _tower_attention_fallback(config.vision_config)
+            attention_fallback(config.vision_config)
             self.vision_model = AutoModel.from_config(config.vision_config)
             self.vision_projection = nn.Linear(config.vision_feature_size, config.latent_size)
             self.vision_variational_encoder = MMIBVariationalEncoder(config)
@@ -886,22 +656,7 @@ class MMIBModel(MMIBPreTrainedModel):
         flat = pixel_values.reshape(-1, *pixel_values.shape[-3:]).contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision_encoder):
             outputs = self.vision_model(pixel_values=flat)
-        pooling = self.config.vision_feature_pooling
-        if pooling == "pooler":
-            if outputs.pooler_output is None:
-                raise ValueError(
-                    f"The {type(self.vision_model).__name__} vision tower returns no pooler_output: set "
-                    "config.vision_feature_pooling to 'cls' or 'mean'."
-                )
-            # ResNet's pooler output keeps its 1 x 1 spatial dimensions; the reshape below drops them.
-            pooled = outputs.pooler_output
-        elif outputs.last_hidden_state.dim() == 4:
-            if pooling == "cls":
-                raise ValueError("vision_feature_pooling='cls' needs a token sequence; this tower is convolutional.")
-            pooled = outputs.last_hidden_state.mean(dim=(-2, -1))
-        else:
-            tokens = outputs.last_hidden_state
-            pooled = tokens[:, 0] if pooling == "cls" else tokens.mean(dim=1)
+        pooled = pool_tower_output(outputs, self.config.vision_feature_pooling, type(self.vision_model).__name__)
         return pooled.reshape(*leading_shape, -1)
 
     def _image_inputs(
@@ -910,9 +665,15 @@ class MMIBModel(MMIBPreTrainedModel):
         image_features: torch.FloatTensor | None,
         image_mask: torch.Tensor | None,
         batch_size: int,
+        image_feature_mask: torch.Tensor | None = None,
     ) -> tuple[torch.FloatTensor, torch.BoolTensor]:
-        if pixel_values is not None and image_features is not None:
-            raise ValueError("Pass either pixel_values or image_features, not both.")
+        if pixel_values is not None and image_features is not None and image_feature_mask is None:
+            raise ValueError(
+                "Both pixel_values and image_features were given: pass image_feature_mask to say which slots "
+                "image_features holds."
+            )
+        if image_feature_mask is not None and image_features is None:
+            raise ValueError("image_feature_mask says which slots image_features holds, but no image_features was given.")
         if pixel_values is None and image_features is None:
             if image_mask is not None and image_mask.any():
                 raise ValueError(
@@ -928,19 +689,34 @@ class MMIBModel(MMIBPreTrainedModel):
         )
         if image_mask.shape != slots:
             raise ValueError(f"image_mask has shape {tuple(image_mask.shape)}, expected {tuple(slots)}.")
-        if image_features is None:
-            # The processor returns fp32 pixels; a half-precision tower needs its own dtype.
-            pixel_values = pixel_values.to(self.vision_model.dtype)
-            # Only present slots go through the tower: absent crops cost nothing.
-            image_features = pixel_values.new_zeros(*slots, self.config.vision_feature_size)
-            if image_mask.any():
-                image_features[image_mask] = self.get_image_features(pixel_values[image_mask]).to(image_features.dtype)
-        elif image_features.shape[-1] != self.config.vision_feature_size:
+        if image_features is not None and image_features.shape[-1] != self.config.vision_feature_size:
             raise ValueError(
                 f"image_features has size {image_features.shape[-1]} in its last dimension, expected "
                 f"config.vision_feature_size = {self.config.vision_feature_size}."
             )
-        return image_features, image_mask
+        if image_feature_mask is None:
+            if image_features is not None:
+                return image_features, image_mask
+            feature_mask = torch.zeros_like(image_mask)
+        else:
+            feature_mask = image_feature_mask.bool()
+            if (feature_mask & ~image_mask).any():
+                raise ValueError("image_feature_mask marks slots that image_mask marks as absent.")
+        computed = image_mask & ~feature_mask
+        if computed.any() and pixel_values is None:
+            raise ValueError(
+                f"{int(computed.sum())} present image slots are not in image_feature_mask and no pixel_values "
+                "were given to compute them."
+            )
+        # The processor returns fp32 pixels; a half-precision tower needs its own dtype.
+        dtype = self.vision_model.dtype
+        features = torch.zeros(*slots, self.config.vision_feature_size, dtype=dtype, device=image_mask.device)
+        if image_features is not None:
+            features[feature_mask] = image_features[feature_mask].to(dtype)
+        # Only present slots without features go through the tower: absent crops cost nothing.
+        if computed.any():
+            features[computed] = self.get_image_features(pixel_values[computed].to(dtype)).to(dtype)
+        return features, image_mask
 
     def _kl_divergence(self, mean: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """KL(N(mean, exp(logvar)) || N(0, I)) over the valid positions, reduced by `config.kl_reduction`, in fp32."""
@@ -998,6 +774,7 @@ class MMIBModel(MMIBPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         compute_regularizers: bool = True,
+        image_feature_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> MMIBModelOutput | tuple:
         r"""
@@ -1022,6 +799,10 @@ class MMIBModel(MMIBPreTrainedModel):
                 and (in eval mode) the log-variance encoders. They only feed the training objective, so the heads
                 pass `False` in eval mode when no `labels` are given; the outputs `kl_text`, `kl_vision`,
                 `alignment_loss` and the log-variances are then `None`. Training mode always computes them.
+            image_feature_mask (`torch.Tensor` of shape `(B, N)`, *optional*): True (1) where `image_features`
+                holds the slot's features (e.g. from a cache); the other present slots are computed from
+                `pixel_values`, so one batch can mix cached features and pixels. Defaults to `image_mask` when only
+                `image_features` is given; required when both `pixel_values` and `image_features` are.
             kwargs: passed to the text tower and to the APEnc attention functions, as in BERT.
 
         Returns:
@@ -1036,6 +817,7 @@ class MMIBModel(MMIBPreTrainedModel):
             image_features,
             image_mask,
             vocab_size=self.text_model.get_input_embeddings().num_embeddings,
+            image_feature_mask=image_feature_mask,
         )
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         if output_hidden_states is None:
@@ -1067,7 +849,9 @@ class MMIBModel(MMIBPreTrainedModel):
             kl_text=self._kl_divergence(text_mean, text_logvar, text_mask) if use_kl else None,
         )
         if not self.config.text_only:
-            image_features, image_mask = self._image_inputs(pixel_values, image_features, image_mask, batch_size)
+            image_features, image_mask = self._image_inputs(
+                pixel_values, image_features, image_mask, batch_size, image_feature_mask
+            )
             vision_inputs = self.vision_projection(image_features.to(text_inputs.dtype))
             vision_latents, vision_mean, vision_logvar, vision_attentions = self.vision_variational_encoder(
                 vision_inputs, image_mask, compute_regularizers, **attention_kwargs
@@ -1184,6 +968,7 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        image_feature_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> MMIBTokenClassifierOutput | tuple:
         r"""
@@ -1193,44 +978,29 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
             labels (`torch.LongTensor` of shape `(B, W)`, *optional*): word-level label ids, -100 at padding.
             word_index (`torch.LongTensor` of shape `(B, W)`) is required; it is a keyword-or-fourth argument so that
                 the BERT call order `model(input_ids, attention_mask)` holds.
-            Other arguments (`output_attentions`, `output_hidden_states`, `return_dict`, `**kwargs` included): as
-                in [`MMIBModel.forward`].
+            Other arguments (`output_attentions`, `output_hidden_states`, `return_dict`, `image_feature_mask`,
+                `**kwargs` included): as in [`MMIBModel.forward`].
 
         Returns:
             [`MMIBTokenClassifierOutput`] (or a tuple of its non-`None` fields with `return_dict=False`);
             `predictions` is filled in eval mode.
         """
-        if word_index is None:
-            raise ValueError(
-                "word_index is required (from MMIBProcessor). The call order is input_ids, attention_mask, "
-                "token_type_ids, word_index, ...: pass word_index by keyword."
-            )
-        check_inputs(
-            self.config,
+        outputs = self._encode(
+            "ner",
             input_ids,
             attention_mask,
             token_type_ids,
             pixel_values,
             image_features,
             image_mask,
+            labels,
+            output_attentions,
+            output_hidden_states,
+            image_feature_mask,
+            kwargs,
             word_index=word_index,
-            labels=labels,
-            task="ner",
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.mmib(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            pixel_values=pixel_values,
-            image_features=image_features,
-            image_mask=image_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            compute_regularizers=labels is not None,
-            **kwargs,
-        )
         word_mask = word_index >= 0
         word_states = outputs.last_hidden_state.gather(
             1, word_index.clamp(min=0)[:, :, None].expand(-1, -1, outputs.last_hidden_state.shape[-1])
@@ -1289,6 +1059,7 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        image_feature_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> MMIBRelationClassifierOutput | tuple:
         r"""
@@ -1297,43 +1068,28 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
                 `[[<s>, </s>], [<o>, </o>]]` around the head and tail entities (from [`MMIBProcessor`]).
             labels (`torch.LongTensor` of shape `(B,)`, *optional*): relation ids.
             entity_positions is required; it is a keyword-or-fourth argument so that the BERT call order holds.
-            Other arguments (`output_attentions`, `output_hidden_states`, `return_dict`, `**kwargs` included): as
-                in [`MMIBModel.forward`].
+            Other arguments (`output_attentions`, `output_hidden_states`, `return_dict`, `image_feature_mask`,
+                `**kwargs` included): as in [`MMIBModel.forward`].
 
         Returns:
             [`MMIBRelationClassifierOutput`] (or a tuple of its non-`None` fields with `return_dict=False`).
         """
-        if entity_positions is None:
-            raise ValueError(
-                "entity_positions is required (from MMIBProcessor). The call order is input_ids, attention_mask, "
-                "token_type_ids, entity_positions, ...: pass entity_positions by keyword."
-            )
-        check_inputs(
-            self.config,
+        outputs = self._encode(
+            "re",
             input_ids,
             attention_mask,
             token_type_ids,
             pixel_values,
             image_features,
             image_mask,
+            labels,
+            output_attentions,
+            output_hidden_states,
+            image_feature_mask,
+            kwargs,
             entity_positions=entity_positions,
-            labels=labels,
-            task="re",
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.mmib(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            pixel_values=pixel_values,
-            image_features=image_features,
-            image_mask=image_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            compute_regularizers=labels is not None,
-            **kwargs,
-        )
         entity_vectors = self._entity_vectors(outputs.last_hidden_state, entity_positions)
         logits = self.classifier(self.dropout(entity_vectors))
         task_loss = None if labels is None else F.cross_entropy(logits.float(), labels)

@@ -1,8 +1,7 @@
 """
 The `mmib-ner` transformers pipeline: `pipeline(model=checkpoint, trust_remote_code=True)` on a post.
 
-This file travels with NER checkpoints as remote code together with `prediction_mmib.py` and
-`word_splitting_mmib.py` (see [`save_pipeline_code`]): it imports only torch, transformers and its flat siblings.
+Travels with checkpoints as remote code (see CONTRIBUTING.md).
 """
 
 import os
@@ -12,7 +11,7 @@ from transformers import AutoModelForTokenClassification, Pipeline
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .prediction_mmib import MMIBPredictor
+from .predictor_mmib import MMIBPredictor
 
 __all__ = ["MMIBTokenClassificationPipeline", "PIPELINE_TASK", "save_pipeline_code"]
 

@@ -324,6 +324,33 @@ def check_processor_matches_config(
         )
 
 
+def check_tokenizer_matches_embeddings(
+    processor: "MMIBProcessor", model: Any, source: str = "the checkpoint"
+) -> None:
+    """
+    Refuses a processor whose tokenizer can produce ids that the model's text embeddings do not have (a tokenizer
+    from another model, or RE markers added without resizing the embeddings). A tokenizer smaller than the
+    embedding matrix is accepted: embeddings padded to a multiple of 8 or 64 are common.
+
+    Raises:
+        ValueError: `len(processor.tokenizer)` exceeds the number of embedding rows.
+    """
+    tokens, rows = len(processor.tokenizer), model.get_input_embeddings().num_embeddings
+    if tokens > rows:
+        raise ValueError(
+            f"The tokenizer of {source} has {tokens} tokens but the model's text embeddings have {rows} rows "
+            "(text_config.vocab_size): the tokenizer belongs to another model, or tokens were added without "
+            "model.resize_token_embeddings(len(tokenizer)). Save the processor that was built with the model "
+            "(mmib.build_model_and_processor does both)."
+        )
+
+
 MMIBProcessor.register_for_auto_class()
 
-__all__ = ["ENTITY_MARKERS", "MMIBProcessor", "check_processor_matches_config"]
+__all__ = [
+    "ENTITY_MARKERS",
+    "TASKS",
+    "MMIBProcessor",
+    "check_processor_matches_config",
+    "check_tokenizer_matches_embeddings",
+]

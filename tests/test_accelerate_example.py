@@ -10,8 +10,8 @@ from transformers import TrainingArguments
 
 from conftest import NER_LABELS, make_image, make_image_processor, make_tokenizer, tiny_config
 from mmib import MMIBForTokenClassification, MMIBProcessor
-from mmib.collator import MMIBDataCollator
-from mmib.trainer import MMIBTrainer
+from mmib.training.collator import MMIBDataCollator
+from mmib.training.trainer import MMIBTrainer
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_with_accelerate.py"
 SEED, STEPS, BATCH, LEARNING_RATE, WEIGHT_DECAY = 7, 4, 2, 1e-3, 0.01

@@ -16,7 +16,8 @@ from mmib import MMIBForTokenClassification, MMIBProcessor
 from mmib.analysis import ablation, beta_sweep
 from mmib.analysis.contribution import contribution_scores, explain_posts
 from mmib.analysis.intermediates import encoder_intermediates
-from mmib.analysis.modality_gap import collect_pairs, entity_spans, gap_statistics, run_modality_gap
+from mmib.analysis.modality_gap import collect_pairs, gap_statistics, run_modality_gap
+from mmib.post_processing_mmib import entity_spans
 from mmib.analysis.runs import TrainingRun, training_command
 from mmib.cli import _parser
 from mmib.data import load_jsonl
@@ -293,8 +294,8 @@ def test_training_command_order_and_values(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("config_overrides: apenc_num_attention_heads=6\n")
     command = training_command(str(config), run, tmp_path / "x", ["--config_overrides", "latent_size=8"], tmp_path)
-    assert command[1].endswith("train_mmib.py") and Path(command[1]).is_file() and command[0] == sys.executable
-    assert command[command.index("--config_overrides", 4) + 1] == "latent_size=8,text_only=true"
+    assert command[:3] == [sys.executable, "-m", "mmib.training.run"]
+    assert command[command.index("--config_overrides", 5) + 1] == "latent_size=8,text_only=true"
     assert command[-4:] == ["--seed", "4", "--output_dir", str(tmp_path / "x")]
     assert command[command.index("--image_feature_cache") + 1] == str(tmp_path / "image-features-seed4.safetensors")
 

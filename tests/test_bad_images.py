@@ -31,7 +31,7 @@ from mmib import (
     image_loading_mmib,
     load_image,
 )
-from mmib.collator import MMIBDataCollator
+from mmib.training.collator import MMIBDataCollator
 from mmib.features import ImageFeatureStore
 
 

@@ -187,12 +187,11 @@ def test_a_missing_local_tower_or_checkpoint_is_reported_before_any_hub_lookup(
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="model.safetensors .* is a file, not a folder"):
         load_model_and_processor("./model.safetensors")
-    monkeypatch.syspath_prepend(str(REPO))
-    import train_mmib
+    from mmib.training import arguments, run
 
-    model_args = train_mmib.ModelArguments(model_name_or_path="runs/mmib-t17")
+    model_args = arguments.ModelArguments(model_name_or_path="runs/mmib-t17")
     with pytest.raises(FileNotFoundError, match="MMIB checkpoint folder runs/mmib-t17"):
-        train_mmib.crops_per_post(model_args, "ner")
+        run.crops_per_post(model_args, "ner")
     assert hub_lookups == []
     # A Hub id is still looked up on the Hub.
     with pytest.raises(OSError):

@@ -383,6 +383,23 @@ def test_jsonl_bad_record_names_file_and_line(tmp_path, task, bad, message):
         load_jsonl({"train": path}, task=task, label_names=labels)
 
 
+def test_training_and_prediction_share_the_word_and_span_rules(tmp_path):
+    """One rule (posts_mmib.words_field / span_field) for JSON-lines training records and for predicted posts."""
+    from mmib.posts_mmib import prepare_post
+
+    record = {"words": ["a", " ", "b"], "head": [0, 1], "tail": [2, 3], "relation": "x"}
+    path = write_lines(tmp_path / "train.jsonl", [record])
+    # A whitespace-only word is a word for both.
+    assert load_jsonl({"train": path}, task="re", label_names=["None", "x"])["train"][0]["tail_span"] == [2, 3]
+    assert prepare_post(record, needs_spans=True).tail == (2, 3)
+    for span in ([True, 2], [0, 1.0], [2, 2], [0, 4], "01"):
+        path = write_lines(tmp_path / "train.jsonl", [{**record, "tail": span}])
+        post = prepare_post({**record, "tail": span}, needs_spans=True)
+        with pytest.raises(ValueError, match=r"train\.jsonl:1: .*'tail'"):
+            load_jsonl({"train": path}, task="re", label_names=["None", "x"])
+        assert post.error_kind == "invalid field" and "'tail'" in post.error, span
+
+
 def test_jsonl_unknown_task(tmp_path):
     with pytest.raises(ValueError, match="task"):
         load_jsonl({"train": tmp_path / "x.jsonl"}, task="pos")
@@ -451,3 +468,39 @@ def test_real_benchmark_files_counts(caplog):
         "train": 49, "validation": 7, "test": 51}  # fmt: skip
     assert {split: report.crops_found for split, report in mnre_report.items()} == {
         "train": 16, "validation": 12, "test": 22}  # fmt: skip
+
+
+def test_the_registry_dispatches_each_dataset_to_its_reader_and_task(tmp_path, monkeypatch):
+    from mmib.data.registry import READERS, default_data_dir, load_dataset, task_of
+
+    twitter, mnre = write_twitter(tmp_path / "shared" / "twitter2017"), write_mnre(tmp_path / "shared" / "mnre")
+    posts = write_lines(tmp_path / "posts.jsonl", [{"words": ["a", "b"], "tags": ["B-PER", "O"]}])
+    task, data = load_dataset("twitter2017", data_dir=twitter)
+    assert task == "ner" and data["train"][0]["words"] == load_twitter_ner(twitter)["train"][0]["words"]
+    task, data = load_dataset("mnre", data_dir=mnre)
+    assert task == "re" and "relation" in data["train"].features
+    task, data = load_dataset("jsonl", files={"test": posts})
+    assert task == "ner" and list(data) == ["test"] and data["test"][0]["words"] == ["a", "b"]
+    assert [task_of(name, "re") for name in READERS] == ["ner", "ner", "re", "re"]
+    with pytest.raises(ValueError, match="Unknown dataset 'twitter2019': expected one of twitter2015, .*jsonl"):
+        load_dataset("twitter2019")
+    with pytest.raises(ValueError, match="jsonl dataset needs its files"):
+        load_dataset("jsonl")
+    monkeypatch.setenv("MMIB_SHARED_DATA", str(tmp_path / "shared"))
+    assert default_data_dir("mnre") == mnre
+    assert load_dataset("twitter2017")[1]["test"]["words"] == load_twitter_ner(twitter)["test"]["words"]
+
+
+def test_read_posts_takes_raw_text_like_mmib_predict(tmp_path):
+    """`mmib explain` reads posts with read_posts: a file written for `mmib predict` (raw text) works for both."""
+    from mmib.data import read_posts
+    from mmib.posts_mmib import prepare_post
+
+    rows = [{"id": "t", "text": "RT @ann: Paris, at last!"}, {"id": "w", "words": ["Paris", "at", "last"]}]
+    path = write_lines(tmp_path / "posts.jsonl", rows)
+    posts = read_posts(path)
+    assert [post["words"] for post in posts] == [prepare_post(row).words for row in rows]
+    assert posts[0]["words"] == ["RT", "@ann", ":", "Paris", ",", "at", "last", "!"]
+    for bad, message in (({"text": "a", "words": ["a"]}, "either text or words"), ({"text": 3}, "'text' must be")):
+        with pytest.raises(ValueError, match=rf"posts\.jsonl:1: .*{message}"):
+            read_posts(write_lines(tmp_path / "posts.jsonl", [bad]))

@@ -12,7 +12,7 @@ from transformers import ConvNextImageProcessor, ConvNextImageProcessorPil
 
 from conftest import make_image, make_image_processor, make_tokenizer, tiny_config
 from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBProcessor
-from mmib.collator import MMIBDataCollator
+from mmib.training.collator import MMIBDataCollator
 from mmib.features import ImageFeatureStore, vision_fingerprint, vision_settings
 
 
@@ -105,6 +105,12 @@ def test_cache_round_trip_content_keys_and_fingerprint(model, image_files, tmp_p
     assert recomputed.fingerprint != built.fingerprint
     assert not torch.allclose(recomputed.features_of(image_files["image0"]), built.features_of(image_files["image0"]))
     assert ImageFeatureStore.load(cache).fingerprint == recomputed.fingerprint
+
+
+def test_fingerprint_of_a_fixed_tiny_tower_is_unchanged(model):
+    """A changed hash silently recomputes every user's feature cache: change it only on purpose (and bump FORMAT)."""
+    golden = "95126c79de08833851db9d697f1d57775fcb3a8dd1f0ae031af6fcbf08ae8985"  # main at 64db95d
+    assert vision_fingerprint(model.mmib, make_image_processor()) == golden
 
 
 def test_fingerprint_follows_weights_and_preprocessing_not_bookkeeping(model):

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 from conftest import SHARED_DATA, make_image_processor
 from mmib import MMIBProcessor
 from mmib.building import TASK_DEFAULTS
-from mmib.collator import MMIBDataCollator
+from mmib.training.collator import MMIBDataCollator
 from mmib.data import TWITTER_SPLITS, load_mnre, load_twitter_ner, missing_media_report
 from mmib.re_encoding_mmib import ENTITY_MARKERS
 

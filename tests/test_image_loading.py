@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import make_image, make_image_processor, make_tokenizer, tiny_config
 from mmib import MMIBForTokenClassification, MMIBProcessor, UnreadableImageError, load_image
-from mmib.collator import MMIBDataCollator
+from mmib.training.collator import MMIBDataCollator
 from mmib.features import ImageFeatureStore
 
 

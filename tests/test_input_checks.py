@@ -88,7 +88,7 @@ COMMON_CASES = [
     (
         "both image inputs",
         lambda b: {**b, "image_features": torch.zeros(B, N, 16)},
-        "either pixel_values or image_features",
+        "pass image_feature_mask to say which slots",
     ),
     ("mask without images", lambda b: {**b, "pixel_values": None}, "neither pixel_values nor image_features"),
 ]

@@ -10,7 +10,7 @@ import evaluate
 import pytest
 from seqeval.scheme import IOB2
 
-from mmib.metrics import load_metric, metric_module_path, ner_scores, re_scores
+from mmib.training.metrics import load_metric, metric_module_path, ner_scores, re_scores
 
 # Two posts, hand-scored below.
 GOLD = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-MISC", "I-MISC"]]

@@ -363,6 +363,31 @@ def test_a_checkpoint_saved_by_the_earlier_version_still_loads():
         assert outputs[name].item() == pytest.approx(stored[f"expected.{name}"].item(), rel=1e-5), name
 
 
+
+def test_checkpoints_saved_by_the_pre_reorganisation_main_still_predict(monkeypatch):
+    """NER and RE folders (weights, processor, remote code) saved by main at 64db95d, before the reorganisation."""
+    from mmib import MMIBPredictor
+
+    folder = FIXTURES / "ner-re-tiny-64db95d"
+    expected = json.loads((folder / "expected_outputs.json").read_text())
+    posts = [json.loads(line) for line in (folder / "posts.jsonl").read_text().splitlines()]
+    monkeypatch.chdir(folder)  # the image path in posts.jsonl is relative to the fixture
+    ner = MMIBPredictor.from_pretrained("ner", device="cpu", dtype="float32")
+    both = MMIBPredictor.from_pretrained("ner", relation_model="re", device="cpu", dtype="float32", keep_none=True)
+    for name, predictor in (("ner", ner), ("ner_re", both)):
+        assert rounded(predictor(posts)) == rounded(expected[name]), name
+
+
+def rounded(value):
+    """`value` with every float rounded to 5 decimals (scores may move in the last bits across versions)."""
+    if isinstance(value, float):
+        return round(value, 5)
+    if isinstance(value, dict):
+        return {key: rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [rounded(item) for item in value]
+    return value
+
 # --- classifier dropout, embeddings, training, compile ---------------------------------------------------------------
 
 

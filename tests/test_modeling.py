@@ -486,9 +486,34 @@ def test_image_features_path_equals_pixel_values_path(model):
     assert torch.equal(from_pixels.predictions, from_features.predictions)
 
 
+def test_cached_features_and_pixels_mix_in_one_batch(model):
+    """Item 4: `image_feature_mask` says which slots `image_features` holds; the model computes the others."""
+    batch = make_batch()
+    present = batch["image_mask"].bool()
+    with torch.no_grad():
+        features = model.mmib.get_image_features(batch["pixel_values"])
+        from_pixels = model(**batch)
+        # Every other slot comes as a feature vector; the rest of the features tensor is garbage the model ignores.
+        feature_mask = present & (torch.arange(NUM_SLOTS) % 2 == 0)
+        given = torch.where(feature_mask[:, :, None], features, torch.full_like(features, float("nan")))
+        pixels = batch["pixel_values"].masked_fill(feature_mask[:, :, None, None, None], float("nan"))
+        mixed = model(**{**batch, "pixel_values": pixels}, image_features=given, image_feature_mask=feature_mask)
+    assert feature_mask.any() and (present & ~feature_mask).any()
+    assert torch.allclose(mixed.logits, from_pixels.logits, atol=1e-6)
+    assert torch.equal(mixed.predictions, from_pixels.predictions)
+    absent = ~present
+    assert absent.any()
+    with pytest.raises(ValueError, match="image_feature_mask marks slots that image_mask marks as absent"):
+        model(**batch, image_features=features, image_feature_mask=present | absent)
+    with pytest.raises(ValueError, match="present image slots are not in image_feature_mask and no pixel_values"):
+        model(**{**batch, "pixel_values": None}, image_features=features, image_feature_mask=feature_mask)
+    with pytest.raises(ValueError, match=r"image_feature_mask has shape \(3, 2\)"):
+        model(**batch, image_features=features, image_feature_mask=feature_mask[:, :2])
+
+
 def test_input_validation(model):
     batch = make_batch()
-    with pytest.raises(ValueError, match="either pixel_values or image_features"):
+    with pytest.raises(ValueError, match="pass image_feature_mask to say which slots image_features holds"):
         model(**batch, image_features=torch.zeros(3, NUM_SLOTS, 16))
     with pytest.raises(ValueError, match="image_mask has shape"):
         model(**{**batch, "image_mask": torch.ones(3, 2, dtype=torch.bool)})

@@ -10,9 +10,9 @@ from transformers import TrainingArguments
 
 from conftest import IMAGE_SIZE, make_image_processor, make_tokenizer, tiny_config
 from mmib import MMIBForTokenClassification, MMIBProcessor
-from mmib.collator import MMIBDataCollator
+from mmib.training.collator import MMIBDataCollator
 from mmib.modeling_mmib import LOGVAR_MAX, LOGVAR_MIN
-from mmib.trainer import MMIBTrainer, NonFiniteTrainingError
+from mmib.training.trainer import MMIBTrainer, NonFiniteTrainingError
 
 
 def random_batch(

@@ -47,7 +47,7 @@ def ner_path(tmp_path_factory) -> str:
 def test_checkpoint_records_the_pipeline_and_carries_its_code(ner_path):
     config = json.load(open(os.path.join(ner_path, "config.json")))
     assert config["custom_pipelines"]["mmib-ner"]["impl"] == "pipeline_mmib.MMIBTokenClassificationPipeline"
-    assert {"pipeline_mmib.py", "prediction_mmib.py", "word_splitting_mmib.py"} <= set(os.listdir(ner_path))
+    assert {"pipeline_mmib.py", "predictor_mmib.py", "posts_mmib.py", "word_splitting_mmib.py"} <= set(os.listdir(ner_path))
 
 
 def test_pipeline_from_a_saved_folder_in_a_process_without_mmib(ner_path, tmp_path):

@@ -21,10 +21,10 @@ from conftest import (
 )
 from mmib import MMIBPredictor
 from mmib.cli import main as cli_main
-from mmib.collator import MMIBDataCollator
+from mmib.training.collator import MMIBDataCollator
 from mmib.data import load_jsonl, load_twitter_ner
-from mmib.jsonl_prediction import StrictModeError, predict_file
-from mmib.prediction_mmib import DTYPES, resolve_dtype
+from mmib.batch_prediction import StrictModeError, predict_file
+from mmib.predictor_mmib import DTYPES, resolve_dtype
 from mmib.word_splitting_mmib import split_words
 from prediction_checkpoints import RELATIONS, save_ner_checkpoint, save_re_checkpoint
 
@@ -80,7 +80,7 @@ def test_split_words_follows_the_data_conventions_with_offsets(text, words):
 def test_split_words_round_trips_the_twitter_splits():
     """The measured round-trip shares (benchmarks/word_splitter_roundtrip.py); Twitter-2015's own tokenizer left
     punctuation attached in ~3% of posts (`no!`, `Services.`), which a splitter that splits punctuation cannot redo."""
-    from mmib.data import _read_conll
+    from mmib.data.twitter import _read_conll
 
     minimum = {"twitter2015": 0.97, "twitter2017": 0.999}
     for name, share in minimum.items():
@@ -188,7 +188,7 @@ def test_one_post_a_list_and_a_lazy_iterable(predictor):
 def test_bad_posts_give_error_rows(predictor, tmp_path):
     results = predictor([{"text": "  "}, {"words": ["a", 3]}, {"text": "london", "image": str(tmp_path / "no.jpg")}])
     assert [set(result) for result in results] == [{"id", "error"}] * 3
-    assert "no words" in results[0]["error"] and "words must be" in results[1]["error"]
+    assert "no words" in results[0]["error"] and "'words' must be" in results[1]["error"]
     assert "no.jpg" in results[2]["error"]
 
 

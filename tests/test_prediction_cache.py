@@ -9,12 +9,12 @@ import shutil
 
 import pytest
 
-import mmib.prediction_mmib as prediction_mmib
+import mmib.posts_mmib as posts_mmib
 from conftest import make_image
 from mmib import MMIBPredictor
 from mmib.cli import main as cli_main
 from mmib.features import ImageFeatureStore
-from mmib.jsonl_prediction import predict_file
+from mmib.batch_prediction import predict_file
 from mmib.modeling_mmib import MMIBModel
 from prediction_checkpoints import ner_model_and_processor, save_ner_checkpoint, save_ner_model, save_re_checkpoint
 
@@ -110,8 +110,8 @@ def test_hits_are_not_opened_and_misses_are(ner_path, files, monkeypatch):
         opened.append(str(value))
         return original(value, *args, **kwargs)
 
-    original = prediction_mmib.load_image
-    monkeypatch.setattr(prediction_mmib, "load_image", recording_load_image)
+    original = posts_mmib.load_image
+    monkeypatch.setattr(posts_mmib, "load_image", recording_load_image)
     post = predictor.prepare({"text": "a b", "image": "renamed.png", "crops": ["c.png", "b.png"]}, 0, str(files))
     assert opened == [str(files / "c.png")]
     assert post.image is None and post.crops[0] is not None and post.crops[1] is None

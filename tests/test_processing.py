@@ -547,6 +547,20 @@ def test_loading_refuses_a_processor_that_does_not_fit_the_config_beside_it(tmp_
 # post-processing
 
 
+def test_entity_spans_chunk_exactly_like_the_scorer():
+    """The one chunker against seqeval's conlleval chunking (what the metrics score) on 2,000 random sequences."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    from mmib.post_processing_mmib import entity_spans
+
+    generator = np.random.default_rng(0)
+    alphabet = ["O"] + [f"{prefix}-{kind}" for prefix in "BI" for kind in ("PER", "LOC", "ORG")]
+    for _ in range(2000):
+        tags = [alphabet[index] for index in generator.integers(0, len(alphabet), generator.integers(0, 12))]
+        expected = [(start, end + 1, kind) for kind, start, end in get_entities(tags)]
+        assert entity_spans(tags) == expected, tags
+
+
 def test_post_process_token_classification_chunks_like_conlleval(ner_processor):
     words = [
         ["John", "Smith", "visits", "New", "York", "!"],

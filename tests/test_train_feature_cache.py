@@ -151,8 +151,7 @@ def test_a_training_cache_serves_the_saved_checkpoint_and_a_second_training(towe
 def test_the_feature_cache_is_built_on_the_training_device(towers, splits, tmp_path, monkeypatch):
     """`train_mmib` runs the tower on `TrainingArguments.device`. A CPU-only machine has no second device: the
     meta device stands for the GPU, and the run stops at the tower (features cannot come back from it)."""
-    sys.path.insert(0, str(REPO))
-    import train_mmib
+    from mmib.training import arguments, run
 
     class Stop(Exception):
         pass
@@ -167,12 +166,11 @@ def test_the_feature_cache_is_built_on_the_training_device(towers, splits, tmp_p
         arguments._setup_devices  # the process state that `TrainingArguments.device` sets up
         return torch.device("meta")
 
-    monkeypatch.setattr(train_mmib.MMIBTrainingArguments, "device", property(meta_device))
+    monkeypatch.setattr(arguments.MMIBTrainingArguments, "device", property(meta_device))
     monkeypatch.setattr(MMIBModel, "get_image_features", record)
     text, vision = towers
     flags = train_flags(splits, tmp_path / "run", tmp_path / "cache") + ["--text_model_name_or_path", text]
     flags += ["--vision_model_name_or_path", vision, "--config_overrides", "apenc_num_attention_heads=4"]
-    monkeypatch.setattr(sys, "argv", ["train_mmib.py", *flags])
     with pytest.raises(Stop):
-        train_mmib.main()
+        run.main(flags)
     assert seen == [("meta", "meta")]

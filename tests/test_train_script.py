@@ -22,7 +22,7 @@ from conftest import (
 )
 from mmib import load_model_and_processor
 from mmib.data import read_crop_dict
-from mmib.metrics import ner_scores
+from mmib.training.metrics import ner_scores
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples" / "twitter2017-sample"
@@ -162,7 +162,7 @@ def test_ner_end_to_end(towers, tmp_path):
     # A checkpoint holds safetensors, the remote code and no pickle; it loads through the Auto classes.
     files = {path.name for path in output_dir.iterdir()}
     assert {"model.safetensors", "modeling_mmib.py", "processing_mmib.py", "training_args.json"} <= files
-    assert {"pipeline_mmib.py", "prediction_mmib.py", "word_splitting_mmib.py"} <= files
+    assert {"pipeline_mmib.py", "predictor_mmib.py", "posts_mmib.py", "word_splitting_mmib.py"} <= files
     assert "training_args.bin" not in files
     model = AutoModelForTokenClassification.from_pretrained(output_dir)
     assert model.config.id2label[0] == "O"
@@ -353,11 +353,10 @@ def test_two_process_cpu_ddp_matches_one_process(towers, dropout_free_text_tower
 
 
 @pytest.fixture
-def train_mmib(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO))
-    import train_mmib
+def train_mmib():
+    from mmib.training import arguments
 
-    return train_mmib
+    return arguments
 
 
 @pytest.mark.parametrize(
@@ -395,3 +394,28 @@ def test_bf16_auto_on_cuda_needs_native_bf16_on_every_training_gpu(train_mmib, m
     fake_cuda_devices(monkeypatch, [(7, 5), (8, 0)], current=0)
     assert train_mmib.bf16_is_native(use_cpu=False) is True
     assert train_mmib.bf16_is_native(use_cpu=True) is False
+
+
+@pytest.mark.parametrize("name, value", [("num_crops", "1"), ("max_length", "32")])
+def test_config_overrides_refuse_the_fields_that_have_their_own_flag(train_mmib, name, value):
+    """Through --config_overrides they reached build_model_and_processor twice (TypeError: multiple values)."""
+    with pytest.raises(ValueError, match=rf"--config_overrides cannot set {name}: .* use --{name} {value}\."):
+        train_mmib.parse_config_overrides(f"apenc_num_attention_heads=4,{name}={value}")
+    assert train_mmib.parse_config_overrides("apenc_num_attention_heads=4,beta_text=0.5") == {
+        "apenc_num_attention_heads": 4,
+        "beta_text": 0.5,
+    }
+
+
+def test_read_config_file_reads_yaml_and_json_and_names_a_bad_file(train_mmib, tmp_path):
+    (tmp_path / "a.yaml").write_text("seed: 3\nbf16: auto\n")
+    (tmp_path / "b.json").write_text('{"seed": 4}')
+    (tmp_path / "empty.yml").write_text("")
+    (tmp_path / "c.toml").write_text("seed = 5")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    assert train_mmib.read_config_file(tmp_path / "a.yaml") == {"seed": 3, "bf16": "auto"}
+    assert train_mmib.read_config_file(tmp_path / "b.json") == {"seed": 4}
+    assert train_mmib.read_config_file(tmp_path / "empty.yml") == {}
+    for name in ("c.toml", "list.yaml"):
+        with pytest.raises(ValueError, match=name):
+            train_mmib.read_config_file(tmp_path / name)

@@ -12,12 +12,11 @@ from transformers import EvalPrediction, TrainingArguments
 
 from conftest import NER_LABELS, make_image, make_image_processor, make_tokenizer, tiny_config
 from mmib import MMIBForTokenClassification, MMIBProcessor
-from mmib.collator import MMIBDataCollator
-from mmib.model_card import ModelCardInfo, render_model_card
-from mmib.predictions import build_compute_metrics, ner_tags_from_predictions, per_type_scores
-from mmib.trainer import LOSS_PARTS, MMIBTrainer
+from mmib.training.collator import MMIBDataCollator
+from mmib.training.model_card import TEMPLATE, ModelCardInfo, render_model_card
+from mmib.training.evaluation import build_compute_metrics, ner_tags_from_predictions, per_type_scores
+from mmib.training.trainer import LOSS_PARTS, MMIBTrainer
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "mmib_model_card_template.md"
 
 
 def ner_dataset(image_folder: Path | None = None) -> Dataset:
@@ -224,6 +223,15 @@ def test_truncated_words_are_predicted_o_and_scored():
     assert metrics["f1"] == pytest.approx(0.8) and metrics["truncated_words"] == 2
     with pytest.raises(ValueError, match="3 predictions for 2 dataset rows"):
         ner_tags_from_predictions(np.zeros((3, 4), dtype=int), dataset, id2label)
+
+
+def test_more_labels_than_words_is_an_error_naming_the_row():
+    """A Viterbi path never has more labels than words: if one had, cutting it silently would hide a bug."""
+    dataset = ner_dataset()
+    predictions = np.array([[1, 2, 0, 3, -100], [0, 0, 0, 0, 0]])
+    assert [len(words) for words in dataset["words"]] == [4, 4]
+    with pytest.raises(ValueError, match=r"predictions\[1\] has 5 labels but post 1 has 4 words"):
+        ner_tags_from_predictions(predictions, dataset, dict(enumerate(NER_LABELS)))
 
 
 def test_relation_metrics_ignore_none():

@@ -31,7 +31,7 @@ from transformers import (
 from conftest import IMAGE_SIZE, make_image, make_image_processor, tiny_config, tiny_text_config, tiny_vision_config
 from mmib import MMIBForTokenClassification, MMIBProcessor, build_model_and_processor, load_model_and_processor
 from mmib.features import vision_fingerprint
-from mmib.vision_towers import load_image_processor
+from mmib.vision_towers_mmib import load_image_processor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMER_SHAPE = dict(

@@ -146,10 +146,10 @@ def run_ablation(
     `ablation.csv` and `ablation.md` to `output_dir`.
 
     Args:
-        config_file (`str`): a `train_mmib.py` config file (its `output_dir` and `seed` are replaced per run).
+        config_file (`str`): an `mmib train` config file (its `output_dir` and `seed` are replaced per run).
         seeds (`Sequence[int]`): training seeds, the same for every variant.
         output_dir (`str` or `Path`): the tables, and one folder per run (`<variant>/seed-<seed>`).
-        extra_args (`Sequence[str]`): more `train_mmib.py` flags for every run.
+        extra_args (`Sequence[str]`): more `mmib train` flags for every run.
         variants (`Sequence[Variant]`): the variants, the reference (full model) first.
         runner (`Callable`, *optional*): runs one training command (tests replace it).
 

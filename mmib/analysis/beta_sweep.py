@@ -93,7 +93,7 @@ def run_sweep(
     and the Fig. 4-style plot `beta_sweep.png` / `beta_sweep.svg` (test F1 per β, one curve per series).
 
     Args:
-        config_file (`str`): a `train_mmib.py` config file.
+        config_file (`str`): an `mmib train` config file.
         output_dir (`str` or `Path`): the CSV, the plot and one folder per run.
         beta_text (`Sequence[float]`): β_T values of the first series (β_V = `fixed`).
         beta_vision (`Sequence[float]`): β_V values of the second series (β_T = `fixed`).
@@ -101,7 +101,7 @@ def run_sweep(
             the first two series together.
         fixed (`float`, *optional*, defaults to 1.0 as in the paper): the β held fixed in the first two series.
         seeds (`Sequence[int]`): training seeds of every point.
-        extra_args (`Sequence[str]`): more `train_mmib.py` flags for every run.
+        extra_args (`Sequence[str]`): more `mmib train` flags for every run.
         runner (`Callable`, *optional*): runs one training command (tests replace it).
     """
     output_dir = Path(output_dir)

@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..collator import MMIBDataCollator
+from ..training.collator import MMIBDataCollator
 from ..data import read_posts
-from .intermediates import encoder_intermediates, load_ner_checkpoint
+from ..predictor_mmib import load_checkpoint
+from .intermediates import encoder_intermediates
 from .plotting import plot_contributions
 
 
@@ -53,7 +54,8 @@ def explain_posts(model_name_or_path: str, input_file: str, output_dir: str | Pa
         reads; `null` for words cut by `max_length`), `tokens`, `token_scores`, `image_slots` (name and file of
         each image slot that holds an image) and `image_scores`.
     """
-    model, processor = load_ner_checkpoint(model_name_or_path)
+    model, processor = load_checkpoint(model_name_or_path, task="ner")
+    model.eval()
     collator = MMIBDataCollator(processor)
     posts = read_posts(input_file)
     output_dir = Path(output_dir)

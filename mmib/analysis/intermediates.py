@@ -1,14 +1,12 @@
 """The model's per-modality tensors X (projected tower features) and Z (latents), read through forward hooks on
-the public submodules of [`MMIBModel`], and checkpoint loading for the analyses."""
+the public submodules of [`MMIBModel`]. The analyses load checkpoints with `predictor_mmib.load_checkpoint`."""
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoConfig, AutoModelForTokenClassification, AutoProcessor
-
-from ..configuration_mmib import MMIBConfig
 
 # Submodule of MMIBModel -> captured tensor. The variational encoders return (latents, mean, logvar); the latents
 # are the mean in eval mode.
@@ -70,22 +68,9 @@ def capture_intermediates(model: torch.nn.Module) -> Iterator[dict[str, torch.Te
 
 def encoder_intermediates(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Intermediates:
     """Runs the encoder of `model` in eval mode on `batch` (processor output) and returns its X and Z tensors."""
-    encoder_inputs = {
-        name: batch[name]
-        for name in ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "image_features", "image_mask")
-        if name in batch
-    }
+    # Whatever the encoder's forward accepts (word_index and labels are the heads'), so new inputs pass through.
+    accepted = inspect.signature(_encoder(model).forward).parameters
+    encoder_inputs = {name: value for name, value in batch.items() if name in accepted}
     with capture_intermediates(model) as captured, torch.inference_mode():
         _encoder(model)(**encoder_inputs)
     return Intermediates(**captured)
-
-
-def load_ner_checkpoint(model_name_or_path: str) -> tuple[torch.nn.Module, object]:
-    """An MMIB NER checkpoint (model in eval mode, processor); a clear error for anything else."""
-    config = AutoConfig.from_pretrained(model_name_or_path)
-    if not isinstance(config, MMIBConfig):
-        raise ValueError(f"{model_name_or_path} is not an MMIB checkpoint (model_type {config.model_type!r}).")
-    processor = AutoProcessor.from_pretrained(model_name_or_path)
-    if processor.task != "ner":
-        raise ValueError(f"{model_name_or_path} is a {processor.task!r} checkpoint; this analysis needs an NER one.")
-    return AutoModelForTokenClassification.from_pretrained(model_name_or_path).eval(), processor

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import yaml
 from tqdm.auto import tqdm
 
-from ..collator import MMIBDataCollator
-from ..data import load_jsonl, load_twitter_ner
-from .intermediates import encoder_intermediates, load_ner_checkpoint
+from ..data.registry import load_dataset, task_of
+from ..data.rows import gold_ner_tags
+from ..post_processing_mmib import entity_spans
+from ..training.arguments import read_config_file
+from ..training.collator import MMIBDataCollator
+from ..predictor_mmib import load_checkpoint
+from .intermediates import encoder_intermediates
 from .plotting import plot_modality_gap
 
 
@@ -46,38 +49,25 @@ def gap_statistics(text_points: np.ndarray, image_points: np.ndarray) -> GapStat
     return GapStatistics(distance / pooled if pooled > 0 else float("inf"), distance, spread_text, spread_image)
 
 
-def entity_spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
-    """`(start, end, type)` of the BIO entities of one post (an I- without a matching B- starts an entity)."""
-    spans, start, current = [], None, None
-    for position, tag in enumerate([*tags, "O"]):
-        prefix, _, entity_type = tag.partition("-")
-        if start is not None and not (prefix == "I" and entity_type == current):
-            spans.append((start, position, current))
-            start = None
-        if prefix in ("B", "I") and start is None:
-            start, current = position, entity_type
-    return spans
-
-
 def load_split(data: str, split: str, num_crops: int) -> datasets.Dataset:
-    """One split of labelled NER posts: from a JSON-lines file, or from a `train_mmib.py` YAML / JSON config
+    """One split of labelled NER posts: from a JSON-lines file, or from an `mmib train` YAML / JSON config
     (`dataset: jsonl` with `<split>_file`, or `twitter2015` / `twitter2017` with `data_dir`)."""
     if data.endswith(".jsonl"):
-        return load_jsonl({split: data})[split]
+        return load_dataset("jsonl", files={split: data})[1][split]
     if not data.endswith((".yaml", ".yml", ".json")):
-        raise ValueError(f"--data {data!r}: expected a .jsonl file or a train_mmib.py config (.yaml/.json).")
-    with open(data, encoding="utf-8") as handle:
-        config = (yaml.safe_load if data.endswith((".yaml", ".yml")) else json.load)(handle) or {}
+        raise ValueError(f"--data {data!r}: expected a .jsonl file or an `mmib train` config (.yaml/.json).")
+    config = read_config_file(data)
     dataset = config.get("dataset", "twitter2017")
+    if task_of(dataset, config.get("task", "ner")) != "ner":
+        raise ValueError(f"{data}: dataset {dataset!r} has no NER entities (twitter2015, twitter2017 or jsonl).")
+    files = None
     if dataset == "jsonl":
         key = f"{split}_file"
         if not config.get(key):
             raise ValueError(f"{data}: no {key} for split {split!r}.")
-        return load_jsonl({split: config[key]})[split]
-    if dataset in ("twitter2015", "twitter2017"):
-        data_dir = config.get("data_dir") or f"../shared/data/{dataset}"
-        return load_twitter_ner(data_dir, image_dir=config.get("image_dir"), num_crops=num_crops)[split]
-    raise ValueError(f"{data}: dataset {dataset!r} has no NER entities (twitter2015, twitter2017 or jsonl).")
+        files = {split: config[key]}
+    media = {"image_dir": config.get("image_dir"), "num_crops": num_crops}
+    return load_dataset(dataset, data_dir=config.get("data_dir"), files=files, **media)[1][split]
 
 
 def collect_pairs(model, processor, dataset: datasets.Dataset, batch_size: int = 16) -> list[dict]:
@@ -85,7 +75,7 @@ def collect_pairs(model, processor, dataset: datasets.Dataset, batch_size: int =
     One entity-object pair per gold entity of every post that has an image: the entity's Z^T averaged over its
     words (first sub-words), and the post's Z^V averaged over its present image slots, with the entity type.
     """
-    names = dataset.features["ner_tags"].feature.names
+    gold = gold_ner_tags(dataset)
     collator = MMIBDataCollator(processor)
     pairs = []
     for start in tqdm(range(0, len(dataset), batch_size), desc="representations", unit="batch"):
@@ -104,7 +94,7 @@ def collect_pairs(model, processor, dataset: datasets.Dataset, batch_size: int =
             if not batch["image_mask"][row_index].any():
                 continue
             word_index = batch["word_index"][row_index]
-            for begin, end, entity_type in entity_spans([names[tag] for tag in row["ner_tags"]]):
+            for begin, end, entity_type in entity_spans(gold[start + row_index]):
                 positions = [int(position) for position in word_index[begin:end] if position >= 0]
                 if not positions:
                     continue
@@ -151,7 +141,8 @@ def run_modality_gap(
     output_dir.mkdir(parents=True, exist_ok=True)
     results, panels, type_names = [], [], []
     for model_name, label in zip(models, labels):
-        model, processor = load_ner_checkpoint(model_name)
+        model, processor = load_checkpoint(model_name, task="ner")
+        model.eval()
         pairs = collect_pairs(model, processor, load_split(data, split, processor.num_crops))
         if len(pairs) < 2:
             raise ValueError(f"{data} ({split}) has {len(pairs)} entities in posts with an image: too few to compare.")

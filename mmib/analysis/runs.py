@@ -1,5 +1,7 @@
-"""Training runs for the analyses: `train_mmib.py` as a subprocess per run, resumable, with the run's scores read
-back from its `all_results.json`."""
+"""Training runs for the analyses: `mmib train` (`python -m mmib.training.run`) as a subprocess per run, resumable,
+with the run's scores read back from its `all_results.json`. A fresh process per run gives each its own seed, torch
+threads, logging handlers and memory, and a crash ends one run; `sys.executable -m` finds the installed package
+(wheel or editable), so the analyses need no source checkout."""
 
 import json
 import shutil
@@ -9,8 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
+
+from ..training.arguments import as_flags, read_config_file
 
 RESULTS_FILE = "all_results.json"
 
@@ -18,13 +21,13 @@ RESULTS_FILE = "all_results.json"
 @dataclass
 class TrainingRun:
     """
-    One `train_mmib.py` run of an analysis.
+    One `mmib train` run of an analysis.
 
     Args:
         name (`str`): folder of the run inside the analysis' output folder (e.g. `no_ar/seed-2`).
         seed (`int`): training seed.
         config_overrides (`dict`): MMIBConfig fields added to those of the training config.
-        flags (`dict`): other `train_mmib.py` flags (e.g. `{"beta_text": 0.5}`).
+        flags (`dict`): other `mmib train` flags (e.g. `{"beta_text": 0.5}`).
     """
 
     name: str
@@ -33,32 +36,15 @@ class TrainingRun:
     flags: dict = field(default_factory=dict)
 
 
-def find_train_script() -> Path:
-    """`train_mmib.py` at the root of the repository that holds this package."""
-    script = Path(__file__).resolve().parents[2] / "train_mmib.py"
-    if not script.is_file():
-        raise FileNotFoundError(
-            f"train_mmib.py not found at {script}: the analyses that train models need a source checkout of mmib "
-            "(git clone, then pip install -e .)."
-        )
-    return script
-
-
 def read_config_overrides(config_file: str, extra_args: Sequence[str]) -> str | None:
     """The `config_overrides` of the training config file, or of the last `--config_overrides` in `extra_args`."""
     value = None
     if config_file.endswith((".yaml", ".yml", ".json")):
-        with open(config_file, encoding="utf-8") as handle:
-            values = (yaml.safe_load if config_file.endswith((".yaml", ".yml")) else json.load)(handle) or {}
-        value = values.get("config_overrides")
+        value = read_config_file(config_file).get("config_overrides")
     for position, argument in enumerate(extra_args):
         if argument == "--config_overrides" and position + 1 < len(extra_args):
             value = extra_args[position + 1]
     return value
-
-
-def _format_value(value) -> str:
-    return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
 def training_command(
@@ -69,21 +55,21 @@ def training_command(
     feature_cache_dir: Path | None = None,
 ) -> list[str]:
     """
-    The `train_mmib.py` command line of `run`: config file, extra flags, then the run's own settings. With
+    The `mmib train` command line of `run`: config file, extra flags, then the run's own settings. With
     `feature_cache_dir` (and no `--image_feature_cache` among the flags), runs with the same seed share one image
-    feature cache file: the same seed builds the same random or pretrained vision tower, and `train_mmib.py`
+    feature cache file: the same seed builds the same random or pretrained vision tower, and `mmib train`
     recomputes the file whenever the tower differs.
     """
-    command = [sys.executable, str(find_train_script()), config_file, *extra_args]
+    command = [sys.executable, "-m", "mmib.training.run", config_file, *extra_args]
     if feature_cache_dir is not None and "--image_feature_cache" not in extra_args:
         command += ["--image_feature_cache", str(feature_cache_dir / f"image-features-seed{run.seed}.safetensors")]
-    # One --config_overrides wins in train_mmib.py, so the run's fields are appended to the configured ones.
+    # One --config_overrides wins in `mmib train`, so the run's fields are appended to the configured ones.
     overrides = [item for item in (read_config_overrides(config_file, extra_args) or "").split(",") if item]
-    overrides += [f"{name}={_format_value(value)}" for name, value in run.config_overrides.items()]
+    overrides += [f"{name}={as_flags(name, value)[1]}" for name, value in run.config_overrides.items()]
     if overrides:
         command += ["--config_overrides", ",".join(overrides)]
     for name, value in run.flags.items():
-        command += [f"--{name}", _format_value(value)]
+        command += as_flags(name, value)
     command += ["--seed", str(run.seed), "--output_dir", str(output_dir)]
     return command
 
@@ -111,10 +97,10 @@ def execute_runs(
     returns the results of all of them by run name.
 
     Args:
-        config_file (`str`): `train_mmib.py` config file (YAML / JSON).
+        config_file (`str`): `mmib train` config file (YAML / JSON).
         runs (`Sequence[TrainingRun]`): the runs.
         output_dir (`str` or `Path`): each run writes to `output_dir/<run.name>`.
-        extra_args (`Sequence[str]`): more `train_mmib.py` flags for every run.
+        extra_args (`Sequence[str]`): more `mmib train` flags for every run.
         runner (`Callable`, *optional*): runs one command into one folder (tests replace it).
 
     The Trainer's `checkpoint-*` folders of each finished run are deleted (the analyses read `all_results.json`;

@@ -1,13 +1,13 @@
 """``evaluate`` metric module: entity-level NER precision / recall / F1 (seqeval), offline.
 
-Load it with ``evaluate.load("<path to this folder>")`` or :func:`mmib.metrics.load_metric` (``"ner"``).
-``evaluate`` copies this script into its module cache, so it imports ``mmib.metrics`` as an installed package.
+Load it with ``evaluate.load("<path to this folder>")`` or :func:`mmib.training.metrics.load_metric` (``"ner"``).
+``evaluate`` copies this script into its module cache, so it imports ``mmib.training.metrics`` as an installed package.
 """
 
 import datasets
 import evaluate
 
-from mmib.metrics import ner_scores
+from mmib.training.metrics import ner_scores
 
 _DESCRIPTION = """Entity-level micro precision, recall and F1 of BIO tag sequences (plus per-type scores),
 computed with seqeval. mode="conlleval" (default) chunks like conlleval.pl; mode="strict" only counts entities
@@ -23,7 +23,7 @@ Returns:
     precision, recall, f1 (micro, floats in [0, 1]), support (gold entities) and per_type
     {type: {precision, recall, f1, support}}.
 Example:
-    >>> metric = evaluate.load("mmib/evaluate_metrics/mmib_ner")
+    >>> metric = evaluate.load("mmib/training/evaluate_metrics/mmib_ner")
     >>> metric.compute(predictions=[["B-PER", "I-PER", "O"]], references=[["B-PER", "I-PER", "O"]])["f1"]
     1.0
 """
@@ -34,7 +34,7 @@ author={Hiroki Nakayama}, year={2018}, url={https://github.com/chakki-works/seqe
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class MmibNer(evaluate.Metric):
-    """Entity-level NER scores computed by :func:`mmib.metrics.ner_scores`."""
+    """Entity-level NER scores computed by :func:`mmib.training.metrics.ner_scores`."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(

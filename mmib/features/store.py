@@ -1,153 +1,23 @@
-"""Cache of pooled vision-tower features: with a frozen vision tower, each image goes through it once.
-
-The authors' code re-runs ResNet-50 on the image and its crops at every training step (82% of a step on CPU).
-A frozen tower in eval mode is a fixed function of the image, so `ImageFeatureStore.build` computes every distinct
-image once and [`MMIBDataCollator`] feeds the cached vectors to the model as `image_features`.
-
-The cache on disk is a folder of shards, built to hold millions of images:
-
-- each shard is a safetensors file with `features` `(n, D)` (fp32) and `keys` `(n, 32)` (uint8), the sha256 of the
-  image files' bytes, plus `unreadable_keys` for files that exist but cannot be decoded; its metadata holds the
-  vision fingerprint (see `vision_fingerprint`), the row count and the sha256 of its tensors' bytes;
-- images are keyed by content, so a renamed or copied file hits the cache;
-- shards are written to a temporary file and renamed, so a killed build leaves complete shards only; a later build
-  resumes from them. A shard whose size does not match its header (truncated) or whose bytes do not match its
-  checksum is reported, deleted and rebuilt by `build`, and refused with an error naming it by `load`;
-- a build holds an exclusive lock on the folder (`fcntl.flock`), so two processes building the same cache take turns
-  and the second finds the first one's shards;
-- reading memory-maps the shards: only the index (28 bytes per image) is in memory; a lookup reads its rows.
-"""
+"""`ImageFeatureStore`: build (resumable, locked), load and look up a folder of feature shards; the predictor's
+lookup into a cache (`prediction_feature_lookup`)."""
 
 import fcntl
-import hashlib
-import json
 import logging
 import os
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import BaseImageProcessor, ProcessorMixin
 
-from .image_loading_mmib import load_image
-from .modeling_mmib import MMIBModel
+from ..image_loading_mmib import load_image
+from ..modeling_mmib import MMIBModel
+from .fingerprint import vision_fingerprint
+from .shards import LOCK_FILE, SHARD_GLOB, _MemoryShard, _open_shards, content_key, write_shard
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "mmib-image-features-v2"
-SHARD_GLOB = "shard-*.safetensors"
-LOCK_FILE = ".lock"
-_SAFETENSORS_DTYPES = {"F32": np.float32, "U8": np.uint8}
-
-
-def content_key(path: str | os.PathLike) -> bytes:
-    """sha256 of a file's bytes: the cache key of an image, the same for renamed and copied files."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
-
-
-class CorruptShardError(ValueError):
-    """A cache shard that is truncated, not a feature shard, or whose bytes do not match its checksum."""
-
-
-class FeatureShard:
-    """
-    One memory-mapped shard of the cache: the safetensors header is parsed here and the tensors are mapped with
-    `numpy.memmap`, so opening a shard reads only its header and its keys.
-
-    Args:
-        path (`str`): the shard file.
-
-    Raises:
-        CorruptShardError: the file is shorter or longer than its header says, or is not a feature shard.
-    """
-
-    def __init__(self, path: str):
-        self.path = path
-        size = os.path.getsize(path)
-        try:
-            with open(path, "rb") as handle:
-                (header_size,) = struct.unpack("<Q", handle.read(8))
-                if header_size > size:
-                    raise CorruptShardError(f"header size {header_size} > file size {size}")
-                header = json.loads(handle.read(header_size))
-        except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise CorruptShardError(f"{path}: unreadable safetensors header ({error}).") from error
-        metadata = header.pop("__metadata__", {}) or {}
-        if metadata.get("format") != FORMAT or "features" not in header or "keys" not in header:
-            raise CorruptShardError(f"{path} is not an MMIB image feature shard.")
-        data_start = 8 + header_size
-        end = max(entry["data_offsets"][1] for entry in header.values())
-        if size != data_start + end:
-            raise CorruptShardError(
-                f"{path} is truncated or overlong: {size} bytes on disk, its header describes {data_start + end}."
-            )
-        self.metadata = metadata
-        self.fingerprint = metadata.get("fingerprint", "")
-        self._data_start, self._header = data_start, header
-        self.features = self._map("features")
-        self.keys = np.ascontiguousarray(self._map("keys"))
-        self.unreadable_keys = (
-            np.ascontiguousarray(self._map("unreadable_keys")) if "unreadable_keys" in header else np.zeros((0, 32))
-        )
-
-    def _map(self, name: str) -> np.ndarray:
-        entry = self._header[name]
-        start, end = entry["data_offsets"]
-        if end == start:
-            return np.zeros(entry["shape"], dtype=_SAFETENSORS_DTYPES[entry["dtype"]])
-        return np.memmap(
-            self.path,
-            dtype=_SAFETENSORS_DTYPES[entry["dtype"]],
-            mode="r",
-            offset=self._data_start + start,
-            shape=tuple(entry["shape"]),
-        )
-
-    def verify(self) -> None:
-        """Compare the tensors' bytes with the checksum in the metadata (plain reads, not the memory map)."""
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as handle:
-            handle.seek(self._data_start)
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        if digest.hexdigest() != self.metadata.get("sha256"):
-            raise CorruptShardError(f"{self.path}: its bytes do not match the checksum in its metadata.")
-
-
-def write_shard(folder: str, keys: np.ndarray, features: torch.Tensor, unreadable_keys: np.ndarray, fingerprint: str):
-    """
-    Write one shard atomically: a temporary file in the same folder, flushed to disk, then renamed to a name made
-    from its content (two processes that compute the same images write the same file).
-    """
-    tensors = {
-        "features": features.float().contiguous(),
-        "keys": torch.from_numpy(np.ascontiguousarray(keys, dtype=np.uint8)).reshape(-1, 32),
-        "unreadable_keys": torch.from_numpy(np.ascontiguousarray(unreadable_keys, dtype=np.uint8)).reshape(-1, 32),
-    }
-    digest = hashlib.sha256()
-    # safetensors lays the tensors out sorted by name: the checksum follows the same order as the bytes on disk.
-    for name in sorted(tensors):
-        digest.update(tensors[name].numpy().tobytes())
-    metadata = {"format": FORMAT, "fingerprint": fingerprint, "rows": str(len(keys)), "sha256": digest.hexdigest()}
-    name = f"shard-{hashlib.sha256(fingerprint.encode() + digest.digest()).hexdigest()[:24]}.safetensors"
-    partial = os.path.join(folder, f".{name}.{os.getpid()}.partial")
-    save_file(tensors, partial, metadata=metadata)
-    with open(partial, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, os.path.join(folder, name))
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 class ImageFeatureStore:
@@ -424,13 +294,6 @@ class ImageFeatureStore:
         return features, mask
 
 
-class _MemoryShard:
-    """An in-memory block with the attributes of a [`FeatureShard`] (a build without `cache_dir`)."""
-
-    def __init__(self, keys: np.ndarray, features: np.ndarray, unreadable_keys: np.ndarray):
-        self.keys, self.features, self.unreadable_keys = keys, features, unreadable_keys
-
-
 class _ImageFiles(torch.utils.data.Dataset):
     """Image files -> `(content key, path, pixel_values or None)`; runs in the `DataLoader` workers."""
 
@@ -456,119 +319,11 @@ def _collate_images(items: list) -> list:
     return items
 
 
-def _open_shards(cache_dir: str, fingerprint: str | None, repair: bool, verify: bool) -> list[FeatureShard]:
-    """
-    Open every shard of the folder. With `repair`, corrupt shards and shards of another fingerprint are deleted
-    (with a warning naming them); without it, a corrupt shard raises.
-    """
-    shards = []
-    for path in sorted(Path(cache_dir).glob(SHARD_GLOB)):
-        try:
-            shard = FeatureShard(str(path))
-            if verify:
-                shard.verify()
-        except CorruptShardError as error:
-            if not repair:
-                raise CorruptShardError(
-                    f"Corrupt image feature cache shard: {error} Delete it (its images are then recomputed by "
-                    "ImageFeatureStore.build / train_mmib.py) or rebuild the cache."
-                ) from error
-            logger.warning("Deleting the corrupt feature cache shard %s (%s); its images are recomputed.", path, error)
-            path.unlink()
-            continue
-        if fingerprint is not None and shard.fingerprint != fingerprint:
-            if repair:
-                logger.info("The feature cache shard %s is for another vision tower: recomputing.", path)
-                path.unlink()
-            continue
-        shards.append(shard)
-    return shards
-
-
-# Fields that name, label or locate a config or an image processor and change no feature. `save_pretrained` and
-# `from_pretrained` add, rewrite or drop them (`auto_map`, `_name_or_path`, `transformers_version`), the task heads'
-# labels never reach a frozen tower's pooled output, and `dtype` is covered by the weights' bytes. Fields whose name
-# starts with "_" are private state and are left out too.
-BOOKKEEPING_FIELDS = frozenset(
-    {
-        "architectures",
-        "auto_map",
-        "dtype",
-        "feature_extractor_type",
-        "id2label",
-        "image_processor_type",
-        "label2id",
-        "name_or_path",
-        "output_attentions",
-        "output_hidden_states",
-        "problem_type",
-        "processor_class",
-        "return_dict",
-        "torch_dtype",
-        "transformers_version",
-    }
-)
-
-
-def _computation_fields(settings: dict) -> dict:
-    return {
-        name: value for name, value in settings.items() if name not in BOOKKEEPING_FIELDS and not name.startswith("_")
-    }
-
-
-def _json_value(value):
-    """What `json.dumps` cannot write by itself: numpy arrays and scalars (image means and stds), dtypes."""
-    if isinstance(value, (np.ndarray, np.generic)):
-        return value.tolist()
-    return str(value)
-
-
-def vision_settings(model: MMIBModel, image_processor: BaseImageProcessor) -> dict:
-    """
-    Everything that the cached features of an image depend on: the vision tower's config (fields that change the
-    computation) and weights, the pooling, and the image processor's class and preprocessing fields (size, crop,
-    rescaling, mean and std...). Bookkeeping (`BOOKKEEPING_FIELDS`) is left out, so a model and processor read back
-    from the checkpoint they were saved to have the settings they had before.
-
-    The image processor's class counts besides its fields: the torchvision and PIL backends of one processor
-    (`ConvNextImageProcessor`, `ConvNextImageProcessorPil`) resize differently, so their pixels differ.
-
-    Args:
-        model ([`MMIBModel`]): the model whose vision tower makes the features.
-        image_processor ([`BaseImageProcessor`]): the image processor that makes its pixels.
-
-    Returns:
-        `dict`: JSON-serialisable settings; the weights appear as the sha256 of their names and bytes.
-    """
-    weights = hashlib.sha256()
-    for name, tensor in sorted(model.vision_model.state_dict().items()):
-        weights.update(name.encode())
-        weights.update(str(tensor.dtype).encode())
-        weights.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return {
-        "vision_config": _computation_fields(model.config.vision_config.to_dict()),
-        "vision_weights_sha256": weights.hexdigest(),
-        "vision_feature_pooling": model.config.vision_feature_pooling,
-        "image_processor_class": type(image_processor).__name__,
-        "image_processor": _computation_fields(image_processor.to_dict()),
-    }
-
-
-def vision_fingerprint(model: MMIBModel, image_processor: BaseImageProcessor) -> str:
-    """
-    The identity of a feature cache: sha256 of [`vision_settings`]. Training (`ImageFeatureStore.build`) and
-    prediction (`prediction_feature_lookup`) both use it, so a cache built while training matches the checkpoint
-    that the training saves, and one built with another tower, pooling or preprocessing does not.
-    """
-    settings = json.dumps(vision_settings(model, image_processor), sort_keys=True, default=_json_value)
-    return hashlib.sha256(settings.encode()).hexdigest()
-
-
 def prediction_feature_lookup(
     cache_dir: str, checkpoints: Sequence[tuple[str, torch.nn.Module, ProcessorMixin]]
 ) -> Callable[[str], torch.Tensor | None]:
     """
-    The `image_feature_lookup` of [`~mmib.prediction_mmib.MMIBPredictor`] from a cache folder: `features_of` of
+    The `image_feature_lookup` of [`~mmib.predictor_mmib.MMIBPredictor`] from a cache folder: `features_of` of
     the loaded [`ImageFeatureStore`] (a file's features by its content, `None` for a miss).
 
     Args:

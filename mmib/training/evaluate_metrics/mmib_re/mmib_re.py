@@ -1,13 +1,13 @@
 """``evaluate`` metric module: relation-classification precision / recall / F1 without "None", offline.
 
-Load it with ``evaluate.load("<path to this folder>")`` or :func:`mmib.metrics.load_metric` (``"re"``).
-``evaluate`` copies this script into its module cache, so it imports ``mmib.metrics`` as an installed package.
+Load it with ``evaluate.load("<path to this folder>")`` or :func:`mmib.training.metrics.load_metric` (``"re"``).
+``evaluate`` copies this script into its module cache, so it imports ``mmib.training.metrics`` as an installed package.
 """
 
 import datasets
 import evaluate
 
-from mmib.metrics import re_scores
+from mmib.training.metrics import re_scores
 
 _DESCRIPTION = """Micro precision, recall and F1 over all relation labels except the "no relation" label
 (P = correct non-None / predicted non-None, R = correct non-None / gold non-None; 0.0 on zero division)."""
@@ -20,7 +20,7 @@ Args:
 Returns:
     precision, recall, f1 (floats in [0, 1]), num_gold, num_pred, num_correct (non-None counts), accuracy.
 Example:
-    >>> metric = evaluate.load("mmib/evaluate_metrics/mmib_re")
+    >>> metric = evaluate.load("mmib/training/evaluate_metrics/mmib_re")
     >>> metric.compute(predictions=["/per/per/peer", "None"], references=["/per/per/peer", "None"])["f1"]
     1.0
 """
@@ -31,7 +31,7 @@ and relation extraction}, note={metric as in the MNRE evaluation: micro P/R/F1 e
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class MmibRe(evaluate.Metric):
-    """Relation scores computed by :func:`mmib.metrics.re_scores`."""
+    """Relation scores computed by :func:`mmib.training.metrics.re_scores`."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(

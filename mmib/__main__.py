@@ -1,0 +1,5 @@
+"""`python -m mmib ...`: the `mmib` command line."""
+
+from .cli import main
+
+main()

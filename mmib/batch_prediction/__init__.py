@@ -1,0 +1,5 @@
+"""Prediction over JSON-lines post files: streaming, worker/rank sharding, order-keeping output and a summary."""
+
+from .streaming import PredictionSummary, StrictModeError, predict_file
+
+__all__ = ["PredictionSummary", "StrictModeError", "predict_file"]

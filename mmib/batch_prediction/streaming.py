@@ -1,0 +1,197 @@
+"""
+File-scale prediction: JSON-lines posts in, JSON-lines results out, streamed in input order.
+
+Reading, JSON parsing, word splitting, image decoding and the processor run in `DataLoader` worker processes, one
+batch per worker in turn, while the main process runs the model; at most `num_workers * 2` batches wait, so memory
+stays flat whatever the file size. Under `accelerate launch` (or torchrun) every process takes every
+`world_size`-th batch, writes its results to a part file beside the output, and the main process merges the parts
+in input order.
+
+Input rows: see [`prepare_post`]; blank lines are skipped. Output rows: the predictor's results, `id` defaulting to
+the 1-based line number; a row that cannot be used (malformed JSON, unreadable image, empty post, ...) gives
+`{"id", "error"}` and is counted in the summary.
+"""
+
+import heapq
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
+
+from ..posts_mmib import PreparedPost
+from ..predictor_mmib import MMIBPredictor
+
+__all__ = ["PredictionSummary", "StrictModeError", "predict_file"]
+
+
+class StrictModeError(RuntimeError):
+    """Raised by `predict_file(strict=True)` at the first row that gives an error."""
+
+
+@dataclass
+class PredictionSummary:
+    """Counts of one run: `posts` rows written, `errors` by kind (`malformed JSON`, `image`, `empty post`, ...),
+    and the number of `processes` that shared the input."""
+
+    posts: int = 0
+    errors: Counter = field(default_factory=Counter)
+    processes: int = 1
+
+    def __str__(self) -> str:
+        errors = sum(self.errors.values())
+        kinds = ", ".join(f"{count} {kind}" for kind, count in self.errors.most_common())
+        text = f"{self.posts} posts, {self.posts - errors} predicted, {errors} errors"
+        text += f" ({kinds})" if kinds else ""
+        return text + (f" on {self.processes} processes" if self.processes > 1 else "")
+
+
+class _PostBatches(IterableDataset):
+    """Batches of prepared and encoded posts from a JSON-lines file; batch k goes to worker k % num_workers."""
+
+    def __init__(self, path: str, predictor: MMIBPredictor, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.path, self.predictor, self.batch_size = path, predictor, batch_size
+        self.rank, self.world_size = rank, world_size
+        self.base_dir = None if path == "-" else str(Path(path).resolve().parent)
+
+    def _lines(self) -> Iterator[tuple[int, str]]:
+        with ExitStack() as stack:
+            source = sys.stdin if self.path == "-" else stack.enter_context(open(self.path, encoding="utf-8"))
+            for line_number, line in enumerate(source, start=1):
+                if line.strip():
+                    yield line_number, line
+
+    def _prepare(self, line_number: int, line: str) -> PreparedPost:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            return PreparedPost(
+                line_number, error=f"line {line_number}: malformed JSON: {error}", error_kind="malformed JSON"
+            )
+        post = self.predictor.prepare(row, line_number, self.base_dir)
+        if post.error is not None:
+            post.error = f"line {line_number}: {post.error}"
+        return post
+
+    def __iter__(self) -> Iterator[tuple[list[int], list[PreparedPost], object]]:
+        worker = get_worker_info()
+        workers, worker_id = (1, 0) if worker is None else (worker.num_workers, worker.id)
+        batch = []
+        batch_index = 0
+        for item in self._lines():
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield from self._emit(batch, batch_index, workers, worker_id)
+                batch, batch_index = [], batch_index + 1
+        if batch:
+            yield from self._emit(batch, batch_index, workers, worker_id)
+
+    def _emit(self, batch, batch_index, workers, worker_id):
+        if batch_index % self.world_size != self.rank or (batch_index // self.world_size) % workers != worker_id:
+            return
+        posts = [self._prepare(line_number, line) for line_number, line in batch]
+        yield [line_number for line_number, _ in batch], posts, self.predictor.encode_batch(posts)
+
+
+def _as_is(batch):
+    """The batches are made by the dataset itself."""
+    return batch
+
+
+def _distributed(device: torch.device) -> tuple[int, int, object]:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    from accelerate import PartialState
+
+    # Without `cpu=True` accelerate sees no GPU and runs every launched process alone on the whole input.
+    state = PartialState(cpu=device.type == "cpu")
+    return state.process_index, state.num_processes, state
+
+
+def predict_file(
+    predictor: MMIBPredictor,
+    input_path: str,
+    output_path: str,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    quiet: bool = False,
+    strict: bool = False,
+) -> PredictionSummary:
+    """
+    Predicts every post of a JSON-lines file (`-` = stdin) into a JSON-lines file (`-` = stdout).
+
+    Args:
+        predictor ([`MMIBPredictor`]): the models.
+        input_path, output_path (`str`): files, or `-`.
+        batch_size (`int`): posts per forward pass.
+        num_workers (`int`): data loader worker processes (0: everything in this process; stdin always uses 0).
+        quiet (`bool`): no progress bar.
+        strict (`bool`): stop with [`StrictModeError`] at the first row that gives an error (after writing it; with
+            several processes, the process that meets it exits non-zero and the launcher stops the others).
+
+    Returns:
+        [`PredictionSummary`] (complete on the main process).
+    """
+    rank, world_size, state = _distributed(predictor.device)
+    if world_size > 1 and output_path == "-":
+        raise ValueError("Several processes need --output FILE (their parts are merged beside it), not stdout.")
+    if input_path == "-":
+        num_workers = 0
+    dataset = _PostBatches(input_path, predictor, batch_size, rank, world_size)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_as_is,
+        prefetch_factor=2 if num_workers > 0 else None,
+        persistent_workers=False,
+    )
+    part_path = output_path if world_size == 1 else f"{output_path}.part{rank}"
+    summary = PredictionSummary()
+    progress = tqdm(unit=" posts", disable=quiet or rank != 0, file=sys.stderr, dynamic_ncols=True)
+    with ExitStack() as stack:
+        output = sys.stdout if part_path == "-" else stack.enter_context(open(part_path, "w", encoding="utf-8"))
+        for line_numbers, posts, inputs in loader:
+            for line_number, post, row in zip(line_numbers, posts, predictor.predict_prepared(posts, inputs)):
+                text = json.dumps(row, ensure_ascii=False)
+                output.write(text + "\n" if world_size == 1 else f"{line_number}\t{post.error_kind or ''}\t{text}\n")
+                summary.posts += 1
+                if post.error is not None:
+                    summary.errors[post.error_kind] += 1
+                    if strict:
+                        output.flush()
+                        raise StrictModeError(f"--strict: {post.error}")
+            progress.update(len(posts))
+    progress.close()
+    if world_size > 1:
+        state.wait_for_everyone()
+        if rank == 0:
+            summary = _merge_parts(output_path, world_size)
+        state.wait_for_everyone()
+    return summary
+
+
+def _merge_parts(output_path: str, world_size: int) -> PredictionSummary:
+    """Merges the processes' part files (each in input order) into `output_path` and deletes them."""
+    summary = PredictionSummary(processes=world_size)
+    parts = [f"{output_path}.part{rank}" for rank in range(world_size)]
+    with ExitStack() as stack:
+        readers = [stack.enter_context(open(part, encoding="utf-8")) for part in parts]
+        keyed = [((int(line.split("\t", 1)[0]), line) for line in reader) for reader in readers]
+        with open(output_path, "w", encoding="utf-8") as output:
+            for _, line in heapq.merge(*keyed):
+                _, kind, text = line.split("\t", 2)
+                output.write(text)
+                summary.posts += 1
+                if kind:
+                    summary.errors[kind] += 1
+    for part in parts:
+        os.remove(part)
+    return summary

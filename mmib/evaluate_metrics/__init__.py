@@ -1,1 +1,0 @@
-"""Local ``evaluate`` metric modules (``evaluate.load(<folder>)``); see :func:`mmib.metrics.load_metric`."""
