@@ -1,8 +1,10 @@
 """Tiny offline building blocks shared by the tests: random towers, a word-level vocabulary, small images."""
 
+import itertools
 import json
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,10 +16,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest
 import torch
+from datasets import ClassLabel, Dataset, Features, List, Value
 from PIL import Image
 from transformers import BertConfig, BertModel, BertTokenizer, ConvNextImageProcessor, ResNetConfig, ResNetModel
 
-from mmib import MMIBConfig
+from mmib import MMIBConfig, MMIBForRelationClassification, MMIBForTokenClassification, MMIBPredictor, MMIBProcessor
+from mmib.crf_mmib import MMIBCRF
 
 # The benchmark data live in ../shared/data beside the repository (override with MMIB_SHARED_DATA).
 SHARED_DATA = Path(os.environ.get("MMIB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -114,12 +118,37 @@ def accelerate_cpu_launcher(num_processes: int = 2) -> list[str]:
     ]
 
 
-def environment_without_mmib(tmp_path: Path) -> dict[str, str]:
-    """The environment of a fresh process where `import mmib` fails (no PYTHONPATH; remote code cached under
-    `tmp_path`), as for a user who loads a checkpoint with `trust_remote_code=True` only."""
+# Run as `python -c WITHOUT_MMIB_PRELUDE script args`: hides the venv's editable install of mmib (a meta-path finder
+# and a path-hook entry from its .pth file, which survive an unset PYTHONPATH), then runs `script` as __main__.
+WITHOUT_MMIB_PRELUDE = """\
+import importlib.util, runpy, sys
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+sys.path[:] = [p for p in sys.path if not p.startswith("__editable__")]
+sys.path_importer_cache.clear()
+assert importlib.util.find_spec("mmib") is None, "mmib is importable: the test would not prove anything"
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_without_mmib(
+    script: str, *args: str, tmp_path: Path, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Runs the Python source `script` with `args` in a fresh process where `mmib` cannot be imported, as for a user
+    who loads a checkpoint with `trust_remote_code=True` only: no PYTHONPATH, the editable install hidden, cwd and the
+    remote-code cache (HF_MODULES_CACHE) under `tmp_path`."""
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     environment.pop("PYTHONPATH", None)
-    return environment
+    script_file = tmp_path / "script_without_mmib.py"
+    script_file.write_text(script)
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_MMIB_PRELUDE, str(script_file), *args],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # CPU flags as `torch.cpu.get_capabilities()` (cpuinfo) reports them, for `fake_cpu_flags`.
@@ -159,3 +188,109 @@ def tokenizer() -> BertTokenizer:
 @pytest.fixture
 def image_processor() -> ConvNextImageProcessor:
     return make_image_processor()
+
+
+# Two posts for the checkpoint round trips: the second has a word (U+FE0F) that tokenises to nothing.
+CHECKPOINT_WORDS = [["john", "smith", "visits", "london"], ["rt", "@", "paris", "\ufe0f", "festival"]]
+
+
+def ner_inputs(processor: MMIBProcessor) -> dict[str, torch.Tensor]:
+    return dict(processor(CHECKPOINT_WORDS, images=[make_image(0), None], crops=[[make_image(1)], []]))
+
+
+def re_inputs(processor: MMIBProcessor) -> dict[str, torch.Tensor]:
+    return dict(
+        processor(
+            CHECKPOINT_WORDS,
+            images=[make_image(0), make_image(2)],
+            crops=[[make_image(1)], []],
+            head_spans=[(0, 2), (2, 3)],
+            tail_spans=[(3, 4), (4, 5)],
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def ner_checkpoint(tmp_path_factory) -> tuple[str, dict, torch.Tensor]:
+    """A saved tiny NER model and processor, the inputs of `ner_inputs` and the model's logits on them."""
+    folder = str(tmp_path_factory.mktemp("ner"))
+    torch.manual_seed(0)
+    model = MMIBForTokenClassification(tiny_config()).eval()
+    processor = MMIBProcessor(make_image_processor(), make_tokenizer(), task="ner", num_crops=2)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    inputs = ner_inputs(processor)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    return folder, inputs, logits
+
+
+@pytest.fixture(scope="module")
+def re_checkpoint(tmp_path_factory) -> tuple[str, dict, torch.Tensor]:
+    """A saved tiny RE model (markers added, embeddings resized) and processor, `re_inputs` and the logits."""
+    folder = str(tmp_path_factory.mktemp("re"))
+    torch.manual_seed(0)
+    processor = MMIBProcessor(make_image_processor(), make_tokenizer(), task="re", num_crops=2)
+    relations = {0: "None", 1: "/per/loc/place_of_residence"}
+    model = MMIBForRelationClassification(tiny_config(id2label=relations, entity_pooling="span_mean"))
+    model.resize_token_embeddings(len(processor.tokenizer))
+    model.eval()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    inputs = re_inputs(processor)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    return folder, inputs, logits
+
+
+@pytest.fixture(scope="module")
+def ner_path(tmp_path_factory) -> str:
+    """A saved tiny NER checkpoint with its processor and pipeline code (`prediction_checkpoints`)."""
+    from prediction_checkpoints import save_ner_checkpoint  # it imports this module
+
+    return save_ner_checkpoint(tmp_path_factory.mktemp("ner"))
+
+
+@pytest.fixture(scope="module")
+def predictor(ner_path) -> MMIBPredictor:
+    return MMIBPredictor.from_pretrained(ner_path, dtype="float32", device="cpu", batch_size=2)
+
+
+def ner_dataset(image_folder: Path | None = None) -> Dataset:
+    """Two posts; with `image_folder`, each with an image and a crop written there (so that every loss part counts),
+    else without images."""
+    features = Features(
+        {
+            "id": Value("string"),
+            "words": List(Value("string")),
+            "ner_tags": List(ClassLabel(names=NER_LABELS)),
+            "image": Value("string"),
+            "crops": List(Value("string")),
+        }
+    )
+    rows = [
+        {
+            "id": "a",
+            "words": ["john", "smith", "visits", "london"],
+            "ner_tags": [1, 2, 0, 3],
+            "image": None,
+            "crops": [],
+        },
+        {"id": "b", "words": ["i", "love", "paris", "!"], "ner_tags": [0, 0, 3, 0], "image": None, "crops": []},
+    ]
+    if image_folder is not None:
+        for index, row in enumerate(rows):
+            row["image"], row["crops"] = str(image_folder / f"{index}.png"), [str(image_folder / f"{index}-crop.png")]
+            make_image(2 * index).save(row["image"])
+            make_image(2 * index + 1).save(row["crops"][0])
+    return Dataset.from_list(rows, features=features)
+
+
+def all_path_scores(crf: MMIBCRF, emissions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All label paths of one post (`(W, K)` emissions) and their scores: `(K**W, W)` paths, `(K**W,)` scores."""
+    num_words, num_labels = emissions.shape
+    paths = torch.tensor(list(itertools.product(range(num_labels), repeat=num_words)))
+    scores = crf.start_transitions[paths[:, 0]] + crf.end_transitions[paths[:, -1]]
+    scores = scores + emissions[torch.arange(num_words), paths].sum(dim=1)
+    scores = scores + crf.transitions[paths[:, :-1], paths[:, 1:]].sum(dim=1)
+    return paths, scores

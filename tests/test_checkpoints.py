@@ -1,0 +1,249 @@
+"""Checkpoint loading: save/load round trips, the loaders' refusals and checkpoints saved by earlier versions."""
+
+import json
+import os
+
+import pytest
+import torch
+import transformers
+import transformers.utils.hub
+from safetensors.torch import load_file
+from test_building import SMALL, towers  # noqa: F401 (the fixture)
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoProcessor,
+)
+
+from conftest import (
+    IMAGE_SIZE,
+    REPO,
+    ner_inputs,
+    re_inputs,
+    tiny_config,
+)
+from mmib import (
+    AUTO_CLASSES,
+    MMIBConfig,
+    MMIBForRelationClassification,
+    MMIBForTokenClassification,
+    MMIBModel,
+    MMIBProcessor,
+    build_model_and_processor,
+    load_model_and_processor,
+)
+
+FIXTURES = REPO / "tests" / "fixtures"
+NUM_SLOTS = 3  # 1 image + num_crops=2
+RELATIONS = {0: "None", 1: "/per/loc/place_of_residence", 2: "/per/per/peer"}
+
+
+def test_checkpoint_files_are_safetensors_with_remote_code(ner_checkpoint):
+    folder, _, _ = ner_checkpoint
+    files = set(os.listdir(folder))
+    assert {"model.safetensors", "config.json", "configuration_mmib.py", "modeling_mmib.py"} <= files
+    assert "processing_mmib.py" in files
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+    auto_map = json.load(open(os.path.join(folder, "config.json")))["auto_map"]
+    assert auto_map["AutoModel"] == "modeling_mmib.MMIBModel"
+    assert auto_map["AutoModelForTokenClassification"] == "modeling_mmib.MMIBForTokenClassification"
+    assert auto_map["AutoModelForSequenceClassification"] == "modeling_mmib.MMIBForRelationClassification"
+
+
+def test_in_process_auto_classes_reproduce_outputs(ner_checkpoint):
+    folder, inputs, logits = ner_checkpoint
+    assert isinstance(AutoConfig.from_pretrained(folder), MMIBConfig)
+    model = AutoModelForTokenClassification.from_pretrained(folder).eval()
+    assert type(model) is MMIBForTokenClassification
+    processor = AutoProcessor.from_pretrained(folder)
+    assert type(processor) is MMIBProcessor and processor.num_crops == 2
+    reloaded_inputs = ner_inputs(processor)
+    assert all(torch.equal(reloaded_inputs[key], inputs[key]) for key in inputs)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, logits)
+    base = AutoModel.from_pretrained(folder)
+    assert type(base) is MMIBModel
+    assert torch.equal(base.vision_projection.weight, model.mmib.vision_projection.weight)
+
+
+def test_relation_checkpoint_keeps_markers_and_resized_embeddings(re_checkpoint):
+    folder, inputs, logits = re_checkpoint
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    assert type(model) is MMIBForRelationClassification
+    assert model.get_input_embeddings().num_embeddings == len(processor.tokenizer)
+    assert torch.equal(re_inputs(processor)["input_ids"], inputs["input_ids"])
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, logits)
+
+
+def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Three posts: padded text, an absent crop, a post without any image (so one row has no attention keys)."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, 64, (3, 8), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0
+    input_ids[attention_mask == 0] = 0
+    labels = torch.randint(0, 9, (3, 4), generator=generator)
+    word_index = torch.tensor([[1, 2, 4, 6], [1, 3, -1, -1], [1, 2, 3, 5]])
+    labels[word_index < 0] = -100
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": torch.zeros_like(input_ids),
+        "word_index": word_index,
+        "pixel_values": torch.randn(3, NUM_SLOTS, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
+        "image_mask": torch.tensor([[True, True, False], [False, False, False], [True, False, True]]),
+        "labels": labels,
+    }
+
+
+def relation_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    batch = make_batch(seed)
+    del batch["word_index"]
+    batch["entity_positions"] = torch.tensor([[[1, 3], [4, 6]], [[1, 2], [3, 4]], [[0, 2], [5, 7]]])
+    batch["labels"] = torch.tensor([0, 1, 2])
+    return batch
+
+
+HEADS = {
+    "ner": (MMIBForTokenClassification, {}, make_batch),
+    "re": (MMIBForRelationClassification, {"id2label": RELATIONS}, relation_batch),
+}
+
+
+def build(task: str, **config_kwargs):
+    model_class, task_kwargs, batch_fn = HEADS[task]
+    torch.manual_seed(0)
+    return model_class(tiny_config(**task_kwargs, **config_kwargs)).eval(), batch_fn()
+
+
+@pytest.mark.parametrize("task", ["ner", "re"])
+def test_save_load_round_trip(task, tmp_path):
+    model, batch = build(task)
+    model.save_pretrained(tmp_path)
+    reloaded = HEADS[task][0].from_pretrained(tmp_path).eval()
+    base = MMIBModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        first, second = model(**batch), reloaded(**batch)
+        encoder_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_mask")}
+        states = base(**encoder_inputs).last_hidden_state
+        expected_states = model.mmib(**encoder_inputs).last_hidden_state
+    assert torch.equal(first.logits, second.logits) and torch.equal(first.loss, second.loss)
+    assert torch.equal(states, expected_states)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    expected = {auto: f"modeling_mmib.{cls.__name__}" for cls, auto in AUTO_CLASSES.items()}
+    assert auto_map == {"AutoConfig": "configuration_mmib.MMIBConfig", **expected}
+    # In-process registration comes from the same table: the task's Auto class and AutoModel load this checkpoint.
+    for model_class, auto_class in AUTO_CLASSES.items():
+        if model_class in (MMIBModel, HEADS[task][0]):
+            assert type(getattr(transformers, auto_class).from_pretrained(tmp_path)) is model_class
+
+
+def test_a_checkpoint_saved_by_the_earlier_version_still_loads():
+    """Saved by commit a538ccd (before the attention interface, the argument order and the ablation switches)."""
+    folder = FIXTURES / "ner-tiny-a538ccd"
+    stored = load_file(folder / "expected_outputs.safetensors")
+    inputs = {key.removeprefix("input."): value for key, value in stored.items() if key.startswith("input.")}
+    model = MMIBForTokenClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        outputs = model(**inputs)
+    assert torch.allclose(outputs.logits, stored["expected.logits"], atol=1e-6)
+    assert torch.equal(outputs.predictions, stored["expected.predictions"])
+    # Without labels an eval-mode head skips the regularizers; the base model computes them by default.
+    assert outputs.kl_text is None
+    with torch.no_grad():
+        outputs = model.mmib(**{key: value for key, value in inputs.items() if key != "word_index"})
+    for name in ("kl_text", "kl_vision", "alignment_loss"):
+        assert outputs[name].item() == pytest.approx(stored[f"expected.{name}"].item(), rel=1e-5), name
+
+
+def test_checkpoints_saved_by_the_pre_reorganisation_main_still_predict(monkeypatch):
+    """NER and RE folders (weights, processor, remote code) saved by main at 64db95d, before the reorganisation."""
+    from mmib import MMIBPredictor
+
+    folder = FIXTURES / "ner-re-tiny-64db95d"
+    expected = json.loads((folder / "expected_outputs.json").read_text())
+    posts = [json.loads(line) for line in (folder / "posts.jsonl").read_text().splitlines()]
+    monkeypatch.chdir(folder)  # the image path in posts.jsonl is relative to the fixture
+    ner = MMIBPredictor.from_pretrained("ner", device="cpu", dtype="float32")
+    both = MMIBPredictor.from_pretrained("ner", relation_model="re", device="cpu", dtype="float32", keep_none=True)
+    for name, predictor in (("ner", ner), ("ner_re", both)):
+        assert rounded(predictor(posts)) == rounded(expected[name]), name
+
+
+def rounded(value):
+    """`value` with every float rounded to 5 decimals (scores may move in the last bits across versions)."""
+    if isinstance(value, float):
+        return round(value, 5)
+    if isinstance(value, dict):
+        return {key: rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [rounded(item) for item in value]
+    return value
+
+
+@pytest.mark.parametrize("model_class", [MMIBModel, MMIBForTokenClassification, MMIBForRelationClassification])
+@pytest.mark.parametrize(
+    ("tower", "found"),
+    [("text", "'bert' checkpoint \\(BertModel\\)"), ("vision", "'resnet' checkpoint \\(ResNetModel\\)")],
+)
+def test_from_pretrained_on_another_model_type_says_what_it_found_and_what_to_do(towers, model_class, tower, found):  # noqa: F811
+    with pytest.raises(ValueError, match=rf"{found}, not an MMIB one .*build_model_and_processor.*from_text_vision"):
+        model_class.from_pretrained(towers[tower])
+    with pytest.raises(ValueError, match="not an MMIB one"):
+        MMIBConfig.from_pretrained(towers[tower])
+
+
+def test_a_saved_mmib_checkpoint_still_loads(towers, tmp_path):  # noqa: F811
+    model, processor = build_model_and_processor("ner", towers["text"], towers["vision"], ["O", "B-PER"], **SMALL)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = MMIBForTokenClassification.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_a_tokenizer_larger_than_the_embeddings_is_refused_at_load(towers, tmp_path):  # noqa: F811
+    model, processor = build_model_and_processor("ner", towers["text"], towers["vision"], ["O", "B-PER"], **SMALL)
+    processor.tokenizer.add_tokens(["brandnewword", "anotherone"])
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    rows = model.get_input_embeddings().num_embeddings
+    with pytest.raises(ValueError, match=rf"has {rows + 2} tokens but the model's text embeddings have {rows} rows"):
+        load_model_and_processor(tmp_path)
+    # Resized as the message says, the pair loads.
+    model.resize_token_embeddings(len(processor.tokenizer))
+    model.save_pretrained(tmp_path)
+    loaded, _ = load_model_and_processor(tmp_path)
+    assert loaded.get_input_embeddings().num_embeddings == rows + 2
+
+
+def test_load_round_trip_and_refusals(towers, tmp_path):  # noqa: F811
+    torch.manual_seed(2)
+    model, processor = build_model_and_processor(
+        "re", towers["text"], towers["vision"], id2label=RELATIONS, num_crops=2, max_length=40, **SMALL
+    )
+    model.eval().save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded_model, loaded_processor = load_model_and_processor(tmp_path, task="re", num_crops=2)
+    assert (loaded_processor.num_crops, loaded_processor.max_length) == (2, 40)
+    inputs = re_inputs(processor)
+    assert all(torch.equal(re_inputs(loaded_processor)[key], inputs[key]) for key in inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded_model.eval()(**inputs).logits, model(**inputs).logits)
+
+    with pytest.raises(ValueError, match="does task 're', not 'ner'"):
+        load_model_and_processor(tmp_path, task="ner")
+    with pytest.raises(ValueError, match="built with num_crops=2, not 4"):
+        load_model_and_processor(tmp_path, num_crops=4)
+    with pytest.raises(ValueError, match="built with max_length=40, not 80"):
+        load_model_and_processor(tmp_path, max_length=80)
+
+    # A processor edited out of step with the model config is refused at load, naming both values.
+    processor_file = tmp_path / "processor_config.json"
+    saved = json.loads(processor_file.read_text())
+    processor_file.write_text(json.dumps({**saved, "num_crops": 3}))
+    with pytest.raises(ValueError, match="num_crops=3 but the model config of .* has num_crops=2"):
+        load_model_and_processor(tmp_path)
