@@ -294,3 +294,24 @@ def all_path_scores(crf: MMIBCRF, emissions: torch.Tensor) -> tuple[torch.Tensor
     scores = scores + emissions[torch.arange(num_words), paths].sum(dim=1)
     scores = scores + crf.transitions[paths[:, :-1], paths[:, 1:]].sum(dim=1)
     return paths, scores
+
+
+@pytest.fixture
+def image_files(tmp_path) -> dict[str, str]:
+    """Three PNG images `image0..2` (decoding to `make_image(index)`) and a `corrupt` JPEG, as paths."""
+    files = {}
+    for index in range(3):
+        path = tmp_path / f"image{index}.png"  # lossless, so the file decodes to make_image(index)
+        make_image(index).save(path)
+        files[f"image{index}"] = str(path)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    files["corrupt"] = str(corrupt)
+    return files
+
+
+@pytest.fixture
+def model() -> MMIBForTokenClassification:
+    """The seed-0 tiny NER model in eval mode."""
+    torch.manual_seed(0)
+    return MMIBForTokenClassification(tiny_config()).eval()

@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from mmib.modeling_mmib import MMIBCRF
+from mmib.crf_mmib import MMIBCRF
 
 
 def random_crf(num_labels: int, seed: int) -> MMIBCRF:

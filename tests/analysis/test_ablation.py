@@ -2,42 +2,18 @@
 ablation switches (with a stand-in for training)."""
 
 import csv
-import json
 import statistics
-from pathlib import Path
 
 import pytest
 
 from mmib.analysis import ablation
 
 
-def fake_scores(name: str) -> dict:
-    """Deterministic F1s per run name, as a stand-in for training."""
-    variant, seed = name.split("/seed-")
-    base = {"full": 0.9, "no_rr": 0.85, "no_ar": 0.8, "no_rr_ar": 0.7, "text_only": 0.3}.get(variant, 0.5)
-    return {"eval_f1": base + 0.01 * int(seed), "test_f1": base - 0.02 * int(seed)}
-
-
-class FakeTrainer:
-    """Writes all_results.json like train_mmib.py and records every command it was given."""
-
-    def __init__(self, output_root: Path):
-        self.output_root = output_root
-        self.commands = []
-
-    def __call__(self, command: list[str], output_dir: Path) -> None:
-        self.commands.append(command)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        name = output_dir.relative_to(self.output_root).as_posix()
-        (output_dir / "all_results.json").write_text(json.dumps(fake_scores(name)))
-        (output_dir / "checkpoint-3").mkdir()
-
-
-def test_ablation_tables_and_resuming(tmp_path, monkeypatch):
+def test_ablation_tables_and_resuming(tmp_path, monkeypatch, fake_trainer):
     monkeypatch.setattr(ablation, "check_switches", lambda: None)
     config = tmp_path / "config.yaml"
     config.write_text("config_overrides: apenc_num_attention_heads=6\n")
-    trainer = FakeTrainer(tmp_path / "out")
+    trainer = fake_trainer
     summaries = ablation.run_ablation(
         str(config), [1, 2, 3], tmp_path / "out", ["--num_train_epochs", "1"], runner=trainer
     )

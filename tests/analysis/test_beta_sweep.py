@@ -1,41 +1,17 @@
 """mmib.analysis.beta_sweep: the β-sweep series share runs and are plotted (with a stand-in for training)."""
 
 import csv
-import json
 import statistics
-from pathlib import Path
 
 import pytest
 
 from mmib.analysis import beta_sweep
 
 
-def fake_scores(name: str) -> dict:
-    """Deterministic F1s per run name, as a stand-in for training."""
-    variant, seed = name.split("/seed-")
-    base = {"full": 0.9, "no_rr": 0.85, "no_ar": 0.8, "no_rr_ar": 0.7, "text_only": 0.3}.get(variant, 0.5)
-    return {"eval_f1": base + 0.01 * int(seed), "test_f1": base - 0.02 * int(seed)}
-
-
-class FakeTrainer:
-    """Writes all_results.json like train_mmib.py and records every command it was given."""
-
-    def __init__(self, output_root: Path):
-        self.output_root = output_root
-        self.commands = []
-
-    def __call__(self, command: list[str], output_dir: Path) -> None:
-        self.commands.append(command)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        name = output_dir.relative_to(self.output_root).as_posix()
-        (output_dir / "all_results.json").write_text(json.dumps(fake_scores(name)))
-        (output_dir / "checkpoint-3").mkdir()
-
-
-def test_sweep_series_share_runs_and_plot(tmp_path):
+def test_sweep_series_share_runs_and_plot(tmp_path, fake_trainer):
     config = tmp_path / "config.yaml"
     config.write_text("num_train_epochs: 1\n")
-    trainer = FakeTrainer(tmp_path / "out")
+    trainer = fake_trainer
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         beta_sweep.run_sweep(str(tmp_path / "missing.yaml"), tmp_path / "out", runner=trainer)
     points = beta_sweep.run_sweep(

@@ -1,83 +1,12 @@
 """mmib.analysis.intermediates: the forward hooks capture the tensors of a hand forward of a tiny model."""
 
-import json
-from pathlib import Path
-
-import pytest
 import torch
 
-from conftest import make_image, make_image_processor, make_tokenizer, tiny_config
-from mmib import MMIBForTokenClassification, MMIBProcessor
 from mmib.analysis.intermediates import encoder_intermediates
 from mmib.data import load_jsonl
 
-POSTS = [
-    {"id": "a", "words": ["john", "smith", "visits", "london"], "tags": ["B-PER", "I-PER", "O", "B-LOC"], "crops": 2},
-    {"id": "b", "words": ["i", "love", "paris", "!"], "tags": ["O", "O", "B-LOC", "O"], "crops": 0},
-    {
-        "id": "c",
-        "words": ["new", "post", "at", "the", "festival"],
-        "tags": ["O", "O", "O", "O", "B-ORG"],
-        "crops": None,
-    },
-]
 
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> tuple[str, MMIBForTokenClassification, MMIBProcessor]:
-    folder = tmp_path_factory.mktemp("ner")
-    torch.manual_seed(0)
-    model = MMIBForTokenClassification(tiny_config()).eval()
-    processor = MMIBProcessor(make_image_processor(), make_tokenizer(), task="ner", num_crops=2)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return str(folder), model, processor
-
-
-@pytest.fixture(scope="module")
-def posts_file(tmp_path_factory) -> Path:
-    """Three labelled posts: with an image and two crops, with an image only, and text-only."""
-    folder = tmp_path_factory.mktemp("posts")
-    lines = []
-    for index, post in enumerate(POSTS):
-        record = {"id": post["id"], "words": post["words"], "tags": post["tags"], "image": None, "crops": []}
-        if post["crops"] is not None:
-            make_image(10 * index).save(folder / f"{post['id']}.png")
-            record["image"] = f"{post['id']}.png"
-            for crop in range(post["crops"]):
-                make_image(10 * index + crop + 1, size=(20, 20)).save(folder / f"{post['id']}_{crop}.png")
-                record["crops"].append(f"{post['id']}_{crop}.png")
-        lines.append(json.dumps(record))
-    (folder / "posts.jsonl").write_text("\n".join(lines) + "\n")
-    return folder / "posts.jsonl"
-
-
-def hand_tensors(model, batch) -> dict[str, torch.Tensor]:
-    """X and Z of both modalities from the submodules, called one by one (eval mode: Z = the latent mean)."""
-    encoder = model.mmib
-    with torch.no_grad():
-        text_states = encoder.text_model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            token_type_ids=batch["token_type_ids"],
-        ).last_hidden_state
-        text_inputs = encoder.text_projection(text_states)
-        text_mask = batch["attention_mask"].bool()
-        features = torch.zeros(*batch["image_mask"].shape, model.config.vision_feature_size)
-        features[batch["image_mask"]] = encoder.get_image_features(batch["pixel_values"][batch["image_mask"]])
-        vision_inputs = encoder.vision_projection(features)
-        return {
-            "text_inputs": text_inputs,
-            # An APEnc layer returns (states, attention weights).
-            "text_latents": encoder.text_variational_encoder.mean_encoder(text_inputs, text_inputs, text_mask)[0],
-            "vision_inputs": vision_inputs,
-            "vision_latents": encoder.vision_variational_encoder.mean_encoder(
-                vision_inputs, vision_inputs, batch["image_mask"]
-            )[0],
-        }
-
-
-def test_hooks_capture_the_tensors_of_a_hand_forward(checkpoint, posts_file):
+def test_hooks_capture_the_tensors_of_a_hand_forward(checkpoint, posts_file, hand_tensors):
     _, model, processor = checkpoint
     rows = load_jsonl({"test": str(posts_file)})["test"]
     batch = processor(list(rows["words"]), images=list(rows["image"]), crops=list(rows["crops"]))

@@ -1,19 +1,10 @@
 """mmib.features.fingerprint: the vision fingerprint of a fixed tiny tower is unchanged, and it follows the weights and
 preprocessing, not bookkeeping."""
 
-import pytest
-import torch
 from transformers import ConvNextImageProcessor, ConvNextImageProcessorPil
 
-from conftest import make_image_processor, tiny_config
-from mmib import MMIBForTokenClassification
+from conftest import make_image_processor
 from mmib.features import vision_fingerprint, vision_settings
-
-
-@pytest.fixture
-def model() -> MMIBForTokenClassification:
-    torch.manual_seed(0)
-    return MMIBForTokenClassification(tiny_config()).eval()
 
 
 def test_fingerprint_of_a_fixed_tiny_tower_is_unchanged(model):

@@ -15,25 +15,6 @@ from mmib import MMIBForTokenClassification
 from mmib.features import ImageFeatureStore
 
 
-@pytest.fixture
-def image_files(tmp_path) -> dict[str, str]:
-    files = {}
-    for index in range(3):
-        path = tmp_path / f"image{index}.png"  # lossless, so the file decodes to make_image(index)
-        make_image(index).save(path)
-        files[f"image{index}"] = str(path)
-    corrupt = tmp_path / "corrupt.jpg"
-    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    files["corrupt"] = str(corrupt)
-    return files
-
-
-@pytest.fixture
-def model() -> MMIBForTokenClassification:
-    torch.manual_seed(0)
-    return MMIBForTokenClassification(tiny_config()).eval()
-
-
 def test_store_computes_each_file_once_and_masks_unreadable_ones(model, image_files, caplog):
     processor = make_image_processor()
     paths = [image_files["image0"], image_files["image0"], image_files["corrupt"], image_files["image1"], None]

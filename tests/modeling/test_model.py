@@ -51,10 +51,6 @@ def encoder_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: batch[key] for key in ("input_ids", "attention_mask", "pixel_values", "image_mask")}
 
 
-@pytest.fixture
-def model() -> MMIBForTokenClassification:
-    torch.manual_seed(0)
-    return MMIBForTokenClassification(tiny_config()).eval()
 
 
 def closed_form_kl(mean: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor, reduction: str) -> float:

@@ -1,31 +1,11 @@
 """mmib.training.collator: cached features give the model exactly what pixels give it; relation rows collate."""
 
-import pytest
 import torch
 
 from conftest import make_image, make_image_processor, make_tokenizer, tiny_config
-from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBProcessor
+from mmib import MMIBForRelationClassification, MMIBProcessor
 from mmib.features import ImageFeatureStore
 from mmib.training.collator import MMIBDataCollator
-
-
-@pytest.fixture
-def image_files(tmp_path) -> dict[str, str]:
-    files = {}
-    for index in range(3):
-        path = tmp_path / f"image{index}.png"  # lossless, so the file decodes to make_image(index)
-        make_image(index).save(path)
-        files[f"image{index}"] = str(path)
-    corrupt = tmp_path / "corrupt.jpg"
-    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    files["corrupt"] = str(corrupt)
-    return files
-
-
-@pytest.fixture
-def model() -> MMIBForTokenClassification:
-    torch.manual_seed(0)
-    return MMIBForTokenClassification(tiny_config()).eval()
 
 
 def ner_rows(files: dict[str, str]) -> list[dict]:
