@@ -51,8 +51,6 @@ def encoder_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: batch[key] for key in ("input_ids", "attention_mask", "pixel_values", "image_mask")}
 
 
-
-
 def closed_form_kl(mean: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor, reduction: str) -> float:
     total, count = 0.0, 0
     for post in range(mean.shape[0]):

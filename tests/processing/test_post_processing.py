@@ -3,34 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from transformers import BertTokenizer, ConvNextImageProcessor
 
 from mmib.post_processing_mmib import entity_spans
-from mmib.processing_mmib import MMIBProcessor
-
-ID2LABEL = dict(enumerate(["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]))
-
-LABEL2ID = {label: index for index, label in ID2LABEL.items()}
-
-
-def build_tokenizer(**kwargs) -> BertTokenizer:
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens += "john smith visit ##s ##ed ##ing new york london i love the city rt @ # ! festival of voice".split()
-    return BertTokenizer(vocab={token: index for index, token in enumerate(tokens)}, **kwargs)
-
-
-def build_image_processor() -> ConvNextImageProcessor:
-    return ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
-
-
-@pytest.fixture
-def ner_processor() -> MMIBProcessor:
-    return MMIBProcessor(build_image_processor(), build_tokenizer(), task="ner", num_crops=2, max_length=32)
-
-
-@pytest.fixture
-def re_processor() -> MMIBProcessor:
-    return MMIBProcessor(build_image_processor(), build_tokenizer(), task="re", num_crops=2, max_length=32)
+from processor_parts import ID2LABEL, LABEL2ID
 
 
 def test_entity_spans_chunk_exactly_like_the_scorer():

@@ -6,32 +6,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor, AutoTokenizer, BertTokenizer, ConvNextImageProcessor, PretrainedConfig
+from transformers import AutoProcessor, AutoTokenizer, ConvNextImageProcessor, PretrainedConfig
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
 from conftest import SHARED_DATA, tiny_config
 from mmib.processing_mmib import ENTITY_MARKERS, MMIBProcessor
+from processor_parts import ID2LABEL, LABEL2ID, build_image_processor, build_tokenizer
 
 TWITTER2017_TRAIN = SHARED_DATA / "twitter2017" / "train.txt"
 
-ID2LABEL = dict(enumerate(["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]))
-
-LABEL2ID = {label: index for index, label in ID2LABEL.items()}
 
 WORDS = ["John", "visited", "New", "York", "!"]
 
 # John -> john | visited -> visit ##ed | New -> new | York -> york | ! -> !
 TAGS = ["B-PER", "O", "B-LOC", "I-LOC", "O"]
-
-
-def build_tokenizer(**kwargs) -> BertTokenizer:
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokens += "john smith visit ##s ##ed ##ing new york london i love the city rt @ # ! festival of voice".split()
-    return BertTokenizer(vocab={token: index for index, token in enumerate(tokens)}, **kwargs)
-
-
-def build_image_processor() -> ConvNextImageProcessor:
-    return ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
 
 
 def solid_image(color: tuple[int, int, int], size: tuple[int, int] = (48, 40), mode: str = "RGB") -> Image.Image:
@@ -40,16 +28,6 @@ def solid_image(color: tuple[int, int, int], size: tuple[int, int] = (48, 40), m
 
 def tokens_of(processor: MMIBProcessor, ids: torch.Tensor) -> list[str]:
     return processor.tokenizer.convert_ids_to_tokens(ids.tolist())
-
-
-@pytest.fixture
-def ner_processor() -> MMIBProcessor:
-    return MMIBProcessor(build_image_processor(), build_tokenizer(), task="ner", num_crops=2, max_length=32)
-
-
-@pytest.fixture
-def re_processor() -> MMIBProcessor:
-    return MMIBProcessor(build_image_processor(), build_tokenizer(), task="re", num_crops=2, max_length=32)
 
 
 def marker_ids(processor: MMIBProcessor) -> list[int]:
