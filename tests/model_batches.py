@@ -49,3 +49,24 @@ def build(task: str, **config_kwargs):
     model_class, task_kwargs, batch_fn = HEADS[task]
     torch.manual_seed(0)
     return model_class(tiny_config(**task_kwargs, **config_kwargs)).eval(), batch_fn()
+
+
+def three_post_batch(seed: int = 0, vocab_size: int = 64) -> dict[str, torch.Tensor]:
+    """Three NER posts: the second padded after five tokens with two words, the third with one absent image slot."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, vocab_size, (3, 8), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0
+    attention_mask[2, 7:] = 0
+    input_ids[attention_mask == 0] = 0
+    word_index = torch.tensor([[1, 2, 4, 6], [1, 3, -1, -1], [1, 2, 3, 5]])
+    labels = torch.randint(0, 9, (3, 4), generator=generator)
+    labels[word_index < 0] = -100
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "word_index": word_index,
+        "labels": labels,
+        "pixel_values": torch.randn(3, NUM_SLOTS, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
+        "image_mask": torch.tensor([[True, True, False], [False, False, False], [True, False, True]]),
+    }

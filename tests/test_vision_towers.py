@@ -36,6 +36,7 @@ from mmib import (
 )
 from mmib.features import vision_fingerprint
 from mmib.vision_towers_mmib import load_image_processor
+from model_batches import NUM_SLOTS, three_post_batch
 
 TRANSFORMER_SHAPE = dict(
     hidden_size=16,
@@ -313,29 +314,6 @@ def test_a_timm_image_processor_survives_the_mmib_processor_round_trip(tmp_path,
         rtol=0,
         atol=0,
     )
-
-
-NUM_SLOTS = 3  # 1 image + num_crops=2
-
-
-def three_post_batch() -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(5, 64, (3, 8), generator=generator)
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, 5:] = 0
-    attention_mask[2, 7:] = 0
-    input_ids[attention_mask == 0] = 0
-    word_index = torch.tensor([[1, 2, 4, 6], [1, 3, -1, -1], [1, 2, 3, 5]])
-    labels = torch.randint(0, 9, (3, 4), generator=generator)
-    labels[word_index < 0] = -100
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "word_index": word_index,
-        "labels": labels,
-        "pixel_values": torch.randn(3, NUM_SLOTS, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
-        "image_mask": torch.tensor([[True, True, False], [False, False, False], [True, False, True]]),
-    }
 
 
 def test_any_vision_model_with_a_pooled_output_works():

@@ -10,7 +10,6 @@ from transformers import (
 )
 
 from conftest import (
-    IMAGE_SIZE,
     all_path_scores,
     tiny_config,
     tiny_text_config,
@@ -22,28 +21,7 @@ from mmib import (
     MMIBModel,
 )
 from mmib.modeling_mmib import mmib_total_loss
-
-NUM_SLOTS = 3  # 1 image + num_crops=2
-
-
-def make_batch(seed: int = 0, vocab_size: int = 64) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, vocab_size, (3, 8), generator=generator)
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, 5:] = 0
-    attention_mask[2, 7:] = 0
-    input_ids[attention_mask == 0] = 0
-    word_index = torch.tensor([[1, 2, 4, 6], [1, 3, -1, -1], [1, 2, 3, 5]])
-    labels = torch.randint(0, 9, (3, 4), generator=generator)
-    labels[word_index < 0] = -100
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "word_index": word_index,
-        "labels": labels,
-        "pixel_values": torch.randn(3, NUM_SLOTS, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
-        "image_mask": torch.tensor([[True, True, False], [False, False, False], [True, False, True]]),
-    }
+from model_batches import NUM_SLOTS, three_post_batch
 
 
 def encoder_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -69,7 +47,7 @@ def closed_form_kl(mean: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor,
 def test_kl_equals_closed_form(reduction):
     torch.manual_seed(0)
     base = MMIBModel(tiny_config(kl_reduction=reduction)).eval()
-    batch = make_batch()
+    batch = three_post_batch()
     with torch.no_grad():
         outputs = base(**encoder_inputs(batch))
     expected_text = closed_form_kl(
@@ -119,7 +97,7 @@ def test_alignment_batch_of_one_has_no_negative_term():
 
 def test_padded_tokens_and_absent_crops_do_not_change_outputs(model):
     """Token ids under padding and the features of absent image slots reach no output; a present slot's do."""
-    batch = make_batch()
+    batch = three_post_batch()
     del batch["pixel_values"]
     generator = torch.Generator().manual_seed(1)
     features = torch.randn(3, NUM_SLOTS, model.config.vision_feature_size, generator=generator)
@@ -140,7 +118,7 @@ def test_padded_tokens_and_absent_crops_do_not_change_outputs(model):
 
 def test_eval_without_labels_skips_only_training_work(model):
     """The rule: an eval-mode head without labels runs no log-variance encoder, KL or discriminator."""
-    batch = make_batch()
+    batch = three_post_batch()
     calls = []
     hooks = [
         module.register_forward_hook(lambda *_, name=name: calls.append(name))
@@ -169,7 +147,7 @@ def test_text_only_posts_work(model):
     """A post without images gets no cross-modal attention: its fused states are the text-to-vision APEnc with a zero
     attention output (residual, LayerNorm, feed-forward), whether the batch holds no image inputs, masked slots
     only, or other posts' images; it adds no vision KL and no alignment loss."""
-    batch = make_batch()
+    batch = three_post_batch()
     text_inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
     with torch.no_grad():
         without_images = model(**text_inputs, word_index=batch["word_index"], labels=batch["labels"])
@@ -193,7 +171,7 @@ def test_eval_is_deterministic_and_train_samples():
     text_config = tiny_text_config()
     text_config.hidden_dropout_prob = text_config.attention_probs_dropout_prob = 0.0
     model = MMIBModel(tiny_config(text_config=text_config, apenc_dropout=0.0))
-    batch = make_batch()
+    batch = three_post_batch()
     inputs = encoder_inputs(batch)
     with torch.no_grad():
         model.eval()
@@ -208,7 +186,7 @@ def test_eval_is_deterministic_and_train_samples():
 
 
 def test_image_features_path_equals_pixel_values_path(model):
-    batch = make_batch()
+    batch = three_post_batch()
     with torch.no_grad():
         features = model.mmib.get_image_features(batch["pixel_values"])
         from_pixels = model(**batch)
@@ -220,7 +198,7 @@ def test_image_features_path_equals_pixel_values_path(model):
 
 def test_cached_features_and_pixels_mix_in_one_batch(model):
     """Item 4: `image_feature_mask` says which slots `image_features` holds; the model computes the others."""
-    batch = make_batch()
+    batch = three_post_batch()
     present = batch["image_mask"].bool()
     with torch.no_grad():
         features = model.mmib.get_image_features(batch["pixel_values"])
@@ -244,7 +222,7 @@ def test_cached_features_and_pixels_mix_in_one_batch(model):
 
 
 def test_input_validation(model):
-    batch = make_batch()
+    batch = three_post_batch()
     with pytest.raises(ValueError, match="pass image_feature_mask to say which slots image_features holds"):
         model(**batch, image_features=torch.zeros(3, NUM_SLOTS, 16))
     with pytest.raises(ValueError, match="image_mask has shape"):
@@ -258,7 +236,7 @@ def test_input_validation(model):
 def test_gradients_reach_every_trainable_parameter_and_not_the_frozen_tower(model):
     model.train()
     assert not model.mmib.vision_model.training
-    model(**make_batch()).loss.backward()
+    model(**three_post_batch()).loss.backward()
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(not name.startswith("mmib.vision_model.") for name in trainable)
     assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
@@ -268,7 +246,7 @@ def test_gradients_reach_every_trainable_parameter_and_not_the_frozen_tower(mode
 def test_frozen_tower_keeps_batchnorm_statistics(model):
     model.train()
     statistics = {k: v.clone() for k, v in model.mmib.vision_model.state_dict().items() if "running" in k}
-    model(**make_batch())
+    model(**three_post_batch())
     after = {k: v for k, v in model.mmib.vision_model.state_dict().items() if "running" in k}
     assert all(torch.equal(statistics[k], after[k]) for k in statistics)
 
@@ -277,7 +255,7 @@ def test_unfrozen_tower_trains():
     torch.manual_seed(0)
     model = MMIBForTokenClassification(tiny_config(freeze_vision_encoder=False)).train()
     assert model.mmib.vision_model.training
-    model(**make_batch()).loss.backward()
+    model(**three_post_batch()).loss.backward()
     assert all(p.grad is not None for p in model.mmib.vision_model.parameters())
 
 
@@ -286,7 +264,7 @@ def test_relation_head_uses_the_marked_states(pooling):
     torch.manual_seed(0)
     config = tiny_config(entity_pooling=pooling, id2label={0: "None", 1: "/per/per/peer", 2: "/loc/loc/contain"})
     model = MMIBForRelationClassification(config).eval()
-    batch = make_batch()
+    batch = three_post_batch()
     entity_positions = torch.tensor([[[1, 4], [5, 7]], [[2, 4], [0, 2]], [[1, 3], [4, 6]]])
     labels = torch.tensor([0, 1, 2])
     with torch.no_grad():
@@ -311,7 +289,7 @@ def test_relation_head_pools_nested_and_identical_spans_over_their_own_words(poo
     torch.manual_seed(0)
     config = tiny_config(entity_pooling=pooling, id2label={0: "None", 1: "/per/per/peer", 2: "/loc/loc/contain"})
     model = MMIBForRelationClassification(config).eval()
-    batch = encoder_inputs(make_batch())
+    batch = encoder_inputs(three_post_batch())
     batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
     batch["input_ids"] = batch["input_ids"].clamp(min=5)
     # The processor's marker order (tokens 0..7):
@@ -340,7 +318,7 @@ def test_token_classification_loss_is_the_brute_force_crf_nll_plus_the_weighted_
     model = MMIBForTokenClassification(tiny_config(id2label=labels3, **WEIGHTS)).eval()
     for parameter in model.crf.parameters():
         parameter.data.normal_()  # transitions that matter
-    batch = make_batch()
+    batch = three_post_batch()
     batch["labels"] = batch["labels"] % 3
     batch["labels"][batch["word_index"] < 0] = -100
     with torch.no_grad():
@@ -370,7 +348,7 @@ WEIGHTS = dict(beta_text=0.5, beta_vision=0.25, alignment_weight=2.0)
 def test_loss_is_the_weighted_sum_of_eq_29(model):
     model.config.update(WEIGHTS)
     with torch.no_grad():
-        outputs = model(**make_batch())
+        outputs = model(**three_post_batch())
     expected = (
         outputs.task_loss.item()
         + 0.5 * outputs.kl_text.item()
@@ -380,7 +358,7 @@ def test_loss_is_the_weighted_sum_of_eq_29(model):
     assert outputs.loss.item() == pytest.approx(expected, rel=1e-6)
     assert outputs.kl_text.item() > 0 and outputs.kl_vision.item() > 0 and outputs.alignment_loss.item() > 0
     assert mmib_total_loss(model.config, outputs.task_loss).item() == outputs.task_loss.item()
-    without_labels = model(**{**make_batch(), "labels": None})
+    without_labels = model(**{**three_post_batch(), "labels": None})
     assert without_labels.loss is None and without_labels.task_loss is None
 
 
@@ -431,7 +409,7 @@ def test_ablation_switch_removes_its_term_and_its_modules(variant):
     assert all(any(name.startswith(prefix) for name in full_names) for prefix in removed_prefixes)
 
     torch.manual_seed(1)
-    outputs = ablated(**make_batch())
+    outputs = ablated(**three_post_batch())
     for field in absent:
         assert getattr(outputs, field) is None, field
     weights = {"kl_text": 0.5, "kl_vision": 0.25, "alignment_loss": 2.0}
@@ -447,7 +425,7 @@ def test_ablation_switch_removes_its_term_and_its_modules(variant):
 def test_without_refinement_the_latent_is_the_mean_in_training():
     torch.manual_seed(0)
     model = MMIBModel(no_dropout_config(use_refinement_regularizer=False)).train()
-    inputs = encoder_inputs(make_batch())
+    inputs = encoder_inputs(three_post_batch())
     with torch.no_grad():
         first, second = model(**inputs), model(**inputs)
         model.eval()
@@ -461,7 +439,7 @@ def test_text_only_model_is_the_text_path_and_ignores_images(tmp_path):
     torch.manual_seed(0)
     model = MMIBForTokenClassification(tiny_config(text_only=True)).eval()
     assert not any("vision" in name or "discriminator" in name for name, _ in model.named_parameters())
-    batch = make_batch()
+    batch = three_post_batch()
     with torch.no_grad():
         outputs = model(**batch)
         without_images = model(
@@ -489,7 +467,7 @@ def test_text_only_model_is_the_text_path_and_ignores_images(tmp_path):
 
 
 def test_post_without_kept_words_gets_no_tags_and_leaves_the_rest_of_the_batch_alone(model):
-    batch = make_batch()
+    batch = three_post_batch()
     truncated = {key: value.clone() for key, value in batch.items()}
     truncated["word_index"][1] = -1  # every word of post 1 lies beyond max_length
     truncated["labels"][1] = -100
