@@ -499,8 +499,8 @@ def test_read_posts_takes_raw_text_like_mmib_predict(tmp_path):
     rows = [{"id": "t", "text": "RT @ann: Paris, at last!"}, {"id": "w", "words": ["Paris", "at", "last"]}]
     path = write_lines(tmp_path / "posts.jsonl", rows)
     posts = read_posts(path)
-    assert [post["words"] for post in posts] == [prepare_post(row).words for row in rows]
-    assert posts[0]["words"] == ["RT", "@ann", ":", "Paris", ",", "at", "last", "!"]
-    for bad, message in (({"text": "a", "words": ["a"]}, "either text or words"), ({"text": 3}, "'text' must be")):
+    assert [post.words for post in posts] == [prepare_post(row).words for row in rows]
+    assert posts[0].words == ["RT", "@ann", ":", "Paris", ",", "at", "last", "!"]
+    for bad, message in (({"text": "a", "words": ["a"]}, "either text or words"), ({"text": 3}, "text must be")):
         with pytest.raises(ValueError, match=rf"posts\.jsonl:1: .*{message}"):
             read_posts(write_lines(tmp_path / "posts.jsonl", [bad]))

@@ -1,4 +1,4 @@
-"""Reader and writer of the package's JSON-lines format for own posts; `read_posts` for `mmib explain`."""
+"""Reader and writer of the package's JSON-lines format for own posts."""
 
 from __future__ import annotations
 
@@ -183,55 +183,3 @@ def write_jsonl(dataset: datasets.Dataset, path: PathLike) -> int:
             record["crops"] = [_portable_path(crop, folder) for crop in row["crops"]]
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return len(dataset)
-
-def _post_words(record: Mapping[str, Any]) -> list[str]:
-    """The words of a post record, from raw ``text`` (split like ``mmib predict``) or ``words``."""
-    if "text" in record and "words" in record:
-        raise ValueError("give either text or words, not both")
-    if "text" not in record:
-        return words_field(_require(record, "words"), "words")
-    text = record["text"]
-    if not isinstance(text, str):
-        raise ValueError(f"'text' must be a string, got {type(text).__name__}")
-    return words_field([word for word, _, _ in split_words(text)], "words of 'text'")
-
-
-def read_posts(path: PathLike, image_root: PathLike | None = None) -> list[dict[str, Any]]:
-    """Reads posts to run a model on, from the JSON-lines format with or without labels (labels are ignored).
-
-    Args:
-        path: a ``.jsonl`` file; each record needs ``text`` (a raw string, split as ``mmib predict`` splits it) or
-            ``words``, and may have ``id``, ``image`` and ``crops``: the posts ``mmib predict`` reads.
-        image_root: folder against which relative image and crop paths are resolved. None = the file's folder.
-
-    Returns:
-        ``[{"id": str, "words": list[str], "image": str | None, "crops": list[str]}, ...]`` with absolute paths
-        (not checked for existence: the processor raises for a missing file).
-
-    Raises:
-        ValueError: naming file and line for malformed JSON or an invalid field; also for a file without records.
-    """
-    path = Path(path)
-    resolve = _resolver(image_root if image_root is not None else path.absolute().parent)
-    posts = []
-    for line_no, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-            image = _as_optional_path(record.get("image"), "image")
-            posts.append(
-                {
-                    "id": str(record.get("id", len(posts))),
-                    "words": _post_words(record),
-                    "image": resolve(image) if image is not None else None,
-                    "crops": [resolve(crop) for crop in _as_strings(record.get("crops", []), "crops")],
-                }
-            )
-        except ValueError as err:
-            raise ValueError(f"{path}:{line_no}: {err}") from err
-    if not posts:
-        raise ValueError(f"{path}: no records found")
-    return posts
