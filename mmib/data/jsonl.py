@@ -11,7 +11,6 @@ import datasets
 
 from ..posts_mmib import span_field, words_field
 from ..processing_mmib import TASKS
-from ..word_splitting_mmib import split_words
 from .labels import (
     _check_bio_names,
     _check_ner_tags,
@@ -22,6 +21,7 @@ from .labels import (
 )
 from .media import _resolver
 from .rows import (
+    PathLike,
     _as_optional_path,
     _as_string,
     _as_strings,
@@ -33,9 +33,9 @@ from .rows import (
     _RePost,
     _require,
     ner_features,
-    PathLike,
     re_features,
 )
+
 
 def _parse_json_record(text: str, index: int, task: str) -> _NerPost | _RePost:
     """Parses one JSON-lines record of the given task (line numbers are filled in by the caller).
@@ -71,6 +71,7 @@ def _parse_json_record(text: str, index: int, task: str) -> _NerPost | _RePost:
         crops=crops,
     )
 
+
 def _read_jsonl(path: Path, task: str) -> list[_NerPost | _RePost]:
     """Parses a JSON-lines file of the given task (blank lines skipped).
 
@@ -93,6 +94,7 @@ def _read_jsonl(path: Path, task: str) -> list[_NerPost | _RePost]:
     if not posts:
         raise ValueError(f"{path}: no records found")
     return posts
+
 
 def load_jsonl(
     data_files: Mapping[str, PathLike],
@@ -139,6 +141,7 @@ def load_jsonl(
         result[split] = _build_split(split, source, posts, features, to_row(label_ids))
     return datasets.DatasetDict(result)
 
+
 def _portable_path(path: str | None, folder: Path) -> str | None:
     """``path`` relative to ``folder`` (POSIX separators) if it lies inside it, else unchanged."""
     if path is None:
@@ -147,6 +150,7 @@ def _portable_path(path: str | None, folder: Path) -> str | None:
         return Path(path).relative_to(folder).as_posix()
     except ValueError:
         return path
+
 
 def write_jsonl(dataset: datasets.Dataset, path: PathLike) -> int:
     """Writes one split (NER or relation rows) in the JSON-lines format read by :func:`load_jsonl`.
