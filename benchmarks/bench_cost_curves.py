@@ -24,17 +24,14 @@ import torch
 from transformers import BertForTokenClassification
 
 from bench_common import (
-    DEFAULT_DATA_DIR,
     build_model,
     build_processor,
     finish_report,
     load_posts,
-    machine_note,
     markdown_table,
-    matmul_bf16_over_fp32,
     median,
     minilm_path,
-    quiet_logging,
+    preamble,
 )
 
 matplotlib.use("Agg")
@@ -98,16 +95,13 @@ def time_point(models, optimizers, batch, kind: str, repeats: int) -> dict[str, 
 def main() -> None:
     """Measures the three curves, prints the table, writes the JSON and the PNG."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--data_dir", help="Twitter-2017 folder (default: the shared data folder).")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output_json")
     parser.add_argument("--output_png")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    quiet_logging()
-    machine_before = machine_note()
-    bf16_ratio = matmul_bf16_over_fp32()
+    machine_before, bf16_ratio = preamble(args.threads)
     rows, label_names = load_posts(args.data_dir, "train")
     pool = [word for row in rows[:2000] for word in row["words"]]
     processor = build_processor()

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from bench_common import (
     NUM_CROPS,
@@ -38,19 +37,12 @@ from bench_common import (
     median,
     peak_rss_mib,
     quiet_logging,
+    write_jpeg,
 )
 from mmib.collator import MMIBDataCollator
 from mmib.features import ImageFeatureStore, content_key, vision_fingerprint, write_shard
 
 FEATURE_SIZE = 2048
-
-
-def write_jpeg(path: Path, seed: int, size: tuple[int, int] = (400, 300)) -> str:
-    """A random-noise JPEG (different bytes per seed)."""
-    generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8)
-    Image.fromarray(pixels.numpy()).save(path, quality=90)
-    return str(path)
 
 
 def write_synthetic_cache(folder: Path, num_images: int, shard_size: int, fingerprint: str) -> float:
@@ -171,8 +163,7 @@ def main() -> None:
     if args.memory_probe:
         memory_probe(args)
         return
-    machine_before = machine_note()
-    bf16_ratio = matmul_bf16_over_fp32()
+    machine_before, bf16_ratio = machine_note(), matmul_bf16_over_fp32()
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="mmib-cache-bench-"))
     try:
         cache, images = work / "cache", work / "images"
@@ -200,7 +191,8 @@ def main() -> None:
         memory = {}
         for probe in ("no_cache", "cache"):
             command = [sys.executable, __file__, "--memory_probe", probe, "--cache_dir", str(cache)]
-            command += ["--data_dir", args.data_dir, "--steps", str(args.steps), "--threads", str(args.threads)]
+            command += ["--steps", str(args.steps), "--threads", str(args.threads)]
+            command += ["--data_dir", args.data_dir] if args.data_dir else []
             result = subprocess.run(command, capture_output=True, text=True, check=True)
             memory[probe] = json.loads(result.stdout.strip().splitlines()[-1])
         build = build_throughput(args, work)

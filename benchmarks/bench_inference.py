@@ -28,21 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from bench_common import (
-    DEFAULT_DATA_DIR,
     NUM_CROPS,
     build_model,
     build_processor,
     finish_report,
     load_posts,
-    machine_note,
     markdown_table,
-    matmul_bf16_over_fp32,
     median,
-    quiet_logging,
+    preamble,
     rotated,
+    write_jpeg,
 )
 from mmib import MMIBForTokenClassification
 from mmib.collator import MMIBDataCollator
@@ -69,7 +66,7 @@ class Variant:
 def parse_args() -> argparse.Namespace:
     """The command line flags (`--help` prints them with the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR), help="Twitter-2017 folder (train.txt, ...).")
+    parser.add_argument("--data_dir", help="Twitter-2017 folder (train.txt, ...; default: the shared data folder).")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"], help="Posts to use.")
     parser.add_argument("--num_posts", type=int, default=32, help="Posts per pass (at least the largest batch).")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[8, 32], help="Batch sizes to compare.")
@@ -96,13 +93,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def write_jpeg(path: Path, width: int, height: int, generator: torch.Generator) -> str:
-    """Writes a random-noise RGB JPEG of `width x height` to `path` and returns the path as a string."""
-    pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator)
-    Image.fromarray(pixels.numpy(), mode="RGB").save(path, quality=90)
-    return str(path)
-
-
 def make_rows(args: argparse.Namespace, folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """
     The first `num_posts` posts of the split, each with a synthetic JPEG image and `NUM_CROPS` JPEG crops.
@@ -111,12 +101,13 @@ def make_rows(args: argparse.Namespace, folder: Path) -> tuple[list[dict[str, An
         `(rows, label_names)`; rows hold `words`, `image` and `crops` (no labels: inference).
     """
     posts, label_names = load_posts(args.data_dir, args.split)
-    generator = torch.Generator().manual_seed(args.seed)
     rows = []
     for index, post in enumerate(posts[: args.num_posts]):
-        image = write_jpeg(folder / f"{index}.jpg", *args.image_size, generator)
+        # One seed per file, distinct across posts, slots and --seed values.
+        seed = (args.seed * args.num_posts + index) * (1 + NUM_CROPS)
+        image = write_jpeg(folder / f"{index}.jpg", seed, tuple(args.image_size))
         crops = [
-            write_jpeg(folder / f"{index}_crop{slot}.jpg", args.crop_size, args.crop_size, generator)
+            write_jpeg(folder / f"{index}_crop{slot}.jpg", seed + 1 + slot, (args.crop_size, args.crop_size))
             for slot in range(NUM_CROPS)
         ]
         rows.append({"words": post["words"], "image": image, "crops": crops})
@@ -195,10 +186,7 @@ def summarize(args: argparse.Namespace, passes: dict[str, list[dict[str, float]]
 def main() -> None:
     """Builds the model, the JPEGs and the feature store, times the variants and prints the table."""
     args = parse_args()
-    torch.set_num_threads(args.threads)
-    quiet_logging()
-    machine_before = machine_note()
-    bf16_matmul_ratio = matmul_bf16_over_fp32()
+    machine_before, bf16_matmul_ratio = preamble(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         rows, label_names = make_rows(args, Path(folder))
         model = build_model(label_names, args.seed).eval()

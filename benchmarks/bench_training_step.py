@@ -33,7 +33,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bench_common import (
-    DEFAULT_DATA_DIR,
     IMAGE_SIZE,
     NUM_CROPS,
     build_model,
@@ -57,7 +56,7 @@ FEATURE_PROBE = "feature_pass"
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line flags (`--help` prints them with the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR), help="Twitter-2017 folder (train.txt, ...).")
+    parser.add_argument("--data_dir", help="Twitter-2017 folder (train.txt, ...; default: the shared data folder).")
     parser.add_argument("--batch_size", type=int, default=8, help="Posts per step (paper: 8).")
     parser.add_argument("--num_batches", type=int, default=4, help="Distinct batches, cycled through the rounds.")
     parser.add_argument("--warmup_steps", type=int, default=3, help="Untimed interleaved rounds first.")
@@ -280,8 +279,7 @@ def main() -> None:
     if args.memory_probe:
         run_memory_probe(args)
         return
-    machine_before = machine_note()
-    bf16_matmul_ratio = matmul_bf16_over_fp32()
+    machine_before, bf16_matmul_ratio = machine_note(), matmul_bf16_over_fp32()
     model, optimizer, text_batches = build_training(args)
     features, feature_seconds = compute_image_features(model, args.num_batches, args.batch_size, args.seed)
     if not all(torch.isfinite(batch).all() for batch in features):

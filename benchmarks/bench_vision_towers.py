@@ -23,17 +23,14 @@ import torch
 from bench_inference import make_rows, run_pass
 
 from bench_common import (
-    DEFAULT_DATA_DIR,
     REPO_ROOT,
     build_model,
     build_processor,
     finish_report,
-    machine_note,
     markdown_table,
-    matmul_bf16_over_fp32,
     median,
     minilm_path,
-    quiet_logging,
+    preamble,
     rotated,
 )
 from mmib import MMIBForTokenClassification, MMIBProcessor
@@ -49,7 +46,7 @@ TOWERS = ("efficientnet-lite0", "resnet-50")
 def parse_args() -> argparse.Namespace:
     """The command line flags (`--help` prints them with the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR), help="Twitter-2017 folder (train.txt, ...).")
+    parser.add_argument("--data_dir", help="Twitter-2017 folder (train.txt, ...; default: the shared data folder).")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"], help="Posts to use.")
     parser.add_argument("--num_posts", type=int, default=16, help="Posts per pass.")
     parser.add_argument("--batch_size", type=int, default=8, help="Posts per batch.")
@@ -82,10 +79,7 @@ def build_efficientnet(
 def main() -> None:
     """Builds both models and the JPEGs, times the towers in interleaved rounds and prints the table."""
     args = parse_args()
-    torch.set_num_threads(args.threads)
-    quiet_logging()
-    machine_before = machine_note()
-    bf16_matmul_ratio = matmul_bf16_over_fp32()
+    machine_before, bf16_matmul_ratio = preamble(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         rows, label_names = make_rows(args, Path(folder))
         efficientnet_dir = args.efficientnet_dir or str(convert(Path(folder) / "efficientnet-lite0"))

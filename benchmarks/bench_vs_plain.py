@@ -28,19 +28,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertForTokenClassification
 
 from bench_common import (
-    DEFAULT_DATA_DIR,
     IMAGE_SIZE,
     NUM_CROPS,
     build_model,
     build_processor,
     finish_report,
     load_posts,
-    machine_note,
     markdown_table,
-    matmul_bf16_over_fp32,
     median,
     minilm_path,
-    quiet_logging,
+    preamble,
     rotated,
 )
 
@@ -62,7 +59,7 @@ def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 10) -> fl
 
 
 def make_batches(
-    train_batch_size: int, eval_batch_size: int, num_batches: int, data_dir: str = str(DEFAULT_DATA_DIR)
+    train_batch_size: int, eval_batch_size: int, num_batches: int, data_dir: str | None = None
 ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]], list[str]]:
     """
     Training batches (Twitter-2017 train) and eval batches (test) for both models.
@@ -146,7 +143,7 @@ def tower_flops_per_image(model) -> int:
 def main() -> None:
     """Builds both models, runs the interleaved rounds and prints the ratio table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR), help="Twitter-2017 folder.")
+    parser.add_argument("--data_dir", help="Twitter-2017 folder (default: the shared data folder).")
     parser.add_argument("--rounds", type=int, default=10, help="Timed interleaved rounds.")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed rounds first.")
     parser.add_argument("--num_batches", type=int, default=4, help="Distinct batches, cycled through the rounds.")
@@ -155,10 +152,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads.")
     parser.add_argument("--output_json", help="Also write every measurement to this JSON file.")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    quiet_logging()
-    machine_before = machine_note()
-    bf16_ratio = matmul_bf16_over_fp32()
+    machine_before, bf16_ratio = preamble(args.threads)
     precisions = ["fp32"] if args.no_bf16 else ["fp32", "bf16"]
     train_batches, eval_batches, label_names = make_batches(8, 32, args.num_batches, args.data_dir)
     models = {

@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor, AutoTokenizer, get_linear_schedule_with_warmup, set_seed
 
 from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBProcessor
-from mmib.training.collator import MMIBDataCollator
 from mmib.data import load_jsonl
 from mmib.modeling_mmib import MMIBPreTrainedModel
+from mmib.training.collator import MMIBDataCollator
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""`mmib` command line: train MMIB, apply trained checkpoints to posts, and run the paper's analyses. Parses arguments
-and dispatches.
+"""`mmib` command line: train MMIB, apply trained checkpoints to posts, and run the paper's analyses. `COMMANDS` is
+the table of subcommands; each row adds its arguments and runs, importing what it needs only then (so `mmib predict
+--help` does not load the training stack). A new command is one row.
 
 mmib train configs/demo.yaml --seed 1 --output_dir runs/demo       # `mmib train --help` lists every training flag
 mmib predict runs/demo-twitter2017 --text "Kawhi Leonard wins the fan vote in Toronto" --image post.jpg
@@ -16,98 +17,66 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-
-from .batch_prediction import StrictModeError, predict_file
-from .predictor_mmib import MMIBPredictor
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmib", description="MMIB multimodal NER and relation extraction.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    # Listed for --help only: main() hands `mmib train ...` to the training run's own HfArgumentParser.
-    commands.add_parser("train", help="Train and evaluate a model (see `mmib train --help`).", add_help=False)
-    predict = commands.add_parser(
-        "predict", help="Tag posts (NER, optionally NER -> RE) or classify relations (RE); writes JSON."
-    )
-    predict.add_argument("model", help="Folder or Hub id of an MMIB checkpoint (model + processor).")
-    source = predict.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="JSON-lines posts, one object per line ('-' = stdin).")
-    source.add_argument("--text", help="One raw post, split into words by the tweet word splitter.")
-    source.add_argument("--words", nargs="+", help="One post's words.")
-    predict.add_argument("--output", default="-", help="JSON-lines results for --input ('-' = stdout, the default).")
-    predict.add_argument("--image", help="One post: its image file (omit for a text-only post).")
-    predict.add_argument("--crops", nargs="*", default=[], help="One post: object crop files of the image.")
-    predict.add_argument("--head", nargs=2, type=int, metavar=("START", "END"), help="One post, RE: head word span.")
-    predict.add_argument("--tail", nargs=2, type=int, metavar=("START", "END"), help="One post, RE: tail word span.")
-    predict.add_argument("--relation_model", help="RE checkpoint run on every ordered pair of predicted entities.")
-    predict.add_argument("--max_pairs_per_post", type=int, default=240, help="Entity pairs classified per post.")
-    predict.add_argument("--keep_none", action="store_true", help="Keep relations labelled None.")
-    predict.add_argument("--batch_size", type=int, default=32, help="Posts per forward pass.")
-    predict.add_argument("--num_workers", type=int, default=2, help="Data loader processes decoding posts/images.")
-    predict.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="Weights' dtype.")
-    predict.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when present).")
-    predict.add_argument("--quiet", action="store_true", help="No progress bar and no dtype/summary lines.")
-    predict.add_argument("--strict", action="store_true", help="Exit non-zero at the first row with an error.")
-    predict.add_argument(
-        "--image_feature_cache",
-        metavar="DIR",
-        help="Feature cache (ImageFeatureStore) built with this model's tower: images found in it by content skip it.",
-    )
-    _add_analysis_parsers(commands)
-    return parser
-
 
 TRAINING_EPILOG = "Other arguments are passed to every `mmib train` run (e.g. --text_model_name_or_path DIR)."
 
 
-def _add_analysis_parsers(commands) -> None:
-    ablate = commands.add_parser(
-        "ablate",
-        allow_abbrev=False,
-        help="Train the full model and every ablation with the same seeds; write ablation.csv and ablation.md.",
-        epilog=TRAINING_EPILOG,
-    )
-    ablate.add_argument("config", help="An `mmib train` config file (YAML / JSON).")
-    ablate.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="Training seeds (default 1 2 3).")
-    ablate.add_argument("--output_dir", required=True, help="Tables and one folder per run; finished runs are kept.")
+@dataclass(frozen=True)
+class Command:
+    """
+    One `mmib` subcommand.
 
-    sweep = commands.add_parser(
-        "sweep",
-        allow_abbrev=False,
-        help="The paper's Fig. 4: β_T varied, β_V varied, both varied; write beta_sweep.csv and a plot.",
-        epilog=TRAINING_EPILOG,
-    )
-    sweep.add_argument("config", help="An `mmib train` config file (YAML / JSON).")
-    sweep.add_argument("--beta_text", nargs="+", type=float, help="β_T values (default: the paper's 0 .. 2).")
-    sweep.add_argument("--beta_vision", nargs="+", type=float, help="β_V values (default: the paper's 0 .. 2).")
-    sweep.add_argument("--both", nargs="+", type=float, help="Values of β_T = β_V (default: all values above).")
-    sweep.add_argument("--fixed", type=float, default=1.0, help="The β held fixed in the first two series (1.0).")
-    sweep.add_argument("--seeds", nargs="+", type=int, default=[1], help="Training seeds per point (default 1).")
-    sweep.add_argument("--output_dir", required=True, help="CSV, plot and one folder per run.")
+    Args:
+        help (`str`): the line `mmib --help` shows.
+        run (`Callable[[argparse.Namespace | None, list[str]], None]`): runs the command with its parsed arguments
+            and the arguments left over (the unknown flags of a `passes_training_flags` command; the whole argument
+            list of a command without `add_arguments`, whose arguments are then `None`).
+        add_arguments (`Callable[[argparse.ArgumentParser], None]`, *optional*): adds the command's arguments;
+            `None` hands the raw arguments to `run` (a command with its own parser, like `train`).
+        passes_training_flags (`bool`): unknown flags are `mmib train` flags for every run, not an error.
+    """
 
-    explain = commands.add_parser(
-        "explain",
-        allow_abbrev=False,
-        help="Contribution scores (row sums of X·Zᵀ) per word, image and crop: JSON and a PNG per post.",
-    )
-    explain.add_argument("model", help="An MMIB NER checkpoint folder.")
-    explain.add_argument("--input", required=True, help="Posts as JSON lines (words, image, crops).")
-    explain.add_argument("--output_dir", required=True)
+    help: str
+    run: Callable[[argparse.Namespace | None, list[str]], None]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    passes_training_flags: bool = False
 
-    gap = commands.add_parser(
-        "modality-gap",
-        allow_abbrev=False,
-        help="t-SNE of entity and object representations and the modality-gap number.",
+
+def _train(_: None, argv: list[str]) -> None:
+    from .training.run import main as train
+
+    # The training run's HfArgumentParser owns its flags and its --help.
+    train(argv, prog="mmib train")
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="Folder or Hub id of an MMIB checkpoint (model + processor).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="JSON-lines posts, one object per line ('-' = stdin).")
+    source.add_argument("--text", help="One raw post, split into words by the tweet word splitter.")
+    source.add_argument("--words", nargs="+", help="One post's words.")
+    parser.add_argument("--output", default="-", help="JSON-lines results for --input ('-' = stdout, the default).")
+    parser.add_argument("--image", help="One post: its image file (omit for a text-only post).")
+    parser.add_argument("--crops", nargs="*", default=[], help="One post: object crop files of the image.")
+    parser.add_argument("--head", nargs=2, type=int, metavar=("START", "END"), help="One post, RE: head word span.")
+    parser.add_argument("--tail", nargs=2, type=int, metavar=("START", "END"), help="One post, RE: tail word span.")
+    parser.add_argument("--relation_model", help="RE checkpoint run on every ordered pair of predicted entities.")
+    parser.add_argument("--max_pairs_per_post", type=int, default=240, help="Entity pairs classified per post.")
+    parser.add_argument("--keep_none", action="store_true", help="Keep relations labelled None.")
+    parser.add_argument("--batch_size", type=int, default=32, help="Posts per forward pass.")
+    parser.add_argument("--num_workers", type=int, default=2, help="Data loader processes decoding posts/images.")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="Weights' dtype.")
+    parser.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when present).")
+    parser.add_argument("--quiet", action="store_true", help="No progress bar and no dtype/summary lines.")
+    parser.add_argument("--strict", action="store_true", help="Exit non-zero at the first row with an error.")
+    parser.add_argument(
+        "--image_feature_cache",
+        metavar="DIR",
+        help="Feature cache (ImageFeatureStore) built with this model's tower: images found in it by content skip it.",
     )
-    gap.add_argument("models", nargs="+", help="One or more MMIB NER checkpoints (e.g. without, then with L_ar).")
-    gap.add_argument("--data", required=True, help="Labelled JSON-lines posts, or an `mmib train` config file.")
-    gap.add_argument("--split", default="test", help="Split of a config's dataset (default test).")
-    gap.add_argument("--labels", nargs="+", help="A panel title per checkpoint (default: folder names).")
-    gap.add_argument("--max_pairs", type=int, default=150, help="Entity-object pairs drawn (paper: 150).")
-    gap.add_argument("--seed", type=int, default=0, help="Seed of the pair sample and of t-SNE.")
-    gap.add_argument("--output_dir", required=True)
 
 
 def _single_post(args: argparse.Namespace) -> dict:
@@ -120,51 +89,10 @@ def _single_post(args: argparse.Namespace) -> dict:
     return post
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "train":
-        from .training.run import main as train
+def _predict(args: argparse.Namespace, _: list[str]) -> None:
+    from .batch_prediction import StrictModeError, predict_file
+    from .predictor_mmib import MMIBPredictor
 
-        train(argv[1:], prog="mmib train")
-        return
-    args, training_flags = _parser().parse_known_args(argv)
-    if training_flags and args.command not in ("ablate", "sweep"):
-        raise SystemExit(f"mmib {args.command}: unrecognized arguments: {' '.join(training_flags)}")
-    if args.command == "ablate":
-        from .analysis.ablation import run_ablation
-
-        run_ablation(args.config, args.seeds, args.output_dir, training_flags)
-        print((Path(args.output_dir) / "ablation.md").read_text(encoding="utf-8"))
-        return
-    if args.command == "sweep":
-        from .analysis.beta_sweep import PAPER_BETAS, run_sweep
-
-        run_sweep(
-            args.config,
-            args.output_dir,
-            beta_text=args.beta_text or PAPER_BETAS,
-            beta_vision=args.beta_vision or PAPER_BETAS,
-            both=args.both,
-            fixed=args.fixed,
-            seeds=args.seeds,
-            extra_args=training_flags,
-        )
-        print((Path(args.output_dir) / "beta_sweep.csv").read_text(encoding="utf-8"))
-        return
-    if args.command == "explain":
-        from .analysis.contribution import explain_posts
-
-        records = explain_posts(args.model, args.input, args.output_dir)
-        print(f"{len(records)} posts explained in {args.output_dir}")
-        return
-    if args.command == "modality-gap":
-        from .analysis.modality_gap import run_modality_gap
-
-        results = run_modality_gap(
-            args.models, args.data, args.output_dir, args.split, args.labels, args.max_pairs, args.seed
-        )
-        print(json.dumps(results, indent=2))
-        return
     # Data loader workers are forked after the tokenizer has run; its own thread pool must stay off in them.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Under `accelerate launch` only the main process reports.
@@ -195,6 +123,140 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"mmib: {error}", file=sys.stderr)
         raise SystemExit(1) from error
     log(str(summary))
+
+
+def _ablate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="An `mmib train` config file (YAML / JSON).")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="Training seeds (default 1 2 3).")
+    parser.add_argument("--output_dir", required=True, help="Tables and one folder per run; finished runs are kept.")
+
+
+def _ablate(args: argparse.Namespace, training_flags: list[str]) -> None:
+    from .analysis.ablation import run_ablation
+
+    run_ablation(args.config, args.seeds, args.output_dir, training_flags)
+    print((Path(args.output_dir) / "ablation.md").read_text(encoding="utf-8"))
+
+
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="An `mmib train` config file (YAML / JSON).")
+    parser.add_argument("--beta_text", nargs="+", type=float, help="β_T values (default: the paper's 0 .. 2).")
+    parser.add_argument("--beta_vision", nargs="+", type=float, help="β_V values (default: the paper's 0 .. 2).")
+    parser.add_argument("--both", nargs="+", type=float, help="Values of β_T = β_V (default: all values above).")
+    parser.add_argument("--fixed", type=float, default=1.0, help="The β held fixed in the first two series (1.0).")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1], help="Training seeds per point (default 1).")
+    parser.add_argument("--output_dir", required=True, help="CSV, plot and one folder per run.")
+
+
+def _sweep(args: argparse.Namespace, training_flags: list[str]) -> None:
+    from .analysis.beta_sweep import PAPER_BETAS, run_sweep
+
+    run_sweep(
+        args.config,
+        args.output_dir,
+        beta_text=args.beta_text or PAPER_BETAS,
+        beta_vision=args.beta_vision or PAPER_BETAS,
+        both=args.both,
+        fixed=args.fixed,
+        seeds=args.seeds,
+        extra_args=training_flags,
+    )
+    print((Path(args.output_dir) / "beta_sweep.csv").read_text(encoding="utf-8"))
+
+
+def _explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="An MMIB NER checkpoint folder.")
+    parser.add_argument("--input", required=True, help="JSON-lines posts, as for `mmib predict --input`.")
+    parser.add_argument("--output_dir", required=True)
+
+
+def _explain(args: argparse.Namespace, _: list[str]) -> None:
+    from .analysis.contribution import explain_posts
+
+    records = explain_posts(args.model, args.input, args.output_dir)
+    print(f"{len(records)} posts explained in {args.output_dir}")
+
+
+def _modality_gap_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="+", help="One or more MMIB NER checkpoints (e.g. without, then with L_ar).")
+    parser.add_argument("--data", required=True, help="Labelled JSON-lines posts, or an `mmib train` config file.")
+    parser.add_argument("--split", default="test", help="Split of a config's dataset (default test).")
+    parser.add_argument("--labels", nargs="+", help="A panel title per checkpoint (default: folder names).")
+    parser.add_argument("--max_pairs", type=int, default=150, help="Entity-object pairs drawn (paper: 150).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the pair sample and of t-SNE.")
+    parser.add_argument("--output_dir", required=True)
+
+
+def _modality_gap(args: argparse.Namespace, _: list[str]) -> None:
+    from .analysis.modality_gap import run_modality_gap
+
+    results = run_modality_gap(
+        args.models, args.data, args.output_dir, args.split, args.labels, args.max_pairs, args.seed
+    )
+    print(json.dumps(results, indent=2))
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("Train and evaluate a model (see `mmib train --help`).", _train),
+    "predict": Command(
+        "Tag posts (NER, optionally NER -> RE) or classify relations (RE); writes JSON.", _predict, _predict_arguments
+    ),
+    "ablate": Command(
+        "Train the full model and every ablation with the same seeds; write ablation.csv and ablation.md.",
+        _ablate,
+        _ablate_arguments,
+        passes_training_flags=True,
+    ),
+    "sweep": Command(
+        "The paper's Fig. 4: β_T varied, β_V varied, both varied; write beta_sweep.csv and a plot.",
+        _sweep,
+        _sweep_arguments,
+        passes_training_flags=True,
+    ),
+    "explain": Command(
+        "Contribution scores (row sums of X·Zᵀ) per word, image and crop: JSON and a PNG per post.",
+        _explain,
+        _explain_arguments,
+    ),
+    "modality-gap": Command(
+        "t-SNE of entity and object representations and the modality-gap number.",
+        _modality_gap,
+        _modality_gap_arguments,
+    ),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The `mmib` parser built from `COMMANDS` (commands with their own parser are listed for --help only)."""
+    parser = argparse.ArgumentParser(prog="mmib", description="MMIB multimodal NER and relation extraction.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, command in COMMANDS.items():
+        if command.add_arguments is None:
+            subparsers.add_parser(name, help=command.help, add_help=False)
+            continue
+        # No abbreviations: a training flag (--seed) must not be taken for a prefix of a command's own (--seeds).
+        subparser = subparsers.add_parser(
+            name,
+            help=command.help,
+            allow_abbrev=False,
+            epilog=TRAINING_EPILOG if command.passes_training_flags else None,
+        )
+        command.add_arguments(subparser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Runs `mmib <command> ...` (`argv` defaults to the process's arguments)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = COMMANDS.get(argv[0]) if argv else None
+    if command is not None and command.add_arguments is None:
+        command.run(None, argv[1:])
+        return
+    args, rest = _parser().parse_known_args(argv)
+    command = COMMANDS[args.command]
+    if rest and not command.passes_training_flags:
+        raise SystemExit(f"mmib {args.command}: unrecognized arguments: {' '.join(rest)}")
+    command.run(args, rest)
 
 
 if __name__ == "__main__":

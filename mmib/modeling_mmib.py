@@ -673,7 +673,9 @@ class MMIBModel(MMIBPreTrainedModel):
                 "image_features holds."
             )
         if image_feature_mask is not None and image_features is None:
-            raise ValueError("image_feature_mask says which slots image_features holds, but no image_features was given.")
+            raise ValueError(
+                "image_feature_mask says which slots image_features holds, but no image_features was given."
+            )
         if pixel_values is None and image_features is None:
             if image_mask is not None and image_mask.any():
                 raise ValueError(

@@ -37,6 +37,8 @@ class PreparedPost:
     cached_features: dict[int, torch.Tensor] = field(default_factory=dict)
     """Image slot (0 the image, k the k-th crop) -> its cached feature vector; such slots hold `None` in `image` /
     `crops` and their files are never opened."""
+    image_files: list[str | None] = field(default_factory=list)
+    """Image slot -> the file it was read from (`None` for an absent image or one given as a PIL image)."""
 
 
 class PostError(ValueError):
@@ -47,10 +49,17 @@ class PostError(ValueError):
         self.kind = kind
 
 
+def _source_file(value: Any, base_dir: str | None) -> str | None:
+    """The file an image field names, resolved against `base_dir`; `None` for a PIL image or no image."""
+    if not isinstance(value, str | os.PathLike):
+        return None
+    path = os.fspath(value)
+    return os.path.join(base_dir, path) if base_dir is not None and not os.path.isabs(path) else path
+
+
 def _open_image(value: Any, field_name: str, base_dir: str | None) -> Image.Image:
     """The package's one image loader (`load_image`), its errors turned into this post's error row."""
-    if isinstance(value, str | os.PathLike) and base_dir is not None and not os.path.isabs(value):
-        value = os.path.join(base_dir, value)
+    value = _source_file(value, base_dir) or value
     try:
         return load_image(value, where=field_name)
     except TypeError as error:
@@ -65,10 +74,8 @@ def _image_or_features(
     value: Any, field_name: str, base_dir: str | None, feature_lookup: Callable[[str], torch.Tensor | None] | None
 ) -> tuple[Image.Image | None, torch.Tensor | None]:
     """`(None, features)` for a file path the cache knows (the file is not opened), else `(decoded image, None)`."""
-    if feature_lookup is not None and isinstance(value, str | os.PathLike):
-        path = os.fspath(value)
-        if base_dir is not None and not os.path.isabs(path):
-            path = os.path.join(base_dir, path)
+    path = _source_file(value, base_dir)
+    if feature_lookup is not None and path is not None:
         features = feature_lookup(path)
         if features is not None:
             return None, features
@@ -162,6 +169,7 @@ def prepare_post(
             raise PostError("empty post", "the post has no words")
         cached = {}
         image = post.get("image")
+        image_files = [_source_file(image, base_dir)]
         if image is not None:
             image, cached[0] = _image_or_features(image, "image", base_dir, feature_lookup)
         crops = post.get("crops") or []
@@ -169,6 +177,7 @@ def prepare_post(
             raise PostError("invalid field", f"crops must be a list, got {type(crops).__name__}")
         opened = []
         for index, crop in enumerate(crops[:max_crops]):
+            image_files.append(_source_file(crop, base_dir))
             crop, cached[index + 1] = _image_or_features(crop, f"crops[{index}]", base_dir, feature_lookup)
             opened.append(crop)
         crops = opened
@@ -181,7 +190,9 @@ def prepare_post(
             except ValueError as error:
                 raise PostError("invalid field", str(error)) from error
         cached = {slot: features for slot, features in cached.items() if features is not None}
-        return PreparedPost(post_id, text, words, offsets, image, crops, head, tail, cached_features=cached)
+        return PreparedPost(
+            post_id, text, words, offsets, image, crops, head, tail, cached_features=cached, image_files=image_files
+        )
     except PostError as error:
         return PreparedPost(post_id, error=str(error), error_kind=error.kind)
 

@@ -181,7 +181,6 @@ def add_cached_features(inputs: BatchFeature, posts: Sequence[PreparedPost], num
     return inputs
 
 
-
 def _on_device(inputs: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """The model's inputs on its device (a pipeline hands them over as a plain mapping, not a `BatchFeature`)."""
     return {name: value.to(device) for name, value in inputs.items()}
@@ -280,7 +279,9 @@ class MMIBPredictor:
             try:
                 features = importlib.import_module("mmib.features")
             except ImportError as error:
-                raise ImportError("image_feature_cache needs the mmib package installed (pip install mmib).") from error
+                raise ImportError(
+                    "image_feature_cache needs the mmib package installed (pip install mmib)."
+                ) from error
             prediction_feature_lookup = features.prediction_feature_lookup
 
             checkpoints = [(model_name_or_path, predictor.model, predictor.processor)]

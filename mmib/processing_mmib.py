@@ -324,9 +324,7 @@ def check_processor_matches_config(
         )
 
 
-def check_tokenizer_matches_embeddings(
-    processor: "MMIBProcessor", model: Any, source: str = "the checkpoint"
-) -> None:
+def check_tokenizer_matches_embeddings(processor: "MMIBProcessor", model: Any, source: str = "the checkpoint") -> None:
     """
     Refuses a processor whose tokenizer can produce ids that the model's text embeddings do not have (a tokenizer
     from another model, or RE markers added without resizing the embeddings). A tokenizer smaller than the

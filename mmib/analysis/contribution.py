@@ -11,12 +11,10 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
-from ..training.collator import MMIBDataCollator
-from ..data import read_posts
-from ..predictor_mmib import load_checkpoint
+from ..batch_prediction.post_files import read_posts
+from ..predictor_mmib import MMIBPredictor, load_checkpoint
 from .intermediates import encoder_intermediates
 from .plotting import plot_contributions
 
@@ -38,33 +36,30 @@ def contribution_scores(inputs: torch.Tensor, latents: torch.Tensor, mask: torch
     return (products * valid[:, None, :]).sum(dim=-1) * valid
 
 
-def _image_panels(post: dict, num_crops: int) -> list[tuple[str, str | None]]:
-    """`(slot name, file)` of the image slots in model order: the whole image, then the crops the model used."""
-    crops = post["crops"][:num_crops]
-    return [("image", post["image"])] + [(f"crop {index}", crop) for index, crop in enumerate(crops)]
-
-
 def explain_posts(model_name_or_path: str, input_file: str, output_dir: str | Path, batch_size: int = 8) -> list[dict]:
     """
-    Contribution scores of every post in `input_file` (JSON lines, see `mmib.data.read_posts`) under an NER
-    checkpoint; writes `contributions.json` (all posts) and `<id>.png` per post to `output_dir`.
+    Contribution scores of every post in `input_file` under an NER checkpoint; writes `contributions.json` (all
+    posts) and `<id>.png` per post to `output_dir`.
+
+    The posts are those of `mmib predict` (raw `text` or `words`, `image`, `crops`; see
+    [`~batch_prediction.post_files.read_posts`]) and are encoded as the predictor encodes them, so one file serves
+    both commands. Any post that cannot be used (e.g. an unreadable image) stops the command with its file and line.
 
     Returns:
-        One dict per post: `id`, `words`, `word_scores` (at each word's first sub-word, the position the tagger
-        reads; `null` for words cut by `max_length`), `tokens`, `token_scores`, `image_slots` (name and file of
-        each image slot that holds an image) and `image_scores`.
+        One dict per post: `id`, `text`, `words`, `word_scores` (at each word's first sub-word, the position the
+        tagger reads; `null` for words cut by `max_length`), `tokens`, `token_scores`, `image_slots` (name and file
+        of each image slot that holds an image) and `image_scores`.
     """
     model, processor = load_checkpoint(model_name_or_path, task="ner")
-    model.eval()
-    collator = MMIBDataCollator(processor)
-    posts = read_posts(input_file)
+    predictor = MMIBPredictor(model, processor)
+    posts = read_posts(input_file, max_crops=processor.num_crops)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     records = []
     progress = tqdm(total=len(posts), desc="contribution scores", unit="post")
     for start in range(0, len(posts), batch_size):
         chunk = posts[start : start + batch_size]
-        batch = collator(chunk)
+        batch = predictor.encode(chunk)
         tensors = encoder_intermediates(model, batch)
         text_scores = contribution_scores(tensors.text_inputs, tensors.text_latents, batch["attention_mask"])
         image_scores = None
@@ -73,32 +68,34 @@ def explain_posts(model_name_or_path: str, input_file: str, output_dir: str | Pa
         for row, post in enumerate(chunk):
             length = int(batch["attention_mask"][row].sum())
             # word_index is padded to the longest post of the batch with -1, and misses words cut by max_length.
-            word_index = batch["word_index"][row, : len(post["words"])].tolist()
+            word_index = batch["word_index"][row, : len(post.words)].tolist()
             token_scores = text_scores[row, :length].tolist()
             word_scores = [token_scores[position] if position >= 0 else None for position in word_index]
-            word_scores += [None] * (len(post["words"]) - len(word_scores))
+            word_scores += [None] * (len(post.words) - len(word_scores))
+            panels = [("image", post.image)] + [(f"crop {index}", crop) for index, crop in enumerate(post.crops)]
             slots = []
             if image_scores is not None:
-                for slot, (name, path) in enumerate(_image_panels(post, processor.num_crops)):
+                for slot, (name, image) in enumerate(panels):
                     if bool(batch["image_mask"][row, slot]):
-                        slots.append({"slot": name, "file": path, "score": image_scores[row, slot].item()})
+                        slots.append((name, post.image_files[slot], image, image_scores[row, slot].item()))
             record = {
-                "id": post["id"],
-                "words": post["words"],
+                "id": post.id,
+                "text": post.text,
+                "words": post.words,
                 "word_scores": word_scores,
                 "tokens": processor.tokenizer.convert_ids_to_tokens(batch["input_ids"][row, :length].tolist()),
                 "token_scores": token_scores,
-                "image_slots": [{"slot": slot["slot"], "file": slot["file"]} for slot in slots],
-                "image_scores": [slot["score"] for slot in slots],
+                "image_slots": [{"slot": name, "file": file} for name, file, _, _ in slots],
+                "image_scores": [score for _, _, _, score in slots],
             }
             records.append(record)
             plot_contributions(
-                post["words"],
+                post.words,
                 [score if score is not None else 0.0 for score in word_scores],
-                [(slot["slot"], Image.open(slot["file"]).convert("RGB")) for slot in slots],
+                [(name, image.convert("RGB")) for name, _, image, _ in slots],
                 record["image_scores"],
-                output_dir / _file_stem(post["id"]),
-                title=f"post {post['id']}: contribution scores (row sums of X·Zᵀ)",
+                output_dir / _file_stem(str(post.id)),
+                title=f"post {post.id}: contribution scores (row sums of X·Zᵀ)",
             )
             progress.update()
     progress.close()

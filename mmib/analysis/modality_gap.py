@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from ..data.registry import load_dataset, task_of
 from ..data.rows import gold_ner_tags
 from ..post_processing_mmib import entity_spans
+from ..predictor_mmib import load_checkpoint
 from ..training.arguments import read_config_file
 from ..training.collator import MMIBDataCollator
-from ..predictor_mmib import load_checkpoint
 from .intermediates import encoder_intermediates
 from .plotting import plot_modality_gap
 

@@ -7,11 +7,12 @@ stays flat whatever the file size. Under `accelerate launch` (or torchrun) every
 `world_size`-th batch, writes its results to a part file beside the output, and the main process merges the parts
 in input order.
 
-Input rows: see [`prepare_post`]; blank lines are skipped. Output rows: the predictor's results, `id` defaulting to
+Input rows: see [`post_files`]; blank lines are skipped. Output rows: the predictor's results, `id` defaulting to
 the 1-based line number; a row that cannot be used (malformed JSON, unreadable image, empty post, ...) gives
 `{"id", "error"}` and is counted in the summary.
 """
 
+import functools
 import heapq
 import json
 import os
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..posts_mmib import PreparedPost
 from ..predictor_mmib import MMIBPredictor
+from .post_files import iter_lines, prepare_line
 
 __all__ = ["PredictionSummary", "StrictModeError", "predict_file"]
 
@@ -61,31 +63,12 @@ class _PostBatches(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.base_dir = None if path == "-" else str(Path(path).resolve().parent)
 
-    def _lines(self) -> Iterator[tuple[int, str]]:
-        with ExitStack() as stack:
-            source = sys.stdin if self.path == "-" else stack.enter_context(open(self.path, encoding="utf-8"))
-            for line_number, line in enumerate(source, start=1):
-                if line.strip():
-                    yield line_number, line
-
-    def _prepare(self, line_number: int, line: str) -> PreparedPost:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            return PreparedPost(
-                line_number, error=f"line {line_number}: malformed JSON: {error}", error_kind="malformed JSON"
-            )
-        post = self.predictor.prepare(row, line_number, self.base_dir)
-        if post.error is not None:
-            post.error = f"line {line_number}: {post.error}"
-        return post
-
     def __iter__(self) -> Iterator[tuple[list[int], list[PreparedPost], object]]:
         worker = get_worker_info()
         workers, worker_id = (1, 0) if worker is None else (worker.num_workers, worker.id)
         batch = []
         batch_index = 0
-        for item in self._lines():
+        for item in iter_lines(self.path):
             batch.append(item)
             if len(batch) == self.batch_size:
                 yield from self._emit(batch, batch_index, workers, worker_id)
@@ -96,7 +79,13 @@ class _PostBatches(IterableDataset):
     def _emit(self, batch, batch_index, workers, worker_id):
         if batch_index % self.world_size != self.rank or (batch_index // self.world_size) % workers != worker_id:
             return
-        posts = [self._prepare(line_number, line) for line_number, line in batch]
+        prepare = functools.partial(self.predictor.prepare, base_dir=self.base_dir)
+        posts = []
+        for line_number, line in batch:
+            post = prepare_line(line_number, line, prepare)
+            if post.error is not None:
+                post.error = f"line {line_number}: {post.error}"
+            posts.append(post)
         yield [line_number for line_number, _ in batch], posts, self.predictor.encode_batch(posts)
 
 

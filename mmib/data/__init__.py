@@ -44,8 +44,9 @@ folder of the JSON-lines file). Malformed JSON, a missing field, a length mismat
 ``ValueError`` naming the file and line. :func:`write_jsonl` writes a split in this format.
 """
 
+from ..batch_prediction.post_files import read_posts
 from ..processing_mmib import TASKS
-from .jsonl import load_jsonl, read_posts, write_jsonl
+from .jsonl import load_jsonl, write_jsonl
 from .labels import ENTITY_TYPE_ORDER, bio_label_names
 from .media import IMGID_PREFIX, REPORT_KEY, MissingMediaReport, missing_media_report, read_crop_dict
 from .mnre import MNRE_CROP_DICTS, MNRE_SPLITS, load_mnre, read_relation_labels

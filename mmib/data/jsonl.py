@@ -1,4 +1,4 @@
-"""Reader and writer of the package's JSON-lines format for own posts; `read_posts` for `mmib explain`."""
+"""Reader and writer of the package's JSON-lines format for own posts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import datasets
 
 from ..posts_mmib import span_field, words_field
 from ..processing_mmib import TASKS
-from ..word_splitting_mmib import split_words
 from .labels import (
     _check_bio_names,
     _check_ner_tags,
@@ -22,6 +21,7 @@ from .labels import (
 )
 from .media import _resolver
 from .rows import (
+    PathLike,
     _as_optional_path,
     _as_string,
     _as_strings,
@@ -33,9 +33,9 @@ from .rows import (
     _RePost,
     _require,
     ner_features,
-    PathLike,
     re_features,
 )
+
 
 def _parse_json_record(text: str, index: int, task: str) -> _NerPost | _RePost:
     """Parses one JSON-lines record of the given task (line numbers are filled in by the caller).
@@ -71,6 +71,7 @@ def _parse_json_record(text: str, index: int, task: str) -> _NerPost | _RePost:
         crops=crops,
     )
 
+
 def _read_jsonl(path: Path, task: str) -> list[_NerPost | _RePost]:
     """Parses a JSON-lines file of the given task (blank lines skipped).
 
@@ -93,6 +94,7 @@ def _read_jsonl(path: Path, task: str) -> list[_NerPost | _RePost]:
     if not posts:
         raise ValueError(f"{path}: no records found")
     return posts
+
 
 def load_jsonl(
     data_files: Mapping[str, PathLike],
@@ -139,6 +141,7 @@ def load_jsonl(
         result[split] = _build_split(split, source, posts, features, to_row(label_ids))
     return datasets.DatasetDict(result)
 
+
 def _portable_path(path: str | None, folder: Path) -> str | None:
     """``path`` relative to ``folder`` (POSIX separators) if it lies inside it, else unchanged."""
     if path is None:
@@ -147,6 +150,7 @@ def _portable_path(path: str | None, folder: Path) -> str | None:
         return Path(path).relative_to(folder).as_posix()
     except ValueError:
         return path
+
 
 def write_jsonl(dataset: datasets.Dataset, path: PathLike) -> int:
     """Writes one split (NER or relation rows) in the JSON-lines format read by :func:`load_jsonl`.
@@ -183,55 +187,3 @@ def write_jsonl(dataset: datasets.Dataset, path: PathLike) -> int:
             record["crops"] = [_portable_path(crop, folder) for crop in row["crops"]]
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return len(dataset)
-
-def _post_words(record: Mapping[str, Any]) -> list[str]:
-    """The words of a post record, from raw ``text`` (split like ``mmib predict``) or ``words``."""
-    if "text" in record and "words" in record:
-        raise ValueError("give either text or words, not both")
-    if "text" not in record:
-        return words_field(_require(record, "words"), "words")
-    text = record["text"]
-    if not isinstance(text, str):
-        raise ValueError(f"'text' must be a string, got {type(text).__name__}")
-    return words_field([word for word, _, _ in split_words(text)], "words of 'text'")
-
-
-def read_posts(path: PathLike, image_root: PathLike | None = None) -> list[dict[str, Any]]:
-    """Reads posts to run a model on, from the JSON-lines format with or without labels (labels are ignored).
-
-    Args:
-        path: a ``.jsonl`` file; each record needs ``text`` (a raw string, split as ``mmib predict`` splits it) or
-            ``words``, and may have ``id``, ``image`` and ``crops``: the posts ``mmib predict`` reads.
-        image_root: folder against which relative image and crop paths are resolved. None = the file's folder.
-
-    Returns:
-        ``[{"id": str, "words": list[str], "image": str | None, "crops": list[str]}, ...]`` with absolute paths
-        (not checked for existence: the processor raises for a missing file).
-
-    Raises:
-        ValueError: naming file and line for malformed JSON or an invalid field; also for a file without records.
-    """
-    path = Path(path)
-    resolve = _resolver(image_root if image_root is not None else path.absolute().parent)
-    posts = []
-    for line_no, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-            image = _as_optional_path(record.get("image"), "image")
-            posts.append(
-                {
-                    "id": str(record.get("id", len(posts))),
-                    "words": _post_words(record),
-                    "image": resolve(image) if image is not None else None,
-                    "crops": [resolve(crop) for crop in _as_strings(record.get("crops", []), "crops")],
-                }
-            )
-        except ValueError as err:
-            raise ValueError(f"{path}:{line_no}: {err}") from err
-    if not posts:
-        raise ValueError(f"{path}: no records found")
-    return posts

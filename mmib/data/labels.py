@@ -9,6 +9,7 @@ from .rows import _NerPost, _RePost
 
 ENTITY_TYPE_ORDER = ("PER", "LOC", "ORG", "MISC", "OTHER")
 
+
 def _entity_type(tag: str) -> str | None:
     """Entity type of a BIO tag (None for ``"O"``).
 
@@ -21,6 +22,7 @@ def _entity_type(tag: str) -> str | None:
     if prefix not in ("B", "I") or not sep or not entity_type:
         raise ValueError(f"tag {tag!r} is not a BIO tag (O, B-<type>, I-<type>)")
     return entity_type
+
 
 def bio_label_names(entity_types: Iterable[str]) -> list[str]:
     """BIO label names for a set of entity types, in the package's canonical order.
@@ -39,10 +41,12 @@ def bio_label_names(entity_types: Iterable[str]) -> list[str]:
     ordered = sorted(set(entity_types), key=rank)
     return ["O"] + [f"{prefix}-{entity_type}" for entity_type in ordered for prefix in ("B", "I")]
 
+
 def _label_source_splits(split_names: Iterable[str]) -> list[str]:
     """Splits labels are inferred from: ``train`` if present, else all."""
     names = list(split_names)
     return ["train"] if "train" in names else names
+
 
 def _infer_ner_labels(parsed: Mapping[str, tuple[Path, list[_NerPost]]]) -> list[str]:
     """Infers BIO label names from the training split (or all splits), checking the tag syntax.
@@ -63,6 +67,7 @@ def _infer_ner_labels(parsed: Mapping[str, tuple[Path, list[_NerPost]]]) -> list
                     entity_types.add(entity_type)
     return bio_label_names(entity_types)
 
+
 def _unique_names(label_names: Sequence[str]) -> list[str]:
     """Validates explicit label names: non-empty strings without duplicates."""
     names = list(label_names)
@@ -72,12 +77,14 @@ def _unique_names(label_names: Sequence[str]) -> list[str]:
         raise ValueError(f"label_names contains duplicates: {names}")
     return names
 
+
 def _check_bio_names(label_names: Sequence[str]) -> list[str]:
     """Validates explicit BIO label names (unique, BIO syntax)."""
     names = _unique_names(label_names)
     for name in names:
         _entity_type(name)
     return names
+
 
 def _check_ner_tags(source: Path, posts: Iterable[_NerPost], label_ids: Mapping[str, int]) -> None:
     """Raises ValueError naming file and line of the first tag not in ``label_ids``."""
@@ -86,11 +93,13 @@ def _check_ner_tags(source: Path, posts: Iterable[_NerPost], label_ids: Mapping[
             if tag not in label_ids:
                 raise ValueError(f"{source}:{line}: unknown tag {tag!r}; known labels: {list(label_ids)}")
 
+
 def _check_relations(source: Path, posts: Iterable[_RePost], label_ids: Mapping[str, int]) -> None:
     """Raises ValueError naming file and line of the first relation not in ``label_ids``."""
     for post in posts:
         if post.relation not in label_ids:
             raise ValueError(f"{source}:{post.line}: unknown relation {post.relation!r}; known: {list(label_ids)}")
+
 
 def _infer_relation_labels(parsed: Mapping[str, tuple[Path, list[_RePost]]], none_label: str = "None") -> list[str]:
     """``"None"`` (if present) then the other relations of the training split (or all splits), sorted."""

@@ -10,11 +10,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import torch
-
 
 if TYPE_CHECKING:
     from .rows import PathLike, _NerPost, _RePost
@@ -28,6 +27,7 @@ IMGID_PREFIX = "IMGID:"
 REPORT_KEY = "mmib_missing_media"
 
 MAX_MISSING_EXAMPLES = 5
+
 
 @dataclass
 class MissingMediaReport:
@@ -123,11 +123,13 @@ class MissingMediaReport:
             ) from err
         return cls(**payload)
 
+
 def _add_example(examples: list[str], paths: Iterable[str]) -> None:
     """Adds paths not yet listed to ``examples`` while it holds fewer than ``MAX_MISSING_EXAMPLES``."""
     for path in paths:
         if len(examples) < MAX_MISSING_EXAMPLES and path not in examples:
             examples.append(path)
+
 
 def missing_media_report(
     data: datasets.Dataset | datasets.DatasetDict,
@@ -146,6 +148,7 @@ def missing_media_report(
     if isinstance(data, datasets.DatasetDict):
         return {split: MissingMediaReport.from_json(dataset.info.description) for split, dataset in data.items()}
     return MissingMediaReport.from_json(data.info.description)
+
 
 def read_crop_dict(path: PathLike) -> dict[str, list[str]]:
     """Reads a crop dictionary without unpickling arbitrary objects.
@@ -175,6 +178,7 @@ def read_crop_dict(path: PathLike) -> dict[str, list[str]]:
         raise ValueError(f"cannot read crop dictionary {path}: {err}") from err
     return _normalize_crop_dict(raw, path)
 
+
 def _normalize_crop_dict(raw: Any, path: Path) -> dict[str, list[str]]:
     """Checks a loaded crop dictionary's structure and converts its keys to ``str``."""
     if not isinstance(raw, dict):
@@ -187,14 +191,17 @@ def _normalize_crop_dict(raw: Any, path: Path) -> dict[str, list[str]]:
         crops[str(key)] = list(names)
     return crops
 
+
 def _resolver(folder: PathLike) -> Callable[[str], str]:
     """Function turning a path relative to ``folder`` (or an absolute path) into a normalized absolute path."""
     base = os.path.abspath(folder)
     return lambda path: os.path.normpath(os.path.join(base, path))
 
+
 def _split_folder(split: str) -> str:
     """Folder name the benchmark layouts use for a split (``validation`` -> ``val``)."""
     return SPLIT_FOLDERS.get(split, split)
+
 
 def _crop_dicts_for(
     splits: Iterable[str],
@@ -218,6 +225,7 @@ def _crop_dicts_for(
             logger.warning("no crop dictionary at %s: posts of split %r get no crops", path, split)
             loaded[split] = None
     return loaded
+
 
 def _attach_crops(
     keys: Sequence[str],

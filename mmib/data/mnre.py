@@ -13,7 +13,7 @@ import datasets
 from ..posts_mmib import span_field, words_field
 from .labels import _check_relations
 from .media import _attach_crops, _crop_dicts_for, _resolver, _split_folder
-from .rows import _as_string, _build_split, _re_row, _read_lines, _RePost, _require, PathLike, re_features
+from .rows import PathLike, _as_string, _build_split, _re_row, _read_lines, _RePost, _require, re_features
 
 MNRE_SPLITS: Mapping[str, str] = MappingProxyType(
     {"train": "txt/ours_train.txt", "validation": "txt/ours_val.txt", "test": "txt/ours_test.txt"}
@@ -22,6 +22,7 @@ MNRE_SPLITS: Mapping[str, str] = MappingProxyType(
 MNRE_CROP_DICTS: Mapping[str, str] = MappingProxyType(
     {"train": "txt/mre_train_dict.pth", "validation": "txt/mre_dev_dict.pth", "test": "txt/mre_test_dict.pth"}
 )
+
 
 def read_relation_labels(path: PathLike) -> list[str]:
     """Reads an MNRE-style ``rel2id`` JSON file into label names ordered by id.
@@ -43,6 +44,7 @@ def read_relation_labels(path: PathLike) -> list[str]:
     if not isinstance(mapping, dict) or sorted(mapping.values()) != list(range(len(mapping))):
         raise ValueError(f"{path}: expected a JSON object {{relation: id}} with ids 0..n-1")
     return sorted(mapping, key=mapping.__getitem__)
+
 
 def _parse_mnre_record(text: str, index: int) -> _RePost:
     """Parses one MNRE line (a Python dict literal) with ``ast.literal_eval``.
@@ -73,6 +75,7 @@ def _parse_mnre_record(text: str, index: int) -> _RePost:
         image=_as_string(_require(record, "img_id"), "img_id"),
     )
 
+
 def _read_mnre(path: Path) -> list[_RePost]:
     """Parses an MNRE ``ours_*.txt`` file: one dict literal per line (blank lines skipped).
 
@@ -93,9 +96,11 @@ def _read_mnre(path: Path) -> list[_RePost]:
         raise ValueError(f"{path}: no records found")
     return posts
 
+
 def _mnre_crop_dict_path(data_dir: Path) -> Callable[[str], Path]:
     """Default MNRE crop dictionary of a split (``txt/mre_<split>_dict.pth`` for non-standard splits)."""
     return lambda split: data_dir / MNRE_CROP_DICTS.get(split, f"txt/mre_{split}_dict.pth")
+
 
 def load_mnre(
     data_dir: PathLike,

@@ -1,4 +1,5 @@
-"""Post records, the `datasets` features and rows of the package contract, split building, line reading and record field checks."""
+"""Post records, the `datasets` features and rows of the package contract, split building, line reading and record
+field checks."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
+
 @dataclass
 class _NerPost:
     """One NER post as parsed, before label encoding.
@@ -32,6 +34,7 @@ class _NerPost:
     image: str | None = None
     crops: list[str] = field(default_factory=list)
 
+
 @dataclass
 class _RePost:
     """One relation instance as parsed, before label encoding; ``image`` / ``crops`` as in :class:`_NerPost`."""
@@ -45,6 +48,7 @@ class _RePost:
     image: str | None = None
     crops: list[str] = field(default_factory=list)
 
+
 def ner_features(label_names: Sequence[str]) -> datasets.Features:
     """Features of NER rows with the given BIO label names."""
     return datasets.Features(
@@ -56,6 +60,7 @@ def ner_features(label_names: Sequence[str]) -> datasets.Features:
             "crops": datasets.List(datasets.Value("string")),
         }
     )
+
 
 def re_features(label_names: Sequence[str]) -> datasets.Features:
     """Features of relation rows with the given relation label names."""
@@ -70,6 +75,7 @@ def re_features(label_names: Sequence[str]) -> datasets.Features:
             "crops": datasets.List(datasets.Value("string")),
         }
     )
+
 
 def _build_split(
     split: str,
@@ -102,6 +108,7 @@ def _build_split(
     info = datasets.DatasetInfo(description=report.to_json(), features=features)
     return datasets.Dataset.from_list(rows, features=features, info=info)
 
+
 def _ner_row(label_ids: Mapping[str, int]) -> Callable[[_NerPost], dict[str, Any]]:
     """Row builder for NER posts."""
 
@@ -115,6 +122,7 @@ def _ner_row(label_ids: Mapping[str, int]) -> Callable[[_NerPost], dict[str, Any
         }
 
     return to_row
+
 
 def _re_row(label_ids: Mapping[str, int]) -> Callable[[_RePost], dict[str, Any]]:
     """Row builder for relation instances."""
@@ -132,6 +140,7 @@ def _re_row(label_ids: Mapping[str, int]) -> Callable[[_RePost], dict[str, Any]]
 
     return to_row
 
+
 def _read_lines(path: Path) -> list[str]:
     """Lines of a UTF-8 text file split on LF only (a CR before the LF is dropped).
 
@@ -145,11 +154,13 @@ def _read_lines(path: Path) -> list[str]:
         raise ValueError(f"{path}: not valid UTF-8 ({err})") from err
     return [line.removesuffix("\r") for line in text.split("\n")]
 
+
 def _require(record: Mapping[str, Any], key: str) -> Any:
     """``record[key]``, or ValueError naming the missing field."""
     if key not in record:
         raise ValueError(f"missing field {key!r}")
     return record[key]
+
 
 def _as_optional_path(value: Any, name: str) -> str | None:
     """Validates an optional non-empty path string."""
@@ -157,11 +168,13 @@ def _as_optional_path(value: Any, name: str) -> str | None:
         raise ValueError(f"{name!r} must be a non-empty string or null")
     return value
 
+
 def _as_strings(value: Any, name: str) -> list[str]:
     """Validates a list of non-empty strings."""
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise ValueError(f"{name!r} must be a list of non-empty strings")
     return value
+
 
 def _as_string(value: Any, name: str) -> str:
     """Validates a non-empty string."""

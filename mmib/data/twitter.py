@@ -9,12 +9,13 @@ from types import MappingProxyType
 import datasets
 
 from .labels import _check_bio_names, _check_ner_tags, _infer_ner_labels
-from .media import _attach_crops, _crop_dicts_for, _resolver, _split_folder, IMGID_PREFIX
-from .rows import _build_split, _ner_row, _NerPost, _read_lines, ner_features, PathLike
+from .media import IMGID_PREFIX, _attach_crops, _crop_dicts_for, _resolver, _split_folder
+from .rows import PathLike, _build_split, _ner_row, _NerPost, _read_lines, ner_features
 
 TWITTER_SPLITS: Mapping[str, str] = MappingProxyType(
     {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
 )
+
 
 def _read_conll(path: Path) -> list[_NerPost]:
     """Parses an ``IMGID:<id>`` / ``token<TAB>tag`` / blank-line file; the last post may lack a blank line.
@@ -48,6 +49,7 @@ def _read_conll(path: Path) -> list[_NerPost]:
         raise ValueError(f"{path}: no posts found")
     return posts
 
+
 def _split_token_line(line: str, path: Path, line_no: int) -> tuple[str, str]:
     """Splits ``token<TAB>tag`` at the last TAB; the token is kept verbatim (it may be e.g. U+00A0)."""
     word, sep, tag = line.rpartition("\t")
@@ -60,6 +62,7 @@ def _split_token_line(line: str, path: Path, line_no: int) -> tuple[str, str]:
         raise ValueError(f"{path}:{line_no}: empty token: {line!r}")
     return word, tag
 
+
 def _close_post(post: _NerPost | None, start_line: int, path: Path, posts: list[_NerPost]) -> None:
     """Appends a finished post; a post without tokens is an error."""
     if post is None:
@@ -67,6 +70,7 @@ def _close_post(post: _NerPost | None, start_line: int, path: Path, posts: list[
     if not post.words:
         raise ValueError(f"{path}:{start_line}: post {IMGID_PREFIX}{post.id} has no tokens")
     posts.append(post)
+
 
 def load_twitter_ner(
     data_dir: PathLike,

@@ -13,13 +13,11 @@ code) and a model card (README.md) to `--output_dir`, and push it with `--push_t
 
 import json
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path
 
 import datasets
-import torch
 import transformers
 from transformers import AutoConfig, set_seed
 
@@ -30,7 +28,6 @@ from ..features import ImageFeatureStore
 from ..pipeline_mmib import save_pipeline_code
 from .arguments import (
     DataArguments,
-    MMIBTrainingArguments,
     ModelArguments,
     bf16_is_native,
     parse_arguments,
@@ -43,6 +40,7 @@ from .model_card import card_for_run
 from .trainer import MMIBTrainer
 
 logger = logging.getLogger(__name__)
+
 
 def load_data(data_args: DataArguments, num_crops: int) -> tuple[str, datasets.DatasetDict]:
     """Returns `(task, DatasetDict)` for the chosen dataset (see `mmib.data.registry`)."""
