@@ -1,7 +1,8 @@
 """`mmib predict` as a whole process against transformers' token-classification pipeline, on the same posts and tower.
 
 python benchmarks/bench_vs_pipeline.py runs/full-text-twitter2017 --posts 2000 --rounds 2 --threads 1 2 \
-    [--relation_model DIR] [--before DIR] [--variants text image ner_re memory] [--output_json FILE]
+    [--relation_model DIR] [--before NAME=DIR ...] [--mmib_variants 'int8=--dtype int8' ...] \
+    [--variants text image ner_re memory] [--output_json FILE]
 
 Posts: the raw Twitter-2017 test posts (`--data_dir`, words joined by spaces), repeated to `--posts`. Every
 measurement is a fresh process timed from its start to its end (imports and model loading included), its peak memory
@@ -18,10 +19,11 @@ Variants (side B over side A):
 - `ner_re`: `mmib predict` with an image per post through the cache on posts with 3-5 gold entities (A) vs the same
   with `--relation_model` (NER -> RE on every ordered pair of predicted entities) (B); the predicted entities per
   post are printed. Without `--relation_model` an RE checkpoint with random heads is built on the NER checkpoint's
-  towers (`mmib.build_model_and_processor`): throughput does not depend on trained weights.
+  text and vision towers: throughput does not depend on trained weights.
 - `memory`: peak memory of `mmib predict` text-only at `--memory_posts` sizes (largest minus smallest).
-- with `--before DIR` (a folder holding an older `mmib` package, e.g. `git archive <commit> mmib | tar -x -C DIR`),
-  `text` also runs that package's `mmib predict` as a third side, so before/after ratios come from the same run.
+- with `--before NAME=DIR` (a folder holding an older `mmib` package, e.g. `git archive <commit> mmib | tar -x -C
+  DIR`), `text` also runs that package's `mmib predict` as a further side, so before/after ratios come from the same
+  run; `--mmib_variants NAME=FLAGS` adds `mmib predict` sides with other flags (e.g. `--dtype int8`).
 """
 
 import argparse
@@ -150,25 +152,35 @@ def environment(threads: int, pythonpath: str) -> dict:
 
 
 def build_relation_checkpoint(ner_path: str, folder: Path) -> str:
-    """An RE checkpoint with random heads on the NER checkpoint's text and vision towers (same feature cache)."""
-    from mmib import MMIBPredictor, build_model_and_processor
+    """
+    An RE checkpoint on the NER checkpoint's towers (its config with MNRE's relation labels, its text and vision
+    tower weights; the RE head and MMIB layers random): one feature cache serves both, and throughput does not
+    depend on trained weights.
+    """
+    from mmib import MMIBForRelationClassification, MMIBPredictor, MMIBProcessor
 
     ner = MMIBPredictor.from_pretrained(ner_path, dtype="float32", device="cpu")
-    vision_dir = folder / "vision"
-    ner.model.mmib.vision_model.save_pretrained(vision_dir)
-    ner.processor.image_processor.save_pretrained(vision_dir)
-    torch.manual_seed(0)
     labels = json.loads((REPO_ROOT.parent / "shared" / "data" / "mnre" / "ours_rel2id.json").read_text())
-    model, processor = build_model_and_processor(
-        "re",
-        minilm_path(),
-        str(vision_dir),
-        id2label={index: label for label, index in labels.items()},
-        apenc_num_attention_heads=ner.model.config.apenc_num_attention_heads,
+    id2label = {index: label for label, index in labels.items()}
+    config = type(ner.model.config).from_dict(
+        {**ner.model.config.to_dict(), "id2label": id2label, "label2id": labels}
     )
+    torch.manual_seed(0)
+    model = MMIBForRelationClassification(config)
+    model.mmib.text_model.load_state_dict(ner.model.mmib.text_model.state_dict())
+    model.mmib.vision_model.load_state_dict(ner.model.mmib.vision_model.state_dict())
+    processor = MMIBProcessor(
+        ner.processor.image_processor, ner.processor.tokenizer, task="re", num_crops=config.num_crops, max_length=80
+    )
+    model.resize_token_embeddings(len(processor.tokenizer))
     relation_dir = folder / "relation"
     model.eval().save_pretrained(relation_dir)
     processor.save_pretrained(relation_dir)
+    # A re-saved timm image processor loses its `pretrained_cfg`; the NER checkpoint's saved settings are complete.
+    saved = relation_dir / "processor_config.json"
+    settings = json.loads(saved.read_text())
+    settings["image_processor"] = json.loads((Path(ner_path) / "processor_config.json").read_text())["image_processor"]
+    saved.write_text(json.dumps(settings, indent=2))
     return str(relation_dir)
 
 
@@ -230,7 +242,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", help="An MMIB NER checkpoint on the MiniLM text tower.")
     parser.add_argument("--relation_model", help="An MMIB RE checkpoint with the same vision tower (else built).")
-    parser.add_argument("--before", help="Folder holding an older mmib package: a third side in `text`.")
+    parser.add_argument(
+        "--before",
+        nargs="+",
+        default=[],
+        metavar="NAME=DIR",
+        help="Older mmib packages (DIR holds its mmib/ folder), each a further side `mmib NAME` in `text`.",
+    )
+    parser.add_argument(
+        "--mmib_variants",
+        nargs="+",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="Further `mmib predict` sides in `text` with extra flags, e.g. 'int8=--dtype int8'.",
+    )
     parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR))
     parser.add_argument("--posts", type=int, default=2000)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -318,10 +343,13 @@ def main() -> None:
                     ),
                 },
             }
-            if args.before:
-                before_env = environment(threads, str(Path(args.before).resolve()))
+            for name, directory in (item.split("=", 1) for item in args.before):
+                before_env = environment(threads, str(Path(directory).resolve()))
                 command = mmib_command(args.model, folder / "text.jsonl", out, args.batch_size)
-                variants["text"]["mmib before"] = (command, before_env, args.posts)
+                variants["text"][f"mmib {name}"] = (command, before_env, args.posts)
+            for name, flags in (item.split("=", 1) for item in args.mmib_variants):
+                command = mmib_command(args.model, folder / "text.jsonl", out, args.batch_size, *flags.split())
+                variants["text"][f"mmib {name}"] = (command, env, args.posts)
             for name, baseline in (("text", "pipeline"), ("image", "mmib text"), ("ner_re", "mmib NER")):
                 if name in args.variants:
                     run_variant(name, variants[name], args.rounds, results)
