@@ -137,7 +137,8 @@ def test_int8_agrees_with_float32_on_the_shipped_test_posts(ner_path, tmp_path):
     sharp.model.save_pretrained(tmp_path)
     sharp.processor.save_pretrained(tmp_path)
     predictors = {
-        dtype: MMIBPredictor.from_pretrained(str(tmp_path), dtype=dtype, batch_size=16) for dtype in ("float32", "int8")
+        dtype: MMIBPredictor.from_pretrained(str(tmp_path), dtype=dtype, batch_size=16)
+        for dtype in ("float32", "int8")
     }
     results = {dtype: predictor(posts) for dtype, predictor in predictors.items()}
     # The fused states feed the head: int8 weights per channel keep them within 0.2% (3-bit weights: 0.8%).
