@@ -6,9 +6,9 @@ python benchmarks/bench_vs_pipeline.py runs/full-text-twitter2017 --posts 2000 -
 
 Posts: the raw Twitter-2017 test posts (`--data_dir`, words joined by spaces), repeated to `--posts`. Every
 measurement is a fresh process timed from its start to its end (imports and model loading included), its peak memory
-the maximum resident set of it and its workers (`wait4`). Within a variant the sides run interleaved, the order
-rotated each round (A B, B A, ...), and the summary is the ratio of median posts/s. Both sides get the same
-`OMP_NUM_THREADS` / `MKL_NUM_THREADS` (each value of `--threads`).
+the maximum resident set of it or its largest worker (GNU `/usr/bin/time`). Within a variant the sides run
+interleaved, the order rotated each round (A B, B A, ...), and the summary is the ratio of median posts/s. Both sides
+get the same `OMP_NUM_THREADS` / `MKL_NUM_THREADS` (each value of `--threads`).
 
 Variants (side B over side A):
 - `text`: `pipeline("token-classification", aggregation_strategy="simple", batch_size=B)` over a plain
@@ -116,14 +116,23 @@ def pipeline_worker(input_path: str, output_path: str, batch_size: int, labels: 
 
 
 def timed(command: list[str], env: dict) -> tuple[float, float]:
-    """Wall seconds from start to exit, and the peak resident set in MB of the process and its reaped workers."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(command)}")
-    return seconds, usage.ru_maxrss / 1024
+    """
+    Wall seconds from start to exit, and the peak resident set in MB of the process (or its largest worker).
+
+    The peak comes from GNU time (`/usr/bin/time -f %M`), which forks the command from its own small process: on
+    Linux a child's `ru_maxrss` starts at the RSS of the process it was forked from, and this one holds torch (and,
+    after building the cache, a model), so `wait4` here would report that floor for every command.
+    """
+    with tempfile.NamedTemporaryFile("r") as report:
+        start = time.perf_counter()
+        process = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", report.name, *command], env=env, stdout=subprocess.DEVNULL
+        )
+        seconds = time.perf_counter() - start
+        if process.returncode != 0:
+            raise SystemExit(f"failed: {' '.join(command)}")
+        peak_kb = int(report.read().split()[-1])
+    return seconds, peak_kb / 1024
 
 
 def mmib_command(model: str, input_path: Path, output_path: Path, batch_size: int, *extra: str) -> list[str]:
