@@ -15,7 +15,7 @@ import torch
 
 from conftest import make_image
 from mmib import MMIBPredictor
-from mmib.jsonl_prediction import predict_file
+from mmib.batch_prediction import predict_file
 from prediction_checkpoints import save_ner_checkpoint, save_re_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

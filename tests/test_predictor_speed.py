@@ -10,8 +10,8 @@ import torch
 from conftest import make_image
 from mmib import MMIBPredictor
 from mmib.features import vision_fingerprint
-from mmib.jsonl_prediction import default_num_workers
-from mmib.prediction_mmib import entity_span_scores, resolve_dtype
+from mmib.batch_prediction.streaming import default_num_workers
+from mmib.predictor_mmib import entity_span_scores, resolve_dtype
 from mmib.quantization_mmib import INT8_PARTS, quantize_int8
 from prediction_checkpoints import save_ner_checkpoint, save_re_checkpoint
 from test_crf_marginals import path_probabilities, random_crf
