@@ -448,18 +448,27 @@ class MMIBPredictor:
         return results
 
     def _classify_pairs(self, pairs: list[tuple[PreparedPost, tuple[int, int], tuple[int, int]]]) -> list[dict]:
-        """`{"label", "score"}` (or `{"error"}`) per (post, head span, tail span), in batches."""
-        labels = []
-        for start in range(0, len(pairs), self.batch_size):
-            chunk = pairs[start : start + self.batch_size]
+        """
+        `{"label", "score"}` (or `{"error"}`) per (post, head span, tail span), in `pairs` order. Every pair is its
+        own forward (the entity markers are part of its text), so the pairs run in batches of similar length (sorted
+        by word count) to compute little padding.
+        """
+        order = sorted(range(len(pairs)), key=lambda index: len(pairs[index][0].words))
+        labels = [None] * len(pairs)
+        for start in range(0, len(order), self.batch_size):
+            indices = order[start : start + self.batch_size]
+            chunk = [pairs[index] for index in indices]
             try:
-                labels += self._classify_chunk(chunk)
+                chunk_labels = self._classify_chunk(chunk)
             except ValueError:
+                chunk_labels = []
                 for pair in chunk:
                     try:
-                        labels += self._classify_chunk([pair])
+                        chunk_labels += self._classify_chunk([pair])
                     except ValueError as error:
-                        labels.append({"error": str(error)})
+                        chunk_labels.append({"error": str(error)})
+            for index, label in zip(indices, chunk_labels):
+                labels[index] = label
         return labels
 
     def _classify_chunk(self, chunk) -> list[dict]:
