@@ -22,8 +22,8 @@ Variants (side B over side A):
   text and vision towers: throughput does not depend on trained weights.
 - `memory`: peak memory of `mmib predict` text-only at `--memory_posts` sizes (largest minus smallest).
 - with `--before NAME=DIR` (a folder holding an older `mmib` package, e.g. `git archive <commit> mmib | tar -x -C
-  DIR`), `text` also runs that package's `mmib predict` as a further side, so before/after ratios come from the same
-  run; `--mmib_variants NAME=FLAGS` adds `mmib predict` sides with other flags (e.g. `--dtype int8`).
+  DIR`), `text` and `ner_re` also run that package's `mmib predict` as further sides, so before/after ratios come
+  from the same run; `--mmib_variants NAME=FLAGS` adds `mmib predict` sides with other flags (e.g. `--dtype int8`).
 """
 
 import argparse
@@ -256,7 +256,7 @@ def main() -> None:
         nargs="+",
         default=[],
         metavar="NAME=DIR",
-        help="Older mmib packages (DIR holds its mmib/ folder), each a further side `mmib NAME` in `text`.",
+        help="Older mmib packages (DIR holds its mmib/ folder), further sides `mmib NAME` in `text` and `ner_re`.",
     )
     parser.add_argument(
         "--mmib_variants",
@@ -356,6 +356,8 @@ def main() -> None:
                 before_env = environment(threads, str(Path(directory).resolve()))
                 command = mmib_command(args.model, folder / "text.jsonl", out, args.batch_size)
                 variants["text"][f"mmib {name}"] = (command, before_env, args.posts)
+                command = [*variants["ner_re"]["mmib NER->RE"][0]]
+                variants["ner_re"][f"mmib NER->RE {name}"] = (command, before_env, args.posts)
             for name, flags in (item.split("=", 1) for item in args.mmib_variants):
                 command = mmib_command(args.model, folder / "text.jsonl", out, args.batch_size, *flags.split())
                 variants["text"][f"mmib {name}"] = (command, env, args.posts)
