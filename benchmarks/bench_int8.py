@@ -5,7 +5,7 @@ python benchmarks/bench_int8.py runs/full-text-twitter2017 [--dtypes float32 int
 
 Every precision predicts the 723 test posts (words as given, no images, batch 32) with `MMIBPredictor`, in one
 process, interleaved over `--rounds` (order rotated each round; the first round's outputs are scored). Prints per
-precision: entity-level F1 against the gold tags (`mmib.metrics.ner_scores`, conlleval), the F1 difference to
+precision: entity-level F1 against the gold tags (`mmib.training.metrics.ner_scores`, conlleval), the F1 difference to
 float32, the share of posts whose entities (word span and type) equal float32's, and posts/s with the ratio to float32
 (medians). The rule for `--dtype auto`: int8 joins it only if it is faster, within 0.3 F1 point and agrees on >= 98%
 of the posts.
@@ -22,7 +22,7 @@ import torch
 from bench_common import DEFAULT_DATA_DIR, repo_relative, rotated
 from bench_vs_pipeline import machine_properties
 from mmib import MMIBPredictor
-from mmib.metrics import ner_scores
+from mmib.training.metrics import ner_scores
 
 
 def read_tagged(path: Path) -> list[tuple[list[str], list[str]]]:
