@@ -67,8 +67,19 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_pairs_per_post", type=int, default=240, help="Entity pairs classified per post.")
     parser.add_argument("--keep_none", action="store_true", help="Keep relations labelled None.")
     parser.add_argument("--batch_size", type=int, default=32, help="Posts per forward pass.")
-    parser.add_argument("--num_workers", type=int, default=2, help="Data loader processes decoding posts/images.")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="Weights' dtype.")
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        help="Data loader processes decoding posts/images (default: as many as there are cores the model's "
+        "threads leave free, at most 2; none on a 2-core CPU).",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "int8"],
+        help="Compute precision: auto = bfloat16 where the hardware has it natively, else float32; int8 = dynamic "
+        "int8 text and fusion layers (CPU only, opt-in: its cost in F1 is in docs/prediction.md).",
+    )
     parser.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when present).")
     parser.add_argument("--quiet", action="store_true", help="No progress bar and no dtype/summary lines.")
     parser.add_argument("--strict", action="store_true", help="Exit non-zero at the first row with an error.")

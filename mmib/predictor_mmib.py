@@ -26,6 +26,7 @@ strings, as in training: a word that is white space only or that the tokenizer d
 - A post that cannot be used: `{"id", "error"}`, the error naming the field and the problem.
 """
 
+import dataclasses
 import importlib
 import itertools
 import os
@@ -43,8 +44,10 @@ from transformers import (
     ProcessorMixin,
 )
 
+from .image_loading_mmib import encode_post_images
 from .posts_mmib import PreparedPost, error_row, prepare_post
 from .processing_mmib import check_processor_matches_config, check_tokenizer_matches_embeddings
+from .quantization_mmib import quantize_int8
 
 __all__ = [
     "TASK_AUTO_CLASSES",
@@ -56,7 +59,7 @@ __all__ = [
     "resolve_dtype",
 ]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.qint8}
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -88,7 +91,9 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> tuple[torch.dtype, str]:
     """
-    The compute dtype for `--dtype auto|float32|bfloat16` (bf16 runs under autocast, see [`MMIBPredictor`]).
+    The compute dtype for `--dtype auto|float32|bfloat16|int8` (bf16 runs under autocast, see [`MMIBPredictor`];
+    `int8` (`torch.qint8`) is dynamic int8 quantisation of the text and fusion layers on the CPU, see
+    [`quantize_int8`]; `auto` never picks it: it costs F1, see docs/prediction.md).
 
     `auto` takes bfloat16 only where `device` multiplies it natively ([`native_bf16`]), else float32: emulated bf16
     is slower than fp32. `train_mmib.py --bf16 auto` follows the same rule.
@@ -101,7 +106,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> tuple[torch
     if dtype in DTYPES:
         return DTYPES[dtype], "requested"
     if dtype != "auto":
-        raise ValueError(f"Unknown dtype {dtype!r}: expected auto, float32 or bfloat16.")
+        raise ValueError(f"Unknown dtype {dtype!r}: expected auto, float32, bfloat16 or int8.")
     if native_bf16(device):
         return torch.bfloat16, f"auto: native bf16 on {device}"
     return torch.float32, f"auto: no native bf16 on {device} (needs CUDA compute capability 8.0, AVX512-BF16 or AMX)"
@@ -181,6 +186,45 @@ def add_cached_features(inputs: BatchFeature, posts: Sequence[PreparedPost], num
     return inputs
 
 
+
+def entity_span_scores(
+    crf: torch.nn.Module,
+    emissions: torch.Tensor,
+    mask: torch.Tensor,
+    tags: torch.LongTensor,
+    spans: Sequence[tuple[int, int, int]],
+) -> torch.Tensor:
+    """
+    The CRF probability of each output entity's tags, `MMIBCRF.span_probability` computed only where it is read:
+    the forward-backward recursion runs over the posts that have an entity, and all spans are scored at once from
+    prefix sums of the path's emission and transition scores (in float64, so that the differences of prefix sums
+    keep fp32's precision) instead of a few small tensor operations per span.
+
+    Args:
+        crf (`MMIBCRF`): the model's CRF.
+        emissions (`torch.Tensor` of shape `(B, W, K)`), mask (`(B, W)`), tags (`(B, W)`): as for `span_probability`.
+        spans (`Sequence[tuple[int, int, int]]`): `(post, start, end)` word spans, end exclusive.
+
+    Returns:
+        `torch.Tensor` of shape `(len(spans),)`.
+    """
+    if not spans:
+        return emissions.new_zeros(0)
+    spans = torch.tensor(spans, device=emissions.device)
+    rows, post = torch.unique(spans[:, 0], return_inverse=True)
+    emissions, mask, tags = emissions[rows], mask[rows], tags[rows].masked_fill(~mask[rows], 0)
+    alpha, beta, log_z = crf.forward_backward(emissions, mask)
+    start, last = spans[:, 1], spans[:, 2] - 1
+    path_emissions = emissions.gather(2, tags[:, :, None]).squeeze(2).double()
+    path_transitions = torch.nn.functional.pad(crf.transitions.double()[tags[:, :-1], tags[:, 1:]], (1, 0))
+    prefix = (path_emissions + path_transitions).cumsum(dim=1)
+    # Words start+1 .. last: their emissions and the transitions into them.
+    inside = prefix[post, last] - prefix[post, start]
+    first_tag, last_tag = tags[post, start], tags[post, last]
+    score = alpha[post, start, first_tag].double() + inside + beta[post, last, last_tag].double() - log_z[post]
+    return score.exp().to(emissions.dtype)
+
+
 def _on_device(inputs: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """The model's inputs on its device (a pipeline hands them over as a plain mapping, not a `BatchFeature`)."""
     return {name: value.to(device) for name, value in inputs.items()}
@@ -203,7 +247,9 @@ class MMIBPredictor:
         none_label (`str`, *optional*, defaults to `"None"`): the no-relation label.
         compute_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): `torch.bfloat16` runs the models
             under bf16 autocast (matrix products in bf16, normalisations, softmax and the CRF in fp32), which keeps
-            the entities of fp32 far more often than casting the weights to bf16.
+            the entities of fp32 far more often than casting the weights to bf16. `torch.qint8` means the models'
+            text and fusion layers were quantised with [`quantize_int8`] (`from_pretrained(dtype="int8")` does it);
+            the rest runs in fp32.
         image_feature_lookup (`Callable[[str], torch.Tensor | None]`, *optional*): cached pooled vision features
             of image files (see the module docstring); they must come from the models' own vision tower and image
             processor (`from_pretrained(image_feature_cache=...)` checks that).
@@ -269,7 +315,10 @@ class MMIBPredictor:
             if path is None:
                 continue
             model, processor = load_checkpoint(path, trust_remote_code=trust_remote_code, dtype=torch.float32)
-            models += [model.to(device), processor]
+            model = model.to(device).eval()
+            if dtype == torch.qint8:
+                model = quantize_int8(model)
+            models += [model, processor]
         predictor = cls(*models, compute_dtype=dtype, **kwargs)
         predictor.dtype_reason = reason
         if image_feature_cache is not None:
@@ -305,7 +354,7 @@ class MMIBPredictor:
         return self.compute_dtype
 
     def _autocast(self):
-        enabled = self.compute_dtype != torch.float32
+        enabled = self.compute_dtype in (torch.bfloat16, torch.float16)
         return torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=enabled)
 
     def prepare(
@@ -376,13 +425,7 @@ class MMIBPredictor:
             for index, result in enumerate(processed)
             for entity in result["entities"]
         ]
-        scores = iter([])
-        if spans:
-            scores = iter(
-                self.model.crf.span_probability(
-                    emissions, mask, tags, torch.tensor(spans, device=tags.device)
-                ).tolist()
-            )
+        scores = iter(entity_span_scores(self.model.crf, emissions, mask, tags, spans).tolist())
         results = []
         for post, result in zip(posts, processed):
             entities = []
@@ -407,18 +450,27 @@ class MMIBPredictor:
         return results
 
     def _classify_pairs(self, pairs: list[tuple[PreparedPost, tuple[int, int], tuple[int, int]]]) -> list[dict]:
-        """`{"label", "score"}` (or `{"error"}`) per (post, head span, tail span), in batches."""
-        labels = []
-        for start in range(0, len(pairs), self.batch_size):
-            chunk = pairs[start : start + self.batch_size]
+        """
+        `{"label", "score"}` (or `{"error"}`) per (post, head span, tail span), in `pairs` order. Every pair is its
+        own forward (the entity markers are part of its text), so the pairs run in batches of similar length (sorted
+        by word count) to compute little padding.
+        """
+        order = sorted(range(len(pairs)), key=lambda index: len(pairs[index][0].words))
+        labels = [None] * len(pairs)
+        for start in range(0, len(order), self.batch_size):
+            indices = order[start : start + self.batch_size]
+            chunk = [pairs[index] for index in indices]
             try:
-                labels += self._classify_chunk(chunk)
+                chunk_labels = self._classify_chunk(chunk)
             except ValueError:
+                chunk_labels = []
                 for pair in chunk:
                     try:
-                        labels += self._classify_chunk([pair])
+                        chunk_labels += self._classify_chunk([pair])
                     except ValueError as error:
-                        labels.append({"error": str(error)})
+                        chunk_labels.append({"error": str(error)})
+            for index, label in zip(indices, chunk_labels):
+                labels[index] = label
         return labels
 
     def _classify_chunk(self, chunk) -> list[dict]:
@@ -436,7 +488,40 @@ class MMIBPredictor:
             logits.float(), self.relation_model.config.id2label
         )
 
+    def _with_relation_features(self, posts: list[PreparedPost]) -> list[PreparedPost]:
+        """
+        `posts` with every image and crop replaced by the relation model's pooled tower features (as if cached), so
+        that each post's images go through its image processor and tower once, not once per entity pair. Posts
+        without decoded images are returned as they are; the originals are not changed.
+        """
+        num_crops = self.relation_processor.num_crops
+        with_pixels = [post for post in posts if post.image is not None or any(c is not None for c in post.crops)]
+        views = {}
+        for start in range(0, len(with_pixels), self.batch_size):
+            chunk = with_pixels[start : start + self.batch_size]
+            pixel_values, image_mask = encode_post_images(
+                self.relation_processor.image_processor,
+                [post.image for post in chunk],
+                [post.crops for post in chunk],
+                num_crops,
+            )
+            with self._autocast():
+                pixels = pixel_values[image_mask].to(self.relation_model.device, self.relation_model.dtype)
+                features = self.relation_model.mmib.get_image_features(pixels).float().cpu()
+            rows = iter(features)
+            for index, post in enumerate(chunk):
+                cached = {slot: vector for slot, vector in post.cached_features.items() if slot <= num_crops}
+                cached |= {slot: next(rows) for slot in range(1 + num_crops) if image_mask[index, slot]}
+                views[id(post)] = dataclasses.replace(
+                    post, image=None, crops=[None] * len(post.crops), cached_features=cached
+                )
+        return [views.get(id(post), post) for post in posts]
+
     def _add_relations(self, posts: list[PreparedPost], results: list[dict]) -> None:
+        with_pairs = [index for index, result in enumerate(results) if len(result["entities"]) > 1]
+        posts = list(posts)
+        for index, view in zip(with_pairs, self._with_relation_features([posts[index] for index in with_pairs])):
+            posts[index] = view
         pairs, owners = [], []
         for index, (post, result) in enumerate(zip(posts, results)):
             entities = result["entities"]

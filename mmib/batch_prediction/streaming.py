@@ -3,9 +3,10 @@ File-scale prediction: JSON-lines posts in, JSON-lines results out, streamed in 
 
 Reading, JSON parsing, word splitting, image decoding and the processor run in `DataLoader` worker processes, one
 batch per worker in turn, while the main process runs the model; at most `num_workers * 2` batches wait, so memory
-stays flat whatever the file size. Under `accelerate launch` (or torchrun) every process takes every
-`world_size`-th batch, writes its results to a part file beside the output, and the main process merges the parts
-in input order.
+stays flat whatever the file size. By default workers run only where they have cores of their own
+([`default_num_workers`]); otherwise everything runs in the main process. Under `accelerate launch` (or torchrun)
+every process takes every `world_size`-th batch, writes its results to a part file beside the output, and the main
+process merges the parts in input order.
 
 Input rows: see [`post_files`]; blank lines are skipped. Output rows: the predictor's results, `id` defaulting to
 the 1-based line number; a row that cannot be used (malformed JSON, unreadable image, empty post, ...) gives
@@ -31,7 +32,23 @@ from ..posts_mmib import PreparedPost
 from ..predictor_mmib import MMIBPredictor
 from .post_files import iter_lines, prepare_line
 
-__all__ = ["PredictionSummary", "StrictModeError", "predict_file"]
+__all__ = ["PredictionSummary", "StrictModeError", "default_num_workers", "predict_file"]
+
+# A second worker only helps when one cannot keep up (image decoding); more only add memory.
+MAX_DEFAULT_WORKERS = 2
+
+
+def default_num_workers(device: torch.device) -> int:
+    """
+    Data loader workers that pay for themselves: on a CPU the model's matrix products already occupy
+    `torch.get_num_threads()` cores, so workers get only the cores this process may use beyond those
+    (`os.sched_getaffinity`), at most `MAX_DEFAULT_WORKERS`; where there are none, preparing a batch in the main
+    process is cheaper than a worker competing with the model's threads and pickling every batch across. On an
+    accelerator the CPU cores are free for workers.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    spare = cores if device.type != "cpu" else cores - torch.get_num_threads()
+    return max(0, min(MAX_DEFAULT_WORKERS, spare))
 
 
 class StrictModeError(RuntimeError):
@@ -109,7 +126,7 @@ def predict_file(
     input_path: str,
     output_path: str,
     batch_size: int = 32,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     quiet: bool = False,
     strict: bool = False,
 ) -> PredictionSummary:
@@ -120,7 +137,8 @@ def predict_file(
         predictor ([`MMIBPredictor`]): the models.
         input_path, output_path (`str`): files, or `-`.
         batch_size (`int`): posts per forward pass.
-        num_workers (`int`): data loader worker processes (0: everything in this process; stdin always uses 0).
+        num_workers (`int`, *optional*): data loader worker processes (0: everything in this process; stdin always
+            uses 0); defaults to [`default_num_workers`].
         quiet (`bool`): no progress bar.
         strict (`bool`): stop with [`StrictModeError`] at the first row that gives an error (after writing it; with
             several processes, the process that meets it exits non-zero and the launcher stops the others).
@@ -131,6 +149,8 @@ def predict_file(
     rank, world_size, state = _distributed(predictor.device)
     if world_size > 1 and output_path == "-":
         raise ValueError("Several processes need --output FILE (their parts are merged beside it), not stdout.")
+    if num_workers is None:
+        num_workers = default_num_workers(predictor.device)
     if input_path == "-":
         num_workers = 0
     dataset = _PostBatches(input_path, predictor, batch_size, rank, world_size)
@@ -148,15 +168,8 @@ def predict_file(
     with ExitStack() as stack:
         output = sys.stdout if part_path == "-" else stack.enter_context(open(part_path, "w", encoding="utf-8"))
         for line_numbers, posts, inputs in loader:
-            for line_number, post, row in zip(line_numbers, posts, predictor.predict_prepared(posts, inputs)):
-                text = json.dumps(row, ensure_ascii=False)
-                output.write(text + "\n" if world_size == 1 else f"{line_number}\t{post.error_kind or ''}\t{text}\n")
-                summary.posts += 1
-                if post.error is not None:
-                    summary.errors[post.error_kind] += 1
-                    if strict:
-                        output.flush()
-                        raise StrictModeError(f"--strict: {post.error}")
+            rows = predictor.predict_prepared(posts, inputs)
+            _write_batch(output, line_numbers, posts, rows, world_size > 1, summary, strict)
             progress.update(len(posts))
     progress.close()
     if world_size > 1:
@@ -165,6 +178,23 @@ def predict_file(
             summary = _merge_parts(output_path, world_size)
         state.wait_for_everyone()
     return summary
+
+
+def _write_batch(output, line_numbers, posts, rows, as_part: bool, summary: PredictionSummary, strict: bool) -> None:
+    """Writes a batch's rows with one `write` (a part file's lines carry the line number and error kind for the
+    merge); under `strict`, only the rows up to the first error, then raises [`StrictModeError`]."""
+    lines = []
+    for line_number, post, row in zip(line_numbers, posts, rows):
+        text = json.dumps(row, ensure_ascii=False)
+        lines.append(f"{line_number}\t{post.error_kind or ''}\t{text}\n" if as_part else text + "\n")
+        summary.posts += 1
+        if post.error is not None:
+            summary.errors[post.error_kind] += 1
+            if strict:
+                output.write("".join(lines))
+                output.flush()
+                raise StrictModeError(f"--strict: {post.error}")
+    output.write("".join(lines))
 
 
 def _merge_parts(output_path: str, world_size: int) -> PredictionSummary:

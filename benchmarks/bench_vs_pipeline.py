@@ -1,0 +1,396 @@
+"""`mmib predict` as a whole process against transformers' token-classification pipeline, on the same posts and tower.
+
+python benchmarks/bench_vs_pipeline.py runs/full-text-twitter2017 --posts 2000 --rounds 2 --threads 1 2 \
+    [--relation_model DIR] [--before NAME=DIR ...] [--mmib_variants 'int8=--dtype int8' ...] \
+    [--variants text image ner_re memory] [--output_json FILE]
+
+Posts: the raw Twitter-2017 test posts (`--data_dir`, words joined by spaces), repeated to `--posts`. Every
+measurement is a fresh process timed from its start to its end (imports and model loading included), its peak memory
+the maximum resident set of it or its largest worker (GNU `/usr/bin/time`). Within a variant the sides run
+interleaved, the order rotated each round (A B, B A, ...), and the summary is the ratio of median posts/s. Both sides
+get the same `OMP_NUM_THREADS` / `MKL_NUM_THREADS` (each value of `--threads`).
+
+Variants (side B over side A):
+- `text`: `pipeline("token-classification", aggregation_strategy="simple", batch_size=B)` over a plain
+  `BertForTokenClassification` on the checkpoint's MiniLM tower (A) vs `mmib predict MODEL --input posts.jsonl
+  --output out.jsonl --batch_size B --quiet` (B), both writing JSON lines.
+- `image`: `mmib predict` on the text posts (A) vs the same posts with an image each, served by
+  `--image_feature_cache` (a cache of the images built with the checkpoint's tower before the timed runs) (B).
+- `ner_re`: `mmib predict` with an image per post through the cache on posts with 3-5 gold entities (A) vs the same
+  with `--relation_model` (NER -> RE on every ordered pair of predicted entities) (B); the predicted entities per
+  post are printed. Without `--relation_model` an RE checkpoint with random heads is built on the NER checkpoint's
+  text and vision towers: throughput does not depend on trained weights.
+- `memory`: peak memory of `mmib predict` text-only at `--memory_posts` sizes (largest minus smallest).
+- with `--before NAME=DIR` (a folder holding an older `mmib` package, e.g. `git archive <commit> mmib | tar -x -C
+  DIR`), `text` and `ner_re` also run that package's `mmib predict` as further sides, so before/after ratios come
+  from the same run; `--mmib_variants NAME=FLAGS` adds `mmib predict` sides with other flags (e.g. `--dtype int8`).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from bench_common import DEFAULT_DATA_DIR, REPO_ROOT, minilm_path, repo_relative, rotated
+
+IMAGE_FOLDERS = [REPO_ROOT.parent / "shared" / "data", REPO_ROOT / "examples"]
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+
+
+def machine_properties() -> dict:
+    """CPU flags that decide the kernels, cores this process may use, library versions and the load average."""
+    flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    model_name = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    return {
+        "cpu": model_name,
+        "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS},
+        "cpu_count": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "load_average_1_5_15min": [round(value, 2) for value in os.getloadavg()],
+    }
+
+
+def read_twitter(path: Path) -> list[tuple[str, int]]:
+    """`(raw text, number of gold entities)` of each post of a Twitter-2017 CoNLL file (`IMGID:` blocks)."""
+    posts, words, entities = [], [], 0
+    for line in list(open(path, encoding="utf-8")) + [""]:
+        line = line.rstrip("\n")
+        if not line.strip():
+            if words:
+                posts.append((" ".join(words), entities))
+            words, entities = [], 0
+        elif not line.startswith("IMGID:"):
+            word, tag = line.rsplit("\t", 1) if "\t" in line else line.rsplit(" ", 1)
+            words.append(word)
+            entities += tag.startswith("B-")
+    return posts
+
+
+def write_posts(path: Path, texts: list[str], size: int, images: list[str] | None = None) -> None:
+    with open(path, "w", encoding="utf-8") as output:
+        for index in range(size):
+            row = {"id": index, "text": texts[index % len(texts)]}
+            if images:
+                row["image"] = images[index % len(images)]
+            output.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def pipeline_worker(input_path: str, output_path: str, batch_size: int, labels: list[str]) -> None:
+    """What a user of transformers runs: a token-classification pipeline over the MiniLM tower, JSON lines out."""
+    from transformers import AutoTokenizer, BertForTokenClassification, pipeline
+
+    transformers.utils.logging.set_verbosity_error()
+    model = BertForTokenClassification.from_pretrained(minilm_path(), id2label=dict(enumerate(labels)))
+    tagger = pipeline(
+        "token-classification",
+        model=model.eval(),
+        tokenizer=AutoTokenizer.from_pretrained(minilm_path()),
+        aggregation_strategy="simple",
+        device="cpu",
+    )
+    texts = [json.loads(line)["text"] for line in open(input_path, encoding="utf-8")]
+    with open(output_path, "w", encoding="utf-8") as output:
+        for index, entities in enumerate(tagger(texts, batch_size=batch_size)):
+            entities = [{**entity, "score": float(entity["score"])} for entity in entities]
+            output.write(json.dumps({"id": index, "entities": entities}, ensure_ascii=False) + "\n")
+
+
+def timed(command: list[str], env: dict) -> tuple[float, float]:
+    """
+    Wall seconds from start to exit, and the peak resident set in MB of the process (or its largest worker).
+
+    The peak comes from GNU time (`/usr/bin/time -f %M`), which forks the command from its own small process: on
+    Linux a child's `ru_maxrss` starts at the RSS of the process it was forked from, and this one holds torch (and,
+    after building the cache, a model), so `wait4` here would report that floor for every command.
+    """
+    with tempfile.NamedTemporaryFile("r") as report:
+        start = time.perf_counter()
+        process = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", report.name, *command], env=env, stdout=subprocess.DEVNULL
+        )
+        seconds = time.perf_counter() - start
+        if process.returncode != 0:
+            raise SystemExit(f"failed: {' '.join(command)}")
+        peak_kb = int(report.read().split()[-1])
+    return seconds, peak_kb / 1024
+
+
+def mmib_command(model: str, input_path: Path, output_path: Path, batch_size: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "mmib.cli",
+        "predict",
+        model,
+        "--input",
+        str(input_path),
+        "--output",
+        str(output_path),
+        "--batch_size",
+        str(batch_size),
+        "--quiet",
+        *extra,
+    ]
+
+
+def environment(threads: int, pythonpath: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONPATH=pythonpath)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def build_relation_checkpoint(ner_path: str, folder: Path) -> str:
+    """
+    An RE checkpoint on the NER checkpoint's towers (its config with MNRE's relation labels, its text and vision
+    tower weights; the RE head and MMIB layers random): one feature cache serves both, and throughput does not
+    depend on trained weights.
+    """
+    from mmib import MMIBForRelationClassification, MMIBPredictor, MMIBProcessor
+
+    ner = MMIBPredictor.from_pretrained(ner_path, dtype="float32", device="cpu")
+    labels = json.loads((REPO_ROOT.parent / "shared" / "data" / "mnre" / "ours_rel2id.json").read_text())
+    id2label = {index: label for label, index in labels.items()}
+    config = type(ner.model.config).from_dict(
+        {**ner.model.config.to_dict(), "id2label": id2label, "label2id": labels}
+    )
+    torch.manual_seed(0)
+    model = MMIBForRelationClassification(config)
+    model.mmib.text_model.load_state_dict(ner.model.mmib.text_model.state_dict())
+    model.mmib.vision_model.load_state_dict(ner.model.mmib.vision_model.state_dict())
+    processor = MMIBProcessor(
+        ner.processor.image_processor, ner.processor.tokenizer, task="re", num_crops=config.num_crops, max_length=80
+    )
+    model.resize_token_embeddings(len(processor.tokenizer))
+    relation_dir = folder / "relation"
+    model.eval().save_pretrained(relation_dir)
+    processor.save_pretrained(relation_dir)
+    # A re-saved timm image processor loses its `pretrained_cfg`; the NER checkpoint's saved settings are complete.
+    saved = relation_dir / "processor_config.json"
+    settings = json.loads(saved.read_text())
+    settings["image_processor"] = json.loads((Path(ner_path) / "processor_config.json").read_text())["image_processor"]
+    saved.write_text(json.dumps(settings, indent=2))
+    return str(relation_dir)
+
+
+def build_cache(model: str, images: list[str], cache_dir: str) -> None:
+    from mmib import MMIBPredictor
+    from mmib.features import ImageFeatureStore
+
+    predictor = MMIBPredictor.from_pretrained(model, dtype="float32", device="cpu")
+    ImageFeatureStore.build(predictor.model.mmib, predictor.processor.image_processor, images, cache_dir=cache_dir)
+
+
+def mean_entities(path: Path) -> float:
+    rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+    return statistics.mean(len(row.get("entities", [])) for row in rows)
+
+
+def run_variant(name: str, sides: dict[str, tuple[list[str], dict, int]], rounds: int, results: list) -> None:
+    """Runs each side `rounds` times, interleaved and rotated; appends one record per run to `results`."""
+    for round_index in range(rounds):
+        for side in rotated(list(sides), round_index):
+            command, env, posts = sides[side]
+            seconds, peak_mb = timed(command, env)
+            record = {
+                "variant": name,
+                "side": side,
+                "threads": int(env["OMP_NUM_THREADS"]),
+                "round": round_index,
+                "posts": posts,
+                "seconds": round(seconds, 3),
+                "posts_per_s": round(posts / seconds, 2),
+                "peak_mb": round(peak_mb, 1),
+                "load_average_1min": round(os.getloadavg()[0], 2),
+            }
+            results.append(record)
+            print(json.dumps(record), flush=True)
+
+
+def summarise(results: list[dict], name: str, threads: int, baseline: str) -> list[str]:
+    lines = []
+    runs = [r for r in results if r["variant"] == name and r["threads"] == threads]
+    sides = list(dict.fromkeys(r["side"] for r in runs))
+    rate = {side: statistics.median(r["posts_per_s"] for r in runs if r["side"] == side) for side in sides}
+    for side in sides:
+        rounds = sorted({r["round"] for r in runs})
+        per_round = [
+            next(r["posts_per_s"] for r in runs if r["side"] == side and r["round"] == k)
+            / next(r["posts_per_s"] for r in runs if r["side"] == baseline and r["round"] == k)
+            for k in rounds
+        ]
+        peak = max(r["peak_mb"] for r in runs if r["side"] == side)
+        lines.append(
+            f"{name:7s} {threads} thr  {side:28s} {rate[side]:7.1f} posts/s  {rate[side] / rate[baseline]:5.2f}x "
+            f"{baseline} (rounds {', '.join(f'{x:.2f}' for x in per_round)})  peak {peak:6.0f} MB"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", help="An MMIB NER checkpoint on the MiniLM text tower.")
+    parser.add_argument("--relation_model", help="An MMIB RE checkpoint with the same vision tower (else built).")
+    parser.add_argument(
+        "--before",
+        nargs="+",
+        default=[],
+        metavar="NAME=DIR",
+        help="Older mmib packages (DIR holds its mmib/ folder), further sides `mmib NAME` in `text` and `ner_re`.",
+    )
+    parser.add_argument(
+        "--mmib_variants",
+        nargs="+",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="Further `mmib predict` sides in `text` with extra flags, e.g. 'int8=--dtype int8'.",
+    )
+    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--posts", type=int, default=2000)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--variants", nargs="+", default=["text", "image", "ner_re", "memory"])
+    parser.add_argument("--memory_posts", type=int, nargs="+", default=[500, 4000])
+    parser.add_argument("--mmib_args", default="", help="Extra flags for every `mmib predict` (e.g. '--dtype int8').")
+    parser.add_argument("--output_json")
+    parser.add_argument("--pipeline_worker", nargs=2, metavar=("INPUT", "OUTPUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
+    if args.pipeline_worker:
+        pipeline_worker(*args.pipeline_worker, args.batch_size, labels)
+        return
+    if args.model is None:
+        parser.error("the MMIB checkpoint is required")
+    machine_before = machine_properties()
+    print(f"machine: {json.dumps(machine_before)}", flush=True)
+    posts = read_twitter(Path(args.data_dir) / "test.txt")
+    texts = [text for text, _ in posts]
+    texts_with_entities = [text for text, count in posts if 3 <= count <= 5]
+    images = sorted(str(path) for folder in IMAGE_FOLDERS for path in folder.rglob("*.jpg"))
+    extra = args.mmib_args.split()
+    here = str(REPO_ROOT)
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        write_posts(folder / "text.jsonl", texts, args.posts)
+        write_posts(folder / "image.jsonl", texts, args.posts, images)
+        write_posts(folder / "entities.jsonl", texts_with_entities, args.posts, images)
+        cache_dir = str(folder / "cache")
+        relation_model = args.relation_model
+        if "ner_re" in args.variants and relation_model is None:
+            relation_model = build_relation_checkpoint(args.model, folder)
+        if {"image", "ner_re"} & set(args.variants):
+            build_cache(args.model, images, cache_dir)
+        out = folder / "out.jsonl"
+        cached = ["--image_feature_cache", cache_dir]
+        pipeline = [sys.executable, __file__, "--pipeline_worker", str(folder / "text.jsonl"), str(out)]
+        pipeline += ["--batch_size", str(args.batch_size)]
+        summary = []
+        for threads in args.threads:
+            env = environment(threads, here)
+            variants = {
+                "text": {
+                    "pipeline": (pipeline, env, args.posts),
+                    "mmib": (
+                        mmib_command(args.model, folder / "text.jsonl", out, args.batch_size, *extra),
+                        env,
+                        args.posts,
+                    ),
+                },
+                "image": {
+                    "mmib text": (
+                        mmib_command(args.model, folder / "text.jsonl", out, args.batch_size, *extra),
+                        env,
+                        args.posts,
+                    ),
+                    "mmib image (cache)": (
+                        mmib_command(args.model, folder / "image.jsonl", out, args.batch_size, *extra, *cached),
+                        env,
+                        args.posts,
+                    ),
+                },
+                "ner_re": {
+                    "mmib NER": (
+                        mmib_command(args.model, folder / "entities.jsonl", out, args.batch_size, *extra, *cached),
+                        env,
+                        args.posts,
+                    ),
+                    "mmib NER->RE": (
+                        mmib_command(
+                            args.model,
+                            folder / "entities.jsonl",
+                            folder / "relations.jsonl",
+                            args.batch_size,
+                            *extra,
+                            *cached,
+                            "--relation_model",
+                            str(relation_model),
+                        ),
+                        env,
+                        args.posts,
+                    ),
+                },
+            }
+            for name, directory in (item.split("=", 1) for item in args.before):
+                before_env = environment(threads, str(Path(directory).resolve()))
+                command = mmib_command(args.model, folder / "text.jsonl", out, args.batch_size)
+                variants["text"][f"mmib {name}"] = (command, before_env, args.posts)
+                command = [*variants["ner_re"]["mmib NER->RE"][0]]
+                variants["ner_re"][f"mmib NER->RE {name}"] = (command, before_env, args.posts)
+            for name, flags in (item.split("=", 1) for item in args.mmib_variants):
+                command = mmib_command(args.model, folder / "text.jsonl", out, args.batch_size, *flags.split())
+                variants["text"][f"mmib {name}"] = (command, env, args.posts)
+            for name, baseline in (("text", "pipeline"), ("image", "mmib text"), ("ner_re", "mmib NER")):
+                if name in args.variants:
+                    run_variant(name, variants[name], args.rounds, results)
+                    summary += summarise(results, name, threads, baseline)
+            if "ner_re" in args.variants:
+                pairs = mean_entities(folder / "relations.jsonl")
+                summary.append(f"ner_re  {threads} thr  predicted entities per post: {pairs:.2f}")
+            if "memory" in args.variants:
+                for size in args.memory_posts:
+                    write_posts(folder / f"memory-{size}.jsonl", texts, size)
+                    command = mmib_command(args.model, folder / f"memory-{size}.jsonl", out, args.batch_size, *extra)
+                    run_variant("memory", {f"mmib {size} posts": (command, env, size)}, 1, results)
+                peaks = [r["peak_mb"] for r in results if r["variant"] == "memory" and r["threads"] == threads]
+                summary.append(
+                    f"memory  {threads} thr  peak {' / '.join(f'{peak:.0f}' for peak in peaks)} MB at "
+                    f"{' / '.join(map(str, args.memory_posts))} posts: {peaks[-1] - peaks[0]:+.0f} MB"
+                )
+    machine_after = machine_properties()
+    print("\n".join(summary))
+    print(f"machine after: {json.dumps(machine_after)}")
+    if args.output_json:
+        report = {
+            "machine_before": machine_before,
+            "machine_after": machine_after,
+            "args": {key: repo_relative(value) for key, value in vars(args).items()},
+            "summary": summary,
+            "runs": results,
+        }
+        Path(args.output_json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
