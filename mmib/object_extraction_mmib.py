@@ -393,7 +393,14 @@ class MMIBObjectExtractor:
         self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
         self._cache: dict[str, list[DetectedObject]] = {}
         self._announced = False
-        self.stats = {"images": 0, "cache_hits": 0, "detected_images": 0, "without_objects": 0, "no_query": 0}
+        self.stats = {
+            "images": 0,
+            "cache_hits": 0,
+            "detected_images": 0,
+            "without_objects": 0,
+            "no_query": 0,
+            "unreadable": 0,
+        }
 
     # ---------------------------------------------------------------------------------------------------------
     # Construction and settings
@@ -604,7 +611,8 @@ class MMIBObjectExtractor:
         head_spans: Sequence[Sequence[int] | None] | None = None,
         tail_spans: Sequence[Sequence[int] | None] | None = None,
         return_crops: bool = True,
-    ) -> list[list[DetectedObject]]:
+        on_unreadable: str = "raise",
+    ) -> list[list[DetectedObject] | None]:
         """
         Extracts the objects of images.
 
@@ -613,23 +621,51 @@ class MMIBObjectExtractor:
             words (`list`, *optional*): each image's post words (the `"post"` rule needs them).
             head_spans, tail_spans (`list`, *optional*): each post's relation entity spans, or `None`.
             return_crops (`bool`, *optional*, defaults to `True`): cut the crops (`DetectedObject.crop`).
+            on_unreadable (`str`, *optional*, defaults to `"raise"`): for a missing or undecodable file, `"raise"`
+                the error or `"mask"`: log a warning naming the file, count it in `stats["unreadable"]` and give
+                `None` for that image.
 
         Returns:
             One list of [`DetectedObject`] per image, best first, at most `num_crops`; empty when nothing passes the
-            selection or the post has no query (both counted in `stats`).
+            selection or the post has no query (both counted in `stats`); `None` for a masked unreadable image.
 
         Raises:
-            FileNotFoundError, UnreadableImageError: an image file is missing or cannot be decoded.
-            ValueError: `words`/spans of another length than `images`.
+            FileNotFoundError, UnreadableImageError: an image file is missing or cannot be decoded (`"raise"`).
+            ValueError: `words`/spans of another length than `images`, or an unknown `on_unreadable`.
         """
+        if on_unreadable not in ("raise", "mask"):
+            raise ValueError(f"on_unreadable must be 'raise' or 'mask', got {on_unreadable!r}.")
         count = len(images)
         words = [None] * count if words is None else list(words)
         head_spans = [None] * count if head_spans is None else list(head_spans)
         tail_spans = [None] * count if tail_spans is None else list(tail_spans)
         if not len(words) == len(head_spans) == len(tail_spans) == count:
             raise ValueError(f"{count} images but {len(words)} posts, {len(head_spans)} / {len(tail_spans)} spans.")
-        opened = [open_upright(image) for image in images]
-        queries = [self.queries_for(*post) for post in zip(words, head_spans, tail_spans)]
+        opened: list[tuple[Image.Image, str] | None] = []
+        for image in images:
+            try:
+                opened.append(open_upright(image))
+            except (FileNotFoundError, UnreadableImageError) as error:
+                if on_unreadable == "raise":
+                    raise
+                logger.warning("No objects for an unreadable image: %s", error)
+                self.stats["unreadable"] += 1
+                opened.append(None)
+        readable = [index for index, item in enumerate(opened) if item is not None]
+        results: list[list[DetectedObject] | None] = [None] * count
+        extracted = self._extract(
+            [opened[i] for i in readable],
+            [self.queries_for(words[i], head_spans[i], tail_spans[i]) for i in readable],
+            return_crops,
+        )
+        for index, objects in zip(readable, extracted):
+            results[index] = objects
+        return results
+
+    def _extract(
+        self, opened: list[tuple[Image.Image, str]], queries: list[list[str]], return_crops: bool
+    ) -> list[list[DetectedObject]]:
+        """Detections of opened images (cache first, then batched detector calls), with crops if asked."""
         keys = [self.cache_key(digest, post_queries_) for (_, digest), post_queries_ in zip(opened, queries)]
         results: list[list[DetectedObject] | None] = []
         pending: dict[str, int] = {}
