@@ -266,9 +266,8 @@ def extract_objects(
     ]
     resumed = sum(1 for post in posts if _record_path(output_dir, post).is_file())
     with state.split_between_processes(work) as mine:
-        progress = tqdm(
-            total=len(mine), desc="object extraction", unit="post", disable=not (show_progress and state.is_local_main_process)
-        )
+        shown = show_progress and state.is_local_main_process
+        progress = tqdm(total=len(mine), desc="object extraction", unit="post", disable=not shown)
         for start in range(0, len(mine), extractor.batch_size):
             batch = mine[start : start + extractor.batch_size]
             _process(extractor, batch, output_dir)

@@ -174,8 +174,8 @@ def owlv2_dir(tmp_path_factory) -> str:
     )
     path = tmp_path_factory.mktemp("owlv2")
     Owlv2ForObjectDetection(config).save_pretrained(path)
-    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
-    processor.save_pretrained(path)
+    image_processor = Owlv2ImageProcessor(size={"height": 32, "width": 32})
+    Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
     return str(path)
 
 
@@ -388,7 +388,10 @@ def test_cache_detects_a_renamed_copy_once(detr_dir, tmp_path):
     first = extractor([original])
     second = extractor([renamed])
     assert calls[0] == 1 and extractor.stats["cache_hits"] == 1
-    assert [(o.box, o.score, o.crop.tobytes()) for o in first[0]] == [(o.box, o.score, o.crop.tobytes()) for o in second[0]]
+    def seen(objects):
+        return [(o.box, o.score, o.crop.tobytes()) for o in objects]
+
+    assert seen(first[0]) == seen(second[0])
     # Two copies in one call: one detection. A fresh extractor on the same disk cache: none.
     both = MMIBObjectExtractor.from_pretrained(detr_dir)
     both_calls = count_calls(both)
@@ -492,7 +495,8 @@ def test_extract_objects_jsonl(detr_dir, tmp_path):
         assert crop.tobytes() == image.crop(hand_box(image.size)).tobytes()
     assert data["crops"][3] == [str(tmp_path / "data" / "images" / "own_crop.png")]
     rows = [json.loads(line) for line in Path(report.jsonl_files["posts"]).read_text().splitlines()]
-    assert rows[0]["objects"] == [{"box": list(hand_box((101, 57))), "score": pytest.approx(detr_score()), "query": "cat"}]
+    expected = {"box": list(hand_box((101, 57))), "score": pytest.approx(detr_score()), "query": "cat"}
+    assert rows[0]["objects"] == [expected]
     assert json.loads((tmp_path / "out" / "extraction_report.json").read_text())["unreadable"] == 1
 
 
