@@ -257,7 +257,9 @@ def test_selection_matches_brute_force(seed):
     # Few distinct scores, so ties are common and their order matters.
     scores = [rng.choice([0.2, 0.3, 0.5, 0.7, 0.9]) for _ in range(count)]
     queries = [rng.choice(["a", "b", "c"]) for _ in range(count)]
-    settings = dict(threshold=0.3, nms_iou=rng.choice([0.3, 0.5, 0.7]), min_size=rng.choice([1, 8]), num_crops=4)
+    settings = dict(
+        threshold=0.3, nms_iou=rng.choice([0.3, 0.5, 0.7]), min_size=rng.choice([1, 8]), num_crops=rng.choice([1, 4, 50])
+    )
     selected = select_objects(
         torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(scores), queries, size, **settings
     )
