@@ -79,6 +79,7 @@ def time_extractor(extractor: MMIBObjectExtractor, rows: list[dict], repeats: in
         start = time.perf_counter()
         extractor(images, words=words)
         passes.append((time.perf_counter() - start) / len(images))
+        print(f"  pass {len(passes)}: {passes[-1]:.2f} s / image", flush=True)
     parameters = sum(parameter.numel() for parameter in extractor.model.parameters())
     return {
         "parameters_millions": round(parameters / 1e6, 1),
@@ -106,11 +107,12 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"No sample image found under {args.data_dir}.")
     results = {}
-    for name, build in (("grounding-dino-tiny", grounding_dino_tiny), ("detr-resnet-50", detr_resnet50)):
+    for name, build in (("detr-resnet-50", detr_resnet50), ("grounding-dino-tiny", grounding_dino_tiny)):
+        print(f"{name}: building and timing on {len(rows)} images", flush=True)
         extractor = build()
         results[name] = time_extractor(extractor, rows, args.repeats)
         del extractor
-        print(name, results[name])
+        print(name, results[name], flush=True)
     report = {"machine_before": machine_before, "machine_after": machine_note(), "args": vars(args), **results}
     report["args"]["data_dir"] = Path(args.data_dir).name
     print(f"{'detector':<22}{'params (M)':>12}{'s / image':>12}")

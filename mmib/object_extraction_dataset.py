@@ -129,6 +129,11 @@ def _jsonl_posts(path: Path, image_root: Path) -> list[_Post]:
         image = record.get("image")
         if image is not None and not isinstance(image, str):
             raise ValueError(f"{path}:{line_no}: 'image' must be a path or null")
+        for name in ("head", "tail"):
+            span = record.get(name)
+            valid = isinstance(span, list) and len(span) == 2 and all(isinstance(value, int) for value in span)
+            if span is not None and not (valid and 0 <= span[0] < span[1] <= len(words)):
+                raise ValueError(f"{path}:{line_no}: {name!r} must be [start, end) word offsets, got {span!r}")
         posts.append(
             _Post(
                 split=split,
@@ -265,6 +270,8 @@ def extract_objects(
         and not _record_path(output_dir, post).is_file()
     ]
     resumed = sum(1 for post in posts if _record_path(output_dir, post).is_file())
+    # Every process must split the same list: none may write a record before all have read the state.
+    state.wait_for_everyone()
     with state.split_between_processes(work) as mine:
         shown = show_progress and state.is_local_main_process
         progress = tqdm(total=len(mine), desc="object extraction", unit="post", disable=not shown)

@@ -577,3 +577,13 @@ def test_extract_objects_twitter_folder(detr_dir, tmp_path):
 def test_detected_object_dict_round_trip():
     obj = DetectedObject(box=(1, 2, 3, 4), score=0.5, query="cat")
     assert DetectedObject.from_dict(json.loads(json.dumps(obj.to_dict()))) == obj
+
+
+def test_extract_objects_names_a_bad_line(detr_dir, tmp_path):
+    source = tmp_path / "posts.jsonl"
+    lines = [json.dumps({"words": ["a", "b"], "image": None}), "", json.dumps({"words": ["a"], "head": [0, 2]})]
+    source.write_text("\n".join(lines))
+    with pytest.raises(ValueError, match=r"posts.jsonl:3: 'head' must be \[start, end\) word offsets"):
+        extract_objects(MMIBObjectExtractor.from_pretrained(detr_dir), source, tmp_path / "out", show_progress=False)
+    with pytest.raises(ValueError, match="would overwrite the source"):
+        extract_objects(MMIBObjectExtractor.from_pretrained(detr_dir), source, tmp_path, show_progress=False)
