@@ -23,10 +23,16 @@ that cannot be decoded is counted and recorded, and the run goes on. Each post's
 record last, both atomically (temporary file, then rename): a killed run resumes where it stopped and never redoes
 a recorded post. Under `accelerate launch` the posts are split across processes
 (`PartialState().split_between_processes`); the main process writes the dictionaries and the report.
+
+[`extract_missing_crops`] does the same for the rows of a `DatasetDict` already read (`train_mmib.py
+--object_detector`): each split's rows are written as JSON lines named by their content
+(`<output_dir>/posts/<split>-<sha256[:12]>.jsonl`), so a changed selection of posts never reuses another's records,
+and run through [`extract_objects`]; with the extractor's `cache_dir` a picture is detected once across runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -35,11 +41,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from ..object_extraction_mmib import ZERO_SHOT, MMIBObjectExtractor
-from .media import SPLIT_FOLDERS
+from .media import SPLIT_FOLDERS, MissingMediaReport, missing_media_report
 from .mnre import MNRE_SPLITS, load_mnre
 from .twitter import TWITTER_SPLITS, load_twitter_ner
 
@@ -368,4 +375,59 @@ def _portable(path: str, folder: Path) -> str:
         return path
 
 
-__all__ = ["DATASETS", "ExtractionReport", "extract_objects"]
+def extract_missing_crops(
+    data: datasets.DatasetDict,
+    extractor: MMIBObjectExtractor,
+    output_dir: PathLike,
+    show_progress: bool = True,
+) -> tuple[datasets.DatasetDict, dict[str, ExtractionReport]]:
+    """
+    Gives the rows of `data` that have an image and no crops the crops of `extractor` (rows with crops keep them).
+
+    Args:
+        data (`datasets.DatasetDict`): rows of the `mmib.data` readers (`words`, `image`, `crops`, and for
+            relations `head_span` / `tail_span`).
+        extractor ([`MMIBObjectExtractor`]): the detector and its settings (give it a `cache_dir` to detect each
+            picture once across runs).
+        output_dir (`str` or `os.PathLike`): where the posts, crops, records and reports go.
+        show_progress (`bool`, *optional*, defaults to `True`): a tqdm bar on the local main process.
+
+    Returns:
+        `(data with the crops filled in, {split: ExtractionReport})`. Each split's missing-media report counts the
+        added crops in `crops_found`.
+    """
+    output_dir = Path(output_dir).absolute()
+    (output_dir / "posts").mkdir(parents=True, exist_ok=True)
+    filled, reports = {}, {}
+    for split, dataset in data.items():
+        relation = "head_span" in dataset.column_names
+        lines = []
+        for row in dataset.select_columns(
+            ["words", "image", "crops"] + (["head_span", "tail_span"] if relation else [])
+        ):
+            record = {"words": row["words"], "image": row["image"], "crops": row["crops"]}
+            if relation:
+                record.update(head=row["head_span"], tail=row["tail_span"])
+            lines.append(json.dumps(record, ensure_ascii=False))
+        text = "\n".join(lines) + "\n"
+        source = output_dir / "posts" / f"{split}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
+        if not source.is_file():
+            _atomic_write(source, lambda path, text=text: path.write_text(text, encoding="utf-8"))
+        report = extract_objects(extractor, source, output_dir, dataset="jsonl", show_progress=show_progress)
+        result = output_dir / source.name
+        rows = [json.loads(line) for line in result.read_text(encoding="utf-8").splitlines()]
+        crops = [
+            old if old else [os.path.normpath(output_dir / crop) for crop in row.get("crops") or []]
+            for old, row in zip(dataset["crops"], rows)
+        ]
+        media = missing_media_report(dataset)
+        added = sum(len(new) for old, new in zip(dataset["crops"], crops) if not old)
+        updated = dataset.remove_columns("crops").add_column("crops", crops, feature=dataset.features["crops"])
+        updated = updated.select_columns(dataset.column_names)
+        media = MissingMediaReport(**{**asdict(media), "crops_found": media.crops_found + added})
+        updated.info.description = media.to_json()
+        filled[split], reports[split] = updated, report
+    return datasets.DatasetDict(filled), reports
+
+
+__all__ = ["DATASETS", "ExtractionReport", "extract_missing_crops", "extract_objects"]
