@@ -416,10 +416,8 @@ def extract_missing_crops(
         report = extract_objects(extractor, source, output_dir, dataset="jsonl", show_progress=show_progress)
         result = output_dir / source.name
         rows = [json.loads(line) for line in result.read_text(encoding="utf-8").splitlines()]
-        crops = [
-            old if old else [os.path.normpath(output_dir / crop) for crop in row.get("crops") or []]
-            for old, row in zip(dataset["crops"], rows)
-        ]
+        # Own crops come back as they went in (absolute); extracted ones relative to `output_dir`.
+        crops = [[os.path.normpath(output_dir / crop) for crop in row.get("crops") or []] for row in rows]
         media = missing_media_report(dataset)
         added = sum(len(new) for old, new in zip(dataset["crops"], crops) if not old)
         updated = dataset.remove_columns("crops").add_column("crops", crops, feature=dataset.features["crops"])
