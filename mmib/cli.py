@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_extract_objects_parser(commands) -> None:
     extract = commands.add_parser(
         "extract-objects",
-        help="Make object crops for a JSON-lines split or a benchmark folder (resumable; accelerate launch splits it).",
+        help="Make object crops for a JSON-lines split or a benchmark folder (resumable; splits under accelerate).",
         description="Writes the crops and crop dictionaries the readers read (docs/data-layout.md, 'Making crops').",
     )
     extract.add_argument("source", help="A JSON-lines file, or a twitter2015 / twitter2017 / mnre benchmark folder.")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import accelerate_cpu_launcher
 from mmib.cli import main
-from mmib.data import load_twitter_ner
+from mmib.data import load_mnre, load_twitter_ner
 from test_object_extraction import hand_box, noise_image, save_detr
 
 IDS = {"train.txt": ["10", "11", "12"], "valid.txt": ["20"], "test.txt": ["30", "31", "32", "33"]}
@@ -102,7 +102,8 @@ def test_resumes_after_a_kill(detr_dir, tmp_path, capsys):
     assert len(done) == 2
     stamps = {path: (out / ".records" / path).stat().st_mtime_ns for path in done}
     assert not list(out.rglob("*.tmp"))
-    report = run_command([str(data_dir), "--detector", detr_dir, "--output_dir", str(out), "--batch_size", "1"], capsys)
+    flags = [str(data_dir), "--detector", detr_dir, "--output_dir", str(out), "--batch_size", "1"]
+    report = run_command(flags, capsys)
     assert report["resumed"] == 2 and report["detected"] == 5 and report["with_objects"] == 6
     assert {path: (out / ".records" / path).stat().st_mtime_ns for path in done} == stamps
 
@@ -123,3 +124,24 @@ def test_two_processes_under_accelerate_launch(detr_dir, tmp_path):
     assert process.stderr.count("Object extraction with") == 2  # both processes detected
     data = load_twitter_ner(data_dir, crop_dir=out)
     assert sum(len(crops) for split in data.values() for crops in split["crops"]) == 6
+
+
+def test_mnre_folder_then_the_reader_reads_the_crops(detr_dir, tmp_path, capsys):
+    data_dir = tmp_path / "mnre"
+    (data_dir / "txt").mkdir(parents=True)
+    (data_dir / "ours_rel2id.json").write_text(json.dumps({"None": 0, "/per/org/member_of": 1}))
+    for split, folder in (("train", "train"), ("val", "val"), ("test", "test")):
+        (data_dir / "img_org" / folder).mkdir(parents=True)
+        lines = []
+        for index in range(2):
+            record = {"token": ["Messi", "joins", "PSG"], "h": {"pos": [0, 1]}, "t": {"pos": [2, 3]}}
+            lines.append(repr({**record, "img_id": f"{split}{index}.jpg", "relation": "/per/org/member_of"}))
+        (data_dir / "txt" / f"ours_{split}.txt").write_text("\n".join(lines) + "\n")
+        noise_image((60, 40), seed=len(split)).save(data_dir / "img_org" / folder / f"{split}1.jpg")
+    out = tmp_path / "crops"
+    flags = [str(data_dir), "--detector", detr_dir, "--output_dir", str(out), "--num_crops", "3"]
+    report = run_command(flags, capsys)
+    assert (report["posts"], report["with_objects"], report["no_image"]) == (6, 3, 3)
+    assert json.loads((out / "val_dict.json").read_text()) == {"1": ["1_crop_0.png"]}
+    data = load_mnre(data_dir, crop_dir=out)
+    assert data["validation"]["crops"] == [[], [str(out / "val" / "crops" / "1_crop_0.png")]]

@@ -222,7 +222,8 @@ def _crop_dicts_for(
         if path is not None:
             loaded[split] = read_crop_dict(path)
         else:
-            logger.warning("no crop dictionary at %s: posts of split %r get no crops", " or ".join(map(str, candidates)), split)
+            tried = " or ".join(map(str, candidates))
+            logger.warning("no crop dictionary at %s: posts of split %r get no crops", tried, split)
             loaded[split] = None
     return loaded
 

@@ -35,7 +35,8 @@ def data(tmp_path):
     files = {}
     for split in ("train", "test"):
         files[split] = tmp_path / f"{split}.jsonl"
-        lines = [json.dumps({"words": ["Messi", "in", "Paris"], "tags": ["B-PER", "O", "B-LOC"], **row}) for row in rows]
+        post = {"words": ["Messi", "in", "Paris"], "tags": ["B-PER", "O", "B-LOC"]}
+        lines = [json.dumps({**post, **row}) for row in rows]
         files[split].write_text("\n".join(lines) + "\n")
     return load_jsonl(files, task="ner")
 
