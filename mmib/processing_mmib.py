@@ -53,6 +53,9 @@ class MMIBProcessor(ProcessorMixin):
             beyond `num_crops` are dropped (the first `num_crops` are kept).
         max_length (`int`, *optional*, defaults to 128):
             Maximum number of tokens per post, special tokens and entity markers included.
+        object_extraction (`dict`, *optional*):
+            The object extractor the model's crops were made with (`MMIBObjectExtractor.to_dict()`), saved in
+            `processor_config.json`; `None` when the crops came with the data.
     """
 
     # transformers 5.x infers the parts from the `__init__` parameter names; this list names the same parts.
@@ -65,6 +68,7 @@ class MMIBProcessor(ProcessorMixin):
         task: str = "ner",
         num_crops: int = 4,
         max_length: int = 128,
+        object_extraction: dict | None = None,
     ):
         if task not in TASKS:
             raise ValueError(f"Unknown task {task!r}: expected one of {TASKS}.")
@@ -76,6 +80,7 @@ class MMIBProcessor(ProcessorMixin):
         self.task = task
         self.num_crops = num_crops
         self.max_length = max_length
+        self.object_extraction = object_extraction
 
         num_fixed_tokens = (
             num_fixed_re_tokens(self.tokenizer)

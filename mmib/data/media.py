@@ -207,22 +207,30 @@ def _crop_dicts_for(
     splits: Iterable[str],
     crop_dicts: Mapping[str, PathLike] | None,
     default_path: Callable[[str], Path],
+    crop_dir: PathLike | None = None,
 ) -> dict[str, dict[str, list[str]] | None]:
     """Loads each split's crop dictionary.
 
-    Explicit ``crop_dicts`` must exist (splits absent from it get no crops). With ``crop_dicts=None`` the
-    default file is used when it exists; otherwise the split gets no crops and a warning says so.
+    Explicit ``crop_dicts`` must exist (splits absent from it get no crops). With ``crop_dicts=None`` the first
+    file that exists is used: ``<crop_dir>/<split folder>_dict.json`` when a ``crop_dir`` was given (the
+    dictionary ``mmib extract-objects`` writes beside its crops), then the default ``.pth`` file, then the same
+    name with ``.json``; if none exists the split gets no crops and a warning says so.
     """
     loaded: dict[str, dict[str, list[str]] | None] = {}
     for split in splits:
         if crop_dicts is not None:
             loaded[split] = read_crop_dict(crop_dicts[split]) if split in crop_dicts else None
             continue
-        path = default_path(split)
-        if path.is_file():
+        default = default_path(split)
+        candidates = [default, default.with_suffix(".json")]
+        if crop_dir is not None:
+            candidates.insert(0, Path(crop_dir) / f"{_split_folder(split)}_dict.json")
+        path = next((candidate for candidate in candidates if candidate.is_file()), None)
+        if path is not None:
             loaded[split] = read_crop_dict(path)
         else:
-            logger.warning("no crop dictionary at %s: posts of split %r get no crops", path, split)
+            tried = " or ".join(map(str, candidates))
+            logger.warning("no crop dictionary at %s: posts of split %r get no crops", tried, split)
             loaded[split] = None
     return loaded
 

@@ -130,7 +130,8 @@ def load_mnre(
         image_dir: folder with one sub-folder of images per split.
         crop_dir: folder holding ``<split folder>/crops/<name>``.
         crop_dicts: ``{split: path}`` of crop dictionaries (``.pth`` or ``.json``); splits not listed get no
-            crops. None = the default files.
+            crops. None = ``<crop_dir>/<split folder>_dict.json`` if a ``crop_dir`` is given and it exists (what
+            ``mmib extract-objects`` writes), else the default file (``.pth``, or ``.json`` of the same name).
         splits: ``{split: path relative to data_dir}``.
         num_crops: maximum number of crops per instance (None = every listed crop; the processor keeps the first
             ``processor.num_crops``). ``train_mmib.py`` passes the model's value.
@@ -146,10 +147,11 @@ def load_mnre(
     """
     data_dir = Path(data_dir).absolute()
     image_dir = Path(image_dir) if image_dir is not None else data_dir / "img_org"
+    given_crop_dir = crop_dir
     crop_dir = Path(crop_dir) if crop_dir is not None else data_dir / "img_vg"
     names = read_relation_labels(data_dir / rel2id_file)
     label_ids = {label: index for index, label in enumerate(names)}
-    crop_maps = _crop_dicts_for(splits, crop_dicts, _mnre_crop_dict_path(data_dir))
+    crop_maps = _crop_dicts_for(splits, crop_dicts, _mnre_crop_dict_path(data_dir), given_crop_dir)
     result = {}
     for split, file_name in splits.items():
         source = data_dir / file_name

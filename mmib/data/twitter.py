@@ -99,7 +99,8 @@ def load_twitter_ner(
         image_dir: folder of ``<IMGID>.jpg`` images.
         crop_dir: folder holding ``<split folder>/crops/<name>`` (split folders ``train``, ``val``, ``test``).
         crop_dicts: ``{split: path}`` of crop dictionaries (``.pth`` or ``.json``); splits not listed get no
-            crops. None = the default files.
+            crops. None = ``<crop_dir>/<split folder>_dict.json`` if a ``crop_dir`` is given and it exists (what
+            ``mmib extract-objects`` writes), else the default file (``.pth``, or ``.json`` of the same name).
         splits: ``{split: file name in data_dir}``.
         num_crops: maximum number of crops per post (None = every listed crop; the processor keeps the first
             ``processor.num_crops``). ``train_mmib.py`` passes the model's value.
@@ -116,11 +117,14 @@ def load_twitter_ner(
     data_dir = Path(data_dir).absolute()
     name = data_dir.name
     image_dir = Path(image_dir) if image_dir is not None else data_dir / f"{name}_images"
+    given_crop_dir = crop_dir
     crop_dir = Path(crop_dir) if crop_dir is not None else data_dir / f"{name}_aux_images"
     parsed = {split: (data_dir / file_name, _read_conll(data_dir / file_name)) for split, file_name in splits.items()}
     names = _check_bio_names(label_names) if label_names is not None else _infer_ner_labels(parsed)
     label_ids = {label: index for index, label in enumerate(names)}
-    crop_maps = _crop_dicts_for(splits, crop_dicts, lambda split: data_dir / f"{name}_{_split_folder(split)}_dict.pth")
+    crop_maps = _crop_dicts_for(
+        splits, crop_dicts, lambda split: data_dir / f"{name}_{_split_folder(split)}_dict.pth", given_crop_dir
+    )
     result = {}
     for split, (source, posts) in parsed.items():
         _check_ner_tags(source, posts, label_ids)

@@ -71,6 +71,35 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train posts."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation posts."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Use only the first N test posts."})
+    object_detector: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id or folder of a transformers object detector: posts with an image and no crops get its "
+            "crops before training (`mmib extract-objects`; docs/data-layout.md), and its settings are saved with "
+            "the processor."
+        },
+    )
+    object_detector_revision: str | None = field(default=None, metadata={"help": "Hub revision of the detector."})
+    object_detector_trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run the detector's own code from its repository (only if you trust it)."}
+    )
+    object_query_rule: str | None = field(
+        default=None,
+        metadata={"help": "post | categories | all (default: post for text-queried detectors, all for closed-set)."},
+    )
+    object_categories: list[str] | None = field(
+        default=None, metadata={"help": "The fixed queries or classes of --object_query_rule categories."}
+    )
+    object_threshold: float | None = field(
+        default=None, metadata={"help": "Box score threshold (default: the detector type's own)."}
+    )
+    object_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where extracted crops, records and the detection cache go (default <output_dir>/objects; share "
+            "it between runs so that no picture is detected twice)."
+        },
+    )
     ner_metric_mode: str = field(
         default="conlleval", metadata={"help": "conlleval (default chunking) | strict (IOB2 entities only)."}
     )

@@ -23,8 +23,10 @@ from transformers import AutoConfig, set_seed
 
 from ..building import TASK_DEFAULTS, build_model_and_processor, check_local_folder, load_model_and_processor
 from ..data import missing_media_report
+from ..data.object_crops import extract_missing_crops
 from ..data.registry import load_dataset, task_of
 from ..features import ImageFeatureStore
+from ..object_extraction_mmib import MMIBObjectExtractor
 from ..pipeline_mmib import save_pipeline_code
 from .arguments import (
     DataArguments,
@@ -119,6 +121,35 @@ def crops_per_post(model_args: ModelArguments, task: str) -> int:
     return model_args.num_crops if model_args.num_crops is not None else TASK_DEFAULTS[task]["num_crops"]
 
 
+def extract_crops(
+    data: datasets.DatasetDict, data_args: DataArguments, num_crops: int, training_args: MMIBTrainingArguments
+) -> tuple[datasets.DatasetDict, dict]:
+    """Crops of `--object_detector` for the posts with an image and no crops; returns the data and a summary
+    (`settings`: what the processor records, and the counts per split)."""
+    object_dir = Path(data_args.object_dir or Path(training_args.output_dir) / "objects")
+    extractor = MMIBObjectExtractor.from_pretrained(
+        data_args.object_detector,
+        revision=data_args.object_detector_revision,
+        trust_remote_code=data_args.object_detector_trust_remote_code,
+        device=training_args.device,
+        query_rule=data_args.object_query_rule,
+        categories=data_args.object_categories,
+        threshold=data_args.object_threshold,
+        num_crops=num_crops,
+        cache_dir=object_dir / "cache",
+    )
+    data, reports = extract_missing_crops(data, extractor, object_dir, show_progress=not training_args.disable_tqdm)
+    counts = ("posts", "own_crops", "no_image", "unreadable", "no_query", "with_objects", "without_objects", "objects")
+    summary = {
+        "settings": extractor.to_dict(),
+        "object_dir": str(object_dir),
+        "detected_images": extractor.stats["detected_images"],
+        **{split: {key: getattr(report, key) for key in counts} for split, report in reports.items()},
+    }
+    logger.info("Object extraction: %s", json.dumps(summary))
+    return data, summary
+
+
 def media_summary(data: datasets.DatasetDict, feature_store: ImageFeatureStore | None) -> dict:
     reports = missing_media_report(data)
     summary = {
@@ -188,12 +219,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m mmib.training.run
         )
 
     task = task_of(data_args.dataset, data_args.task)
-    task, data = load_data(data_args, crops_per_post(model_args, task))
+    num_crops = crops_per_post(model_args, task)
+    task, data = load_data(data_args, num_crops)
     data = select_samples(data, data_args)
+    object_extraction = None
+    if data_args.object_detector:
+        data, object_extraction = extract_crops(data, data_args, num_crops, training_args)
     label_column = "ner_tags" if task == "ner" else "relation"
     label_feature = data["train"].features[label_column]
     label_names = label_feature.feature.names if task == "ner" else label_feature.names
     processor, model = build_processor_and_model(model_args, task, label_names)
+    if object_extraction is not None:
+        processor.object_extraction = object_extraction["settings"]
 
     feature_store = None
     if model.config.freeze_vision_encoder and not model.config.text_only:
@@ -250,6 +287,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m mmib.training.run
         "best_model_checkpoint": trainer.state.best_model_checkpoint,
         "media": media,
     }
+    if object_extraction is not None:
+        results["object_extraction"] = object_extraction
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
