@@ -30,6 +30,7 @@ from ..object_extraction_mmib import MMIBObjectExtractor
 from ..pipeline_mmib import save_pipeline_code
 from .arguments import (
     DataArguments,
+    MMIBTrainingArguments,
     ModelArguments,
     bf16_is_native,
     parse_arguments,
