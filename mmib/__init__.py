@@ -46,3 +46,7 @@ __all__ = [
     "load_model_and_processor",
     "mmib_total_loss",
 ]
+
+from .object_extraction_mmib import DetectedObject, MMIBObjectExtractor  # noqa: E402
+
+__all__ += ["DetectedObject", "MMIBObjectExtractor"]

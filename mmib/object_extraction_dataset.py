@@ -1,0 +1,369 @@
+"""Object crops for a whole data set: [`extract_objects`] runs an [`MMIBObjectExtractor`] over a JSON-lines split or a
+benchmark folder (Twitter-2015/2017, MNRE) whose images exist and whose crops do not, and writes the crops in the
+layout the readers of `mmib.data` read.
+
+Output (`output_dir`; `<split>` is the split's folder name, `train` / `val` / `test`, or the JSON-lines file's stem):
+
+```
+<output_dir>/<split>/crops/<key>_crop_<k>.png      crops, best object first (k = 0, 1, ...)
+<output_dir>/<split>_dict.json                     benchmarks: crop dictionary {key: [crop file names]}
+<output_dir>/<file name>.jsonl                     JSON lines: every record of the source, with "crops" (relative
+                                                   paths) and "objects" ([{"box", "score", "query"}]) filled in
+<output_dir>/extraction_report.json                the counts of [`ExtractionReport`]
+<output_dir>/.records/<split>/<key>.json            one record per post with an image (the resume state)
+```
+
+Keys are those of the benchmark crop dictionaries (`"<IMGID>.jpg"` for Twitter, the 0-based record index for MNRE);
+JSON-lines crops are named by record index. The dictionaries are read back with
+`load_twitter_ner(data_dir, crop_dir=output_dir, crop_dicts=report.crop_dicts)` (or `load_mnre`); the JSON-lines
+file with `load_jsonl`.
+
+A post that brings its own crops (JSON lines) is left alone; a post without an image file gets no crops. An image
+that cannot be decoded is counted and recorded, and the run goes on. Each post's crops are written first and its
+record last, both atomically (temporary file, then rename): a killed run resumes where it stopped and never redoes
+a recorded post. Under `accelerate launch` the posts are split across processes
+(`PartialState().split_between_processes`); the main process writes the dictionaries and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from tqdm.auto import tqdm
+
+from .data import MNRE_SPLITS, SPLIT_FOLDERS, TWITTER_SPLITS, load_mnre, load_twitter_ner
+from .object_extraction_mmib import ZERO_SHOT, MMIBObjectExtractor
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+DATASETS = ("jsonl", "twitter2015", "twitter2017", "mnre")
+# How many unreadable files the report lists by name (all are counted).
+LISTED_FILES = 20
+
+
+@dataclass
+class ExtractionReport:
+    """Counts of one [`extract_objects`] run (over all processes and earlier, resumed runs).
+
+    Args:
+        posts: posts read.
+        own_crops: posts that brought their own crops (left alone).
+        no_image: posts without an image or whose image file does not exist.
+        unreadable: image files that could not be decoded (their posts get no crops).
+        unreadable_files: the first `LISTED_FILES` of them.
+        no_query: posts without any query (text-queried detectors; no crops).
+        with_objects: posts that got at least one crop.
+        without_objects: posts whose image had no box passing the selection.
+        objects: crops written.
+        resumed: posts found done from an earlier run.
+        unfinished: posts with an image but no record after the run (another process failed; rerun to finish).
+        detected: posts processed in this run.
+        crop_dir: folder of the crops (`crop_dir` of the readers).
+        crop_dicts: benchmark crop dictionaries, `{split: path}` (`crop_dicts` of the readers).
+        jsonl_files: written JSON-lines files, `{split: path}`.
+        settings: the extractor's settings ([`MMIBObjectExtractor.to_dict`]).
+    """
+
+    posts: int = 0
+    own_crops: int = 0
+    no_image: int = 0
+    unreadable: int = 0
+    unreadable_files: list[str] = field(default_factory=list)
+    no_query: int = 0
+    with_objects: int = 0
+    without_objects: int = 0
+    objects: int = 0
+    resumed: int = 0
+    unfinished: int = 0
+    detected: int = 0
+    crop_dir: str = ""
+    crop_dicts: dict[str, str] = field(default_factory=dict)
+    jsonl_files: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Post:
+    split: str
+    key: str
+    image: str | None
+    words: list[str]
+    head: list[int] | None = None
+    tail: list[int] | None = None
+    crops: list[str] = field(default_factory=list)
+    record: dict[str, Any] | None = None
+
+
+def _atomic_write(path: Path, write) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _atomic_write(path, lambda target: target.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8"))
+
+
+def _jsonl_posts(path: Path, image_root: Path) -> list[_Post]:
+    """The records of a JSON-lines file (every key kept); errors name the file and line."""
+    posts = []
+    split = path.stem
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            raise ValueError(f"{path}:{line_no}: malformed JSON ({error})") from error
+        words = record.get("words") if isinstance(record, dict) else None
+        if not isinstance(words, list) or not words or not all(isinstance(word, str) for word in words):
+            raise ValueError(f"{path}:{line_no}: 'words' must be a non-empty list of strings")
+        image = record.get("image")
+        if image is not None and not isinstance(image, str):
+            raise ValueError(f"{path}:{line_no}: 'image' must be a path or null")
+        for name in ("head", "tail"):
+            span = record.get(name)
+            valid = isinstance(span, list) and len(span) == 2 and all(isinstance(value, int) for value in span)
+            if span is not None and not (valid and 0 <= span[0] < span[1] <= len(words)):
+                raise ValueError(f"{path}:{line_no}: {name!r} must be [start, end) word offsets, got {span!r}")
+        posts.append(
+            _Post(
+                split=split,
+                key=str(len(posts)),
+                image=os.path.normpath(image_root / image) if image is not None else None,
+                words=words,
+                head=record.get("head"),
+                tail=record.get("tail"),
+                crops=[os.path.normpath(image_root / crop) for crop in record.get("crops") or []],
+                record=record,
+            )
+        )
+    if not posts:
+        raise ValueError(f"{path}: no records found")
+    return posts
+
+
+def _benchmark_posts(
+    dataset: str, data_dir: Path, image_dir: PathLike | None, splits: Mapping[str, str] | None
+) -> list[_Post]:
+    if dataset == "mnre":
+        data = load_mnre(data_dir, image_dir=image_dir, crop_dicts={}, splits=splits or MNRE_SPLITS)
+    else:
+        data = load_twitter_ner(data_dir, image_dir=image_dir, crop_dicts={}, splits=splits or TWITTER_SPLITS)
+    posts = []
+    for split, rows in data.items():
+        folder = SPLIT_FOLDERS.get(split, split)
+        for row in rows:
+            posts.append(
+                _Post(
+                    split=folder,
+                    key=row["id"] if dataset == "mnre" else f"{row['id']}.jpg",
+                    image=row["image"],
+                    words=row["words"],
+                    head=row.get("head_span"),
+                    tail=row.get("tail_span"),
+                )
+            )
+    return posts
+
+
+def _record_path(output_dir: Path, post: _Post) -> Path:
+    return output_dir / ".records" / post.split / f"{post.key}.json"
+
+
+def _crop_name(post: _Post, index: int) -> str:
+    return f"{Path(post.key).stem if post.key.endswith('.jpg') else post.key}_crop_{index}.png"
+
+
+def _process(extractor: MMIBObjectExtractor, posts: Sequence[_Post], output_dir: Path) -> None:
+    """Detects, writes the crops and then the record of each post (atomically)."""
+    results = extractor(
+        [post.image for post in posts],
+        words=[post.words for post in posts],
+        head_spans=[post.head for post in posts],
+        tail_spans=[post.tail for post in posts],
+        on_unreadable="mask",
+    )
+    for post, objects in zip(posts, results):
+        if objects is None:
+            record = {"status": "unreadable", "image": post.image, "crops": [], "objects": []}
+        else:
+            crop_folder = output_dir / post.split / "crops"
+            crop_folder.mkdir(parents=True, exist_ok=True)
+            names = []
+            for index, obj in enumerate(objects):
+                name = _crop_name(post, index)
+                _atomic_write(crop_folder / name, lambda target, crop=obj.crop: crop.save(target, format="PNG"))
+                names.append(name)
+            no_query = extractor.kind == ZERO_SHOT and not extractor.queries_for(post.words, post.head, post.tail)
+            status = "no_query" if no_query else ("objects" if objects else "none")
+            record = {
+                "status": status,
+                "image": post.image,
+                "crops": names,
+                "objects": [obj.to_dict() for obj in objects],
+            }
+        path = _record_path(output_dir, post)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(path, record)
+
+
+def extract_objects(
+    extractor: MMIBObjectExtractor,
+    source: PathLike,
+    output_dir: PathLike,
+    dataset: str | None = None,
+    image_dir: PathLike | None = None,
+    splits: Mapping[str, str] | None = None,
+    show_progress: bool = True,
+) -> ExtractionReport:
+    """
+    Makes the object crops of a data set (see the module docstring for the output layout and the resume rule).
+
+    Args:
+        extractor ([`MMIBObjectExtractor`]): the detector and its settings.
+        source (`str` or `os.PathLike`): a JSON-lines file, or a benchmark folder (`twitter2015`, `twitter2017`,
+            `mnre` layout of `mmib.data`).
+        output_dir (`str` or `os.PathLike`): where crops, dictionaries, records and the report go.
+        dataset (`str`, *optional*): `"jsonl"`, `"twitter2015"`, `"twitter2017"` or `"mnre"`; defaults to
+            `"jsonl"` for a file and to the folder's name for a folder.
+        image_dir (`str` or `os.PathLike`, *optional*): image folder, if not the reader's default (JSON lines:
+            the folder relative image paths resolve against; default the file's folder).
+        splits (`dict`, *optional*): benchmark split files, as the readers' `splits`.
+        show_progress (`bool`, *optional*, defaults to `True`): a tqdm bar on the local main process.
+
+    Returns:
+        [`ExtractionReport`] (also written to `<output_dir>/extraction_report.json` and logged).
+
+    Raises:
+        ValueError: unknown data set, malformed input (naming file and line), or an output that would overwrite
+            the source.
+    """
+    source = Path(source).absolute()
+    output_dir = Path(output_dir).absolute()
+    if dataset is None:
+        dataset = "jsonl" if source.is_file() else source.name
+    if dataset not in DATASETS:
+        raise ValueError(f"Unknown data set {dataset!r} for {source}; expected one of {DATASETS}.")
+    if dataset == "jsonl":
+        if (output_dir / source.name) == source:
+            raise ValueError(f"The output {output_dir / source.name} would overwrite the source {source}.")
+        posts = _jsonl_posts(source, Path(image_dir).absolute() if image_dir is not None else source.parent)
+    else:
+        posts = _benchmark_posts(dataset, source, image_dir, splits)
+    state = PartialState()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    work = [
+        post
+        for post in posts
+        if not post.crops
+        and post.image is not None
+        and os.path.isfile(post.image)
+        and not _record_path(output_dir, post).is_file()
+    ]
+    resumed = sum(1 for post in posts if _record_path(output_dir, post).is_file())
+    # Every process must split the same list: none may write a record before all have read the state.
+    state.wait_for_everyone()
+    with state.split_between_processes(work) as mine:
+        shown = show_progress and state.is_local_main_process
+        progress = tqdm(total=len(mine), desc="object extraction", unit="post", disable=not shown)
+        for start in range(0, len(mine), extractor.batch_size):
+            batch = mine[start : start + extractor.batch_size]
+            _process(extractor, batch, output_dir)
+            progress.update(len(batch))
+        progress.close()
+    state.wait_for_everyone()
+    report = _summarise(extractor, dataset, source, posts, output_dir, resumed, len(work), state.is_main_process)
+    state.wait_for_everyone()
+    return report
+
+
+def _summarise(
+    extractor: MMIBObjectExtractor,
+    dataset: str,
+    source: Path,
+    posts: Sequence[_Post],
+    output_dir: Path,
+    resumed: int,
+    detected: int,
+    write: bool,
+) -> ExtractionReport:
+    """Counts every post from its record; on the main process writes the dictionaries, JSON lines and report."""
+    report = ExtractionReport(posts=len(posts), resumed=resumed, detected=detected, crop_dir=str(output_dir))
+    try:
+        report.settings = extractor.to_dict()
+    except ValueError:
+        report.settings = {"detector": extractor.detector, "query_rule": "callable"}
+    crop_dicts: dict[str, dict[str, list[str]]] = {}
+    records: list[dict[str, Any] | None] = []
+    for post in posts:
+        record = None
+        if post.crops:
+            report.own_crops += 1
+        elif post.image is None or not os.path.isfile(post.image):
+            report.no_image += 1
+        else:
+            path = _record_path(output_dir, post)
+            record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+            # Only when another process failed: the post is counted, and a rerun does it.
+            report.unfinished += record is None
+        records.append(record)
+        if record is None:
+            continue
+        status = record["status"]
+        if status == "unreadable":
+            report.unreadable += 1
+            if len(report.unreadable_files) < LISTED_FILES:
+                report.unreadable_files.append(post.image)
+        elif status == "no_query":
+            report.no_query += 1
+        elif status == "none":
+            report.without_objects += 1
+        else:
+            report.with_objects += 1
+        report.objects += len(record["crops"])
+        crop_dicts.setdefault(post.split, {})[post.key] = record["crops"]
+    if not write:
+        return report
+    if dataset == "jsonl":
+        target = output_dir / source.name
+        lines = []
+        for post, record in zip(posts, records):
+            row = dict(post.record)
+            if record is not None:
+                row["crops"] = [f"{post.split}/crops/{name}" for name in record["crops"]]
+                row["objects"] = record["objects"]
+            if post.image is not None:
+                row["image"] = _portable(post.image, output_dir)
+            if post.crops:
+                row["crops"] = [_portable(crop, output_dir) for crop in post.crops]
+            lines.append(json.dumps(row, ensure_ascii=False))
+        _atomic_write(target, lambda path: path.write_text("\n".join(lines) + "\n", encoding="utf-8"))
+        report.jsonl_files[source.stem] = str(target)
+    else:
+        for split, crop_dict in crop_dicts.items():
+            path = output_dir / f"{split}_dict.json"
+            _write_json(path, crop_dict)
+            report.crop_dicts[{v: k for k, v in SPLIT_FOLDERS.items()}.get(split, split)] = str(path)
+    _write_json(output_dir / "extraction_report.json", asdict(report))
+    logger.warning("Object extraction of %s: %s", source, json.dumps(asdict(report)))
+    return report
+
+
+def _portable(path: str, folder: Path) -> str:
+    """`path` relative to `folder` if inside it, else absolute, so the output file and its crops move together."""
+    try:
+        return Path(path).relative_to(folder).as_posix()
+    except ValueError:
+        return path
+
+
+__all__ = ["DATASETS", "ExtractionReport", "extract_objects"]

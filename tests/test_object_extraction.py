@@ -1,0 +1,589 @@
+"""Object extraction (paper §III-B2) on tiny random detectors saved to folders and loaded through `from_pretrained`.
+
+The DETR detectors have their last box and class layers set to constants, so every query predicts one known box
+with one known score: boxes, clipping, rounding and crops are checked against hand computations.
+"""
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageOps
+from transformers import (
+    BertConfig,
+    BertTokenizer,
+    CLIPTokenizer,
+    DetrConfig,
+    DetrForObjectDetection,
+    DetrImageProcessor,
+    GroundingDinoConfig,
+    GroundingDinoForObjectDetection,
+    GroundingDinoImageProcessor,
+    GroundingDinoProcessor,
+    Owlv2Config,
+    Owlv2ForObjectDetection,
+    Owlv2ImageProcessor,
+    Owlv2Processor,
+    ResNetConfig,
+    SwinConfig,
+)
+
+from mmib.data import load_jsonl, load_twitter_ner
+from mmib.image_loading_mmib import UnreadableImageError
+from mmib.object_extraction_dataset import extract_objects
+from mmib.object_extraction_mmib import DetectedObject, MMIBObjectExtractor, box_iou, post_queries, select_objects
+
+WORDS = ["cat", "dog", "man", "ball", "kevin", "durant", "messi", "paris", "car", "tree", "psg", "joins"]
+# DETR's constant prediction: (cx, cy, w, h) relative to the image; the box leaves the image at the bottom.
+BOX = (0.5, 0.8, 0.3, 0.6)
+CLASSES = {0: "cat", 1: "dog", 2: "person"}
+
+
+def save_detr(path: Path, box=BOX, class_logits=(2.0, 0.0, 0.0, 0.0)) -> str:
+    """A tiny DETR whose every query predicts `box` with softmax(`class_logits`) (last logit: no object)."""
+    torch.manual_seed(0)
+    config = DetrConfig(
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        backbone_config=ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=["stage4"]
+        ),
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=6,
+        id2label=CLASSES,
+    )
+    model = DetrForObjectDetection(config)
+    with torch.no_grad():
+        last = model.bbox_predictor.layers[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.logit(torch.tensor(box)))
+        model.class_labels_classifier.weight.zero_()
+        model.class_labels_classifier.bias.copy_(torch.tensor(class_logits))
+    model.save_pretrained(path)
+    DetrImageProcessor(size={"shortest_edge": 48, "longest_edge": 64}).save_pretrained(path)
+    return str(path)
+
+
+def detr_score(class_logits=(2.0, 0.0, 0.0, 0.0)) -> float:
+    return max(torch.softmax(torch.tensor(class_logits), 0)[:-1].tolist())
+
+
+def hand_box(size: tuple[int, int], box=BOX) -> tuple[int, int, int, int]:
+    """The module's rule written out: corners, floor/ceil outwards, clipped to the image."""
+    width, height = size
+    cx, cy, w, h = box
+    x0, y0, x1, y1 = (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height
+    return max(0, math.floor(x0)), max(0, math.floor(y0)), min(width, math.ceil(x1)), min(height, math.ceil(y1))
+
+
+@pytest.fixture(scope="module")
+def detr_dir(tmp_path_factory) -> str:
+    return save_detr(tmp_path_factory.mktemp("detr"))
+
+
+@pytest.fixture(scope="module")
+def gdino_dir(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + WORDS
+    tokenizer = BertTokenizer(vocab={word: index for index, word in enumerate(vocab)})
+    config = GroundingDinoConfig(
+        backbone_config=SwinConfig(
+            image_size=64,
+            patch_size=4,
+            embed_dim=8,
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 1, 1, 1],
+            window_size=2,
+            out_features=["stage2", "stage3", "stage4"],
+        ),
+        text_config=BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+            max_position_embeddings=64,
+        ),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=20,
+        max_text_len=32,
+        num_feature_levels=3,
+        encoder_n_points=2,
+        decoder_n_points=2,
+    )
+    path = tmp_path_factory.mktemp("grounding-dino")
+    GroundingDinoForObjectDetection(config).save_pretrained(path)
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 48, "longest_edge": 64})
+    GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def owlv2_dir(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    vocab = {"!": 0}
+    for letter in "abcdefghijklmnopqrstuvwxyz":
+        vocab[letter] = len(vocab)
+        vocab[f"{letter}</w>"] = len(vocab)
+    # OWLv2 masks a query whose first token id is 0, so the start token must not be 0 (as in CLIP's vocabulary).
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)  # as OWLv2's own tokenizer
+    config = Owlv2Config(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+            "bos_token_id": len(vocab) - 2,
+            "eos_token_id": len(vocab) - 1,
+            "pad_token_id": len(vocab) - 1,
+        },
+        vision_config={
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
+        projection_dim=16,
+    )
+    path = tmp_path_factory.mktemp("owlv2")
+    Owlv2ForObjectDetection(config).save_pretrained(path)
+    image_processor = Owlv2ImageProcessor(size={"height": 32, "width": 32})
+    Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+    return str(path)
+
+
+def noise_image(size: tuple[int, int], seed: int = 0, mode: str = "RGB") -> Image.Image:
+    generator = torch.Generator().manual_seed(seed)
+    channels = len(mode)
+    pixels = torch.randint(0, 256, (size[1], size[0], channels), generator=generator, dtype=torch.uint8)
+    return Image.frombytes(mode, size, pixels.numpy().tobytes())
+
+
+def count_calls(extractor: MMIBObjectExtractor) -> list[int]:
+    """Counts the detector's forward calls (a list so the caller sees the updates)."""
+    calls = [0]
+    forward = extractor.model.forward
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return forward(*args, **kwargs)
+
+    extractor.model.forward = counted
+    return calls
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Queries
+
+
+def test_post_queries_rule():
+    words = "RT @nba : Kevin Durant and the Warriors win in #Oakland http://t.co/x 2017 ! win WIN cats,".split()
+    assert post_queries(words) == ["Kevin Durant", "Warriors", "win", "Oakland", "cats"]
+    assert post_queries(words, max_queries=2) == ["Kevin Durant", "Warriors"]
+    # Relation: head and tail entity texts first, without '@' / '#', even beyond the cap.
+    words = "great night as Messi joins @PSG in Paris".split()
+    assert post_queries(words, head_span=[3, 4], tail_span=[5, 6], max_queries=3) == ["Messi", "PSG", "great"]
+    assert post_queries(["the", "@x", "http://a.b", "12", "!!", "of"]) == []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Selection against brute force
+
+
+def brute_force_selection(boxes, scores, queries, size, threshold, nms_iou, min_size, num_crops):
+    width, height = size
+    candidates = []
+    for (x0, y0, x1, y1), score, query in zip(boxes, scores, queries):
+        box = (
+            max(0, math.floor(x0)),
+            max(0, math.floor(y0)),
+            min(width, math.ceil(x1)),
+            min(height, math.ceil(y1)),
+        )
+        if score > threshold and box[2] - box[0] >= min_size and box[3] - box[1] >= min_size:
+            candidates.append((score, box, query))
+    candidates.sort(key=lambda item: (-item[0], item[1], item[2]))
+
+    def iou(a, b):
+        inter_w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+        inter_h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = inter_w * inter_h
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        return inter / union if union > 0 else 0.0
+
+    kept = []
+    for candidate in candidates:
+        if all(iou(candidate[1], other[1]) <= nms_iou for other in kept):
+            kept.append(candidate)
+    return [(box, score, query) for score, box, query in kept[:num_crops]]
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_selection_matches_brute_force(seed):
+    rng = random.Random(seed)
+    size = (rng.randint(20, 300), rng.randint(20, 300))
+    count = rng.randint(0, 40)
+    boxes = []
+    for _ in range(count):
+        x0, y0 = rng.uniform(-30, size[0]), rng.uniform(-30, size[1])
+        boxes.append((x0, y0, x0 + rng.uniform(0, 150), y0 + rng.uniform(0, 150)))
+    # Few distinct scores, so ties are common and their order matters.
+    scores = [rng.choice([0.2, 0.3, 0.5, 0.7, 0.9]) for _ in range(count)]
+    queries = [rng.choice(["a", "b", "c"]) for _ in range(count)]
+    settings = dict(
+        threshold=0.3, nms_iou=rng.choice([0.3, 0.5, 0.7]), min_size=rng.choice([1, 8]), num_crops=rng.choice([1, 4, 50])
+    )
+    selected = select_objects(
+        torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(scores), queries, size, **settings
+    )
+    # float32 inputs as a detector gives them; the brute force reads the same float32 values.
+    boxes32 = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4).double().tolist()
+    scores32 = torch.tensor(scores).double().tolist()
+    expected = brute_force_selection(boxes32, scores32, queries, size, **settings)
+    assert [(o.box, o.score, o.query) for o in selected] == expected
+
+
+def test_box_iou_by_hand():
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0]], dtype=torch.float64)
+    b = torch.tensor([[5.0, 5.0, 15.0, 15.0], [20.0, 20.0, 30.0, 30.0], [3.0, 3.0, 3.0, 9.0]], dtype=torch.float64)
+    assert box_iou(a, b).tolist() == [[25 / 175, 0.0, 0.0]]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Boxes and crops through a real detector
+
+
+def test_detr_box_and_crop_by_hand(detr_dir):
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, threshold=0.5)
+    image = noise_image((101, 57))
+    (objects,) = extractor([image])
+    expected = hand_box(image.size)
+    assert expected == (35, 28, 66, 57)  # 35.35 -> 35, 28.5 -> 28, 65.65 -> 66, 62.7 -> clipped to 57
+    # Every query predicts the same box: NMS leaves one.
+    assert [o.box for o in objects] == [expected]
+    assert objects[0].score == pytest.approx(detr_score(), abs=1e-6)
+    assert objects[0].query == "cat"
+    assert objects[0].crop.tobytes() == image.crop(expected).tobytes()
+    assert objects[0].to_dict() == {"box": list(expected), "score": objects[0].score, "query": "cat"}
+
+
+def test_threshold_and_no_box(tmp_path):
+    score = detr_score((0.0, 0.0, 0.0, 0.0))  # 0.25
+    detector = save_detr(tmp_path / "flat", class_logits=(0.0, 0.0, 0.0, 0.0))
+    below = MMIBObjectExtractor.from_pretrained(detector, threshold=score + 1e-3)
+    assert below([noise_image((64, 64))]) == [[]]
+    assert below.stats["without_objects"] == 1 and below.stats["detected_images"] == 1
+    above = MMIBObjectExtractor.from_pretrained(detector, threshold=score - 1e-3)
+    assert len(above([noise_image((64, 64))])[0]) == 1
+
+
+def exif_rotated_jpeg(path: Path, size: tuple[int, int]) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    noise_image(size, seed=3).save(path, format="JPEG", exif=exif, quality=95)
+    return path
+
+
+def test_exif_rotated_jpeg(detr_dir, tmp_path):
+    path = exif_rotated_jpeg(tmp_path / "rotated.jpg", (83, 41))
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir)
+    (objects,) = extractor([path])
+    with Image.open(path) as stored:
+        upright = ImageOps.exif_transpose(stored).convert("RGB")
+    assert upright.size == (41, 83)
+    assert hand_box((41, 83)) == (14, 41, 27, 83)
+    assert [o.box for o in objects] == [(14, 41, 27, 83)]
+    assert objects[0].crop.tobytes() == upright.crop((14, 41, 27, 83)).tobytes()
+
+
+def test_grayscale_rgba_huge_and_banner_images(detr_dir):
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir)
+    gray = noise_image((101, 57), mode="L")
+    rgba = noise_image((101, 57), mode="RGBA")
+    rgba.putalpha(0)  # fully transparent: MMIB's rule composites on white
+    huge = noise_image((6001, 4001), seed=1)
+    banner = noise_image((1001, 31), seed=2)  # beyond MMIB's aspect-ratio limit of 20
+    results = extractor([gray, rgba, huge, banner])
+    for image, objects in zip([gray, rgba, huge, banner], results):
+        (obj,) = objects
+        assert obj.box == hand_box(image.size)
+        assert obj.crop.mode == "RGB"
+    assert results[0][0].crop.tobytes() == gray.convert("RGB").crop(results[0][0].box).tobytes()
+    assert set(results[1][0].crop.getdata()) == {(255, 255, 255)}
+    assert results[2][0].box == (2100, 2000, 3901, 4001)
+    assert results[2][0].crop.tobytes() == huge.crop((2100, 2000, 3901, 4001)).tobytes()
+    assert results[3][0].crop.tobytes() == banner.crop(hand_box(banner.size)).tobytes()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Text-queried detectors, repeatability, cache, settings
+
+
+def test_grounding_dino_same_crops_in_two_runs(gdino_dir):
+    images = [noise_image((90, 70), seed=4), noise_image((50, 120), seed=5)]
+    words = [["a", "cat", "and", "a", "dog"], ["Kevin", "Durant", "with", "the", "ball"]]
+    runs = []
+    for _ in range(2):
+        extractor = MMIBObjectExtractor.from_pretrained(gdino_dir, threshold=0.0, min_size=1, batch_size=2)
+        results = extractor(images, words=words)
+        runs.append([[(o.box, o.score, o.query, o.crop.tobytes()) for o in objects] for objects in results])
+    assert runs[0] == runs[1]
+    assert all(len(objects) == 4 for objects in runs[0])
+    for image, objects in zip(images, runs[0]):
+        for box, _, _, crop in objects:
+            assert 0 <= box[0] < box[2] <= image.width and 0 <= box[1] < box[3] <= image.height
+            assert crop == image.crop(box).tobytes()
+
+
+def test_grounding_dino_post_without_query_is_not_detected(gdino_dir):
+    extractor = MMIBObjectExtractor.from_pretrained(gdino_dir)
+    calls = count_calls(extractor)
+    assert extractor([noise_image((40, 40))], words=[["the", "@who", "http://t.co"]]) == [[]]
+    assert calls[0] == 0 and extractor.stats["no_query"] == 1 and extractor.stats["without_objects"] == 1
+
+
+def test_owlv2_boxes_belong_to_their_image_queries(owlv2_dir):
+    extractor = MMIBObjectExtractor.from_pretrained(owlv2_dir, threshold=0.0, min_size=1, nms_iou=1.0, batch_size=2)
+    words = [["cat", "dog", "ball", "tree"], ["man"]]
+    results = extractor([noise_image((80, 60), seed=6), noise_image((60, 80), seed=7)], words=words)
+    assert [len(objects) for objects in results] == [4, 4]
+    # The second image's query list is padded to four by the processor: no box may come from the padding.
+    assert {o.query for o in results[1]} == {"man"}
+    assert {o.query for o in results[0]} <= {"cat", "dog", "ball", "tree"}
+
+
+def test_cache_detects_a_renamed_copy_once(detr_dir, tmp_path):
+    original = tmp_path / "a.png"
+    noise_image((101, 57), seed=8).save(original)
+    renamed = tmp_path / "retweet.png"
+    shutil.copyfile(original, renamed)
+    cache = tmp_path / "cache"
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, cache_dir=cache)
+    calls = count_calls(extractor)
+    first = extractor([original])
+    second = extractor([renamed])
+    assert calls[0] == 1 and extractor.stats["cache_hits"] == 1
+    def seen(objects):
+        return [(o.box, o.score, o.crop.tobytes()) for o in objects]
+
+    assert seen(first[0]) == seen(second[0])
+    # Two copies in one call: one detection. A fresh extractor on the same disk cache: none.
+    both = MMIBObjectExtractor.from_pretrained(detr_dir)
+    both_calls = count_calls(both)
+    both([original, renamed])
+    assert both_calls[0] == 1 and both.stats["detected_images"] == 1
+    fresh = MMIBObjectExtractor.from_pretrained(detr_dir, cache_dir=cache)
+    fresh_calls = count_calls(fresh)
+    assert [o.box for o in fresh([renamed])[0]] == [o.box for o in first[0]]
+    assert fresh_calls[0] == 0
+    # Other settings are another key.
+    other = MMIBObjectExtractor.from_pretrained(detr_dir, cache_dir=cache, min_size=2)
+    other_calls = count_calls(other)
+    other([renamed])
+    assert other_calls[0] == 1
+
+
+def test_settings_round_trip(gdino_dir, detr_dir):
+    extractor = MMIBObjectExtractor.from_pretrained(
+        gdino_dir, query_rule="categories", categories=["cat", "dog"], threshold=0.05, nms_iou=0.4, min_size=3,
+        num_crops=2, text_threshold=0.2,
+    )
+    settings = json.loads(json.dumps(extractor.to_dict()))
+    assert settings == {
+        "detector": gdino_dir, "revision": None, "kind": "zero-shot", "model_type": "grounding-dino",
+        "query_rule": "categories", "categories": ["cat", "dog"], "max_queries": 16, "threshold": 0.05,
+        "text_threshold": 0.2, "nms_iou": 0.4, "min_size": 3, "num_crops": 2,
+    }  # fmt: skip
+    restored = MMIBObjectExtractor.from_dict(settings)
+    assert restored.to_dict() == settings
+    image = noise_image((70, 70), seed=9)
+    assert [(o.box, o.score) for o in restored([image])[0]] == [(o.box, o.score) for o in extractor([image])[0]]
+    with pytest.raises(ValueError, match="Unknown object-extraction settings"):
+        MMIBObjectExtractor.from_dict({**settings, "thresold": 0.1})
+    with pytest.raises(ValueError, match="settings record a closed-set detr"):
+        MMIBObjectExtractor.from_dict({**settings, "kind": "closed-set", "model_type": "detr"})
+    with pytest.raises(ValueError, match="callable query_rule cannot be recorded"):
+        MMIBObjectExtractor.from_pretrained(gdino_dir, query_rule=lambda words, head, tail: ["cat"]).to_dict()
+
+
+def test_closed_set_query_rules(detr_dir):
+    with pytest.raises(ValueError, match="closed-set detector"):
+        MMIBObjectExtractor.from_pretrained(detr_dir, query_rule="post")
+    with pytest.raises(ValueError, match=r"\['horse'\] are not classes"):
+        MMIBObjectExtractor.from_pretrained(detr_dir, query_rule="categories", categories=["horse"])
+    dogs_only = MMIBObjectExtractor.from_pretrained(detr_dir, query_rule="categories", categories=["dog"])
+    assert dogs_only([noise_image((50, 50))]) == [[]]  # every box is a cat
+    cats = MMIBObjectExtractor.from_pretrained(detr_dir, query_rule="categories", categories=["cat"])
+    assert [o.query for o in cats([noise_image((50, 50))])[0]] == ["cat"]
+
+
+def test_unreadable_image(detr_dir, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir)
+    with pytest.raises(UnreadableImageError, match="broken.jpg"):
+        extractor([broken])
+    results = extractor([broken, noise_image((50, 50)), tmp_path / "missing.jpg"], on_unreadable="mask")
+    assert results[0] is None and results[2] is None and len(results[1]) == 1
+    assert extractor.stats["unreadable"] == 2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data sets
+
+
+def write_posts(folder: Path) -> Path:
+    """Six JSON-lines RE posts: 3 to detect (two share one image's content), own crops, no image, unreadable."""
+    (folder / "images").mkdir(parents=True)
+    noise_image((101, 57), seed=10).save(folder / "images" / "a.png")
+    shutil.copyfile(folder / "images" / "a.png", folder / "images" / "a-retweet.png")
+    noise_image((80, 90), seed=11).save(folder / "images" / "b.png")
+    noise_image((30, 30), seed=12).save(folder / "images" / "own_crop.png")
+    (folder / "images" / "broken.jpg").write_bytes(b"not an image")
+    rows = [
+        {"id": "p0", "image": "images/a.png"},
+        {"id": "p1", "image": "images/a-retweet.png"},
+        {"id": "p2", "image": "images/b.png"},
+        {"id": "p3", "image": "images/b.png", "crops": ["images/own_crop.png"]},
+        {"id": "p4", "image": None},
+        {"id": "p5", "image": "images/broken.jpg"},
+    ]
+    path = folder / "posts.jsonl"
+    with path.open("w") as handle:
+        for row in rows:
+            row.update(words=["Messi", "joins", "PSG"], head=[0, 1], tail=[2, 3], relation="member_of")
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def test_extract_objects_jsonl(detr_dir, tmp_path):
+    source = write_posts(tmp_path / "data")
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, batch_size=2)
+    report = extract_objects(extractor, source, tmp_path / "out", show_progress=False)
+    counts = {key: getattr(report, key) for key in ("posts", "own_crops", "no_image", "unreadable", "with_objects")}
+    assert counts == {"posts": 6, "own_crops": 1, "no_image": 1, "unreadable": 1, "with_objects": 3}
+    assert report.unreadable_files == [str(tmp_path / "data" / "images" / "broken.jpg")]
+    assert extractor.stats["detected_images"] == 2  # the retweet is a cache hit
+    data = load_jsonl({"test": report.jsonl_files["posts"]}, task="re")["test"]
+    assert [len(crops) for crops in data["crops"]] == [1, 1, 1, 1, 0, 0]
+    with Image.open(data["crops"][2][0]) as crop, Image.open(tmp_path / "data" / "images" / "b.png") as image:
+        assert crop.tobytes() == image.crop(hand_box(image.size)).tobytes()
+    assert data["crops"][3] == [str(tmp_path / "data" / "images" / "own_crop.png")]
+    rows = [json.loads(line) for line in Path(report.jsonl_files["posts"]).read_text().splitlines()]
+    expected = {"box": list(hand_box((101, 57))), "score": pytest.approx(detr_score()), "query": "cat"}
+    assert rows[0]["objects"] == [expected]
+    assert json.loads((tmp_path / "out" / "extraction_report.json").read_text())["unreadable"] == 1
+
+
+def test_extract_objects_resumes_after_interrupt(detr_dir, tmp_path):
+    source = write_posts(tmp_path / "data")
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, batch_size=1)
+    calls = count_calls(extractor)
+    forward = extractor.model.forward
+
+    def interrupted(*args, **kwargs):
+        if calls[0] == 1:
+            raise KeyboardInterrupt
+        return forward(*args, **kwargs)
+
+    extractor.model.forward = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        extract_objects(extractor, source, tmp_path / "out", show_progress=False)
+    records = sorted((tmp_path / "out" / ".records" / "posts").glob("*.json"))
+    assert [path.name for path in records] == ["0.json", "1.json"]  # a.png detected, its retweet from the cache
+    stamps = {path: path.stat().st_mtime_ns for path in records}
+    rerun = MMIBObjectExtractor.from_pretrained(detr_dir, batch_size=1)
+    rerun_calls = count_calls(rerun)
+    report = extract_objects(rerun, source, tmp_path / "out", show_progress=False)
+    assert rerun_calls[0] == 1  # only b.png
+    assert report.resumed == 2 and report.with_objects == 3 and report.unreadable == 1
+    assert {path: path.stat().st_mtime_ns for path in records} == stamps
+
+
+@pytest.mark.slow
+def test_extract_objects_resumes_after_kill(detr_dir, tmp_path):
+    source = write_posts(tmp_path / "data")
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from mmib.object_extraction_mmib import MMIBObjectExtractor
+        from mmib.object_extraction_dataset import extract_objects
+        extractor = MMIBObjectExtractor.from_pretrained({detr_dir!r}, batch_size=1)
+        forward, calls = extractor.model.forward, [0]
+        def killed(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return forward(*args, **kwargs)
+        extractor.model.forward = killed
+        extract_objects(extractor, {str(source)!r}, {str(tmp_path / "out")!r}, show_progress=False)
+        """
+    )
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert process.returncode == -signal.SIGKILL, process.stderr
+    records = tmp_path / "out" / ".records" / "posts"
+    assert sorted(path.name for path in records.glob("*.json")) == ["0.json", "1.json"]
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+    rerun = MMIBObjectExtractor.from_pretrained(detr_dir, batch_size=1)
+    calls = count_calls(rerun)
+    report = extract_objects(rerun, source, tmp_path / "out", show_progress=False)
+    assert calls[0] == 1 and report.resumed == 2 and report.with_objects == 3
+
+
+def test_extract_objects_twitter_folder(detr_dir, tmp_path):
+    data_dir = tmp_path / "twitter2017"
+    (data_dir / "twitter2017_images").mkdir(parents=True)
+    for split, ids in {"train.txt": ["10", "11"], "valid.txt": ["20"], "test.txt": ["30", "31"]}.items():
+        text = "".join(f"IMGID:{post_id}\nMessi\tB-PER\njoins\tO\nPSG\tB-ORG\n\n" for post_id in ids)
+        (data_dir / split).write_text(text)
+    for post_id in ["10", "11", "20", "30"]:
+        noise_image((64, 48), seed=int(post_id)).save(data_dir / "twitter2017_images" / f"{post_id}.jpg")
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir)
+    report = extract_objects(extractor, data_dir, tmp_path / "crops", show_progress=False)
+    assert (report.posts, report.with_objects, report.no_image) == (5, 4, 1)
+    assert json.loads(Path(report.crop_dicts["validation"]).read_text()) == {"20.jpg": ["20_crop_0.png"]}
+    data = load_twitter_ner(data_dir, crop_dir=tmp_path / "crops", crop_dicts=report.crop_dicts)
+    assert [len(crops) for crops in data["test"]["crops"]] == [1, 0]
+    assert all(os.path.isfile(path) for split in data.values() for crops in split["crops"] for path in crops)
+
+
+def test_detected_object_dict_round_trip():
+    obj = DetectedObject(box=(1, 2, 3, 4), score=0.5, query="cat")
+    assert DetectedObject.from_dict(json.loads(json.dumps(obj.to_dict()))) == obj
+
+
+def test_extract_objects_names_a_bad_line(detr_dir, tmp_path):
+    source = tmp_path / "posts.jsonl"
+    lines = [json.dumps({"words": ["a", "b"], "image": None}), "", json.dumps({"words": ["a"], "head": [0, 2]})]
+    source.write_text("\n".join(lines))
+    with pytest.raises(ValueError, match=r"posts.jsonl:3: 'head' must be \[start, end\) word offsets"):
+        extract_objects(MMIBObjectExtractor.from_pretrained(detr_dir), source, tmp_path / "out", show_progress=False)
+    with pytest.raises(ValueError, match="would overwrite the source"):
+        extract_objects(MMIBObjectExtractor.from_pretrained(detr_dir), source, tmp_path, show_progress=False)
