@@ -39,7 +39,7 @@ from transformers import (
 
 from mmib.data import load_jsonl, load_twitter_ner
 from mmib.image_loading_mmib import UnreadableImageError
-from mmib.object_extraction_dataset import extract_objects
+from mmib.data.object_crops import extract_objects
 from mmib.object_extraction_mmib import DetectedObject, MMIBObjectExtractor, box_iou, post_queries, select_objects
 
 WORDS = ["cat", "dog", "man", "ball", "kevin", "durant", "messi", "paris", "car", "tree", "psg", "joins"]
@@ -534,7 +534,7 @@ def test_extract_objects_resumes_after_kill(detr_dir, tmp_path):
         f"""
         import os, signal
         from mmib.object_extraction_mmib import MMIBObjectExtractor
-        from mmib.object_extraction_dataset import extract_objects
+        from mmib.data.object_crops import extract_objects
         extractor = MMIBObjectExtractor.from_pretrained({detr_dir!r}, batch_size=1)
         forward, calls = extractor.model.forward, [0]
         def killed(*args, **kwargs):

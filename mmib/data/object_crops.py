@@ -38,8 +38,10 @@ from typing import Any
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from .data import MNRE_SPLITS, SPLIT_FOLDERS, TWITTER_SPLITS, load_mnre, load_twitter_ner
-from .object_extraction_mmib import ZERO_SHOT, MMIBObjectExtractor
+from ..object_extraction_mmib import ZERO_SHOT, MMIBObjectExtractor
+from .media import SPLIT_FOLDERS
+from .mnre import MNRE_SPLITS, load_mnre
+from .twitter import TWITTER_SPLITS, load_twitter_ner
 
 logger = logging.getLogger(__name__)
 
