@@ -55,8 +55,29 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="Feature cache (ImageFeatureStore) built with this model's tower: images found in it by content skip it.",
     )
+    _add_object_detector_arguments(predict)
     _add_analysis_parsers(commands)
     return parser
+
+
+def _add_object_detector_arguments(parser) -> None:
+    """Flags choosing how posts with an image and no crops get their crops (docs/objects.md)."""
+    detector = parser.add_mutually_exclusive_group()
+    detector.add_argument(
+        "--object_detector",
+        metavar="ID_OR_PATH",
+        help="Detector cutting the crops of posts with an image and no crops (default: the checkpoint's recorded one).",
+    )
+    detector.add_argument(
+        "--no_object_detector", action="store_true", help="No object extraction, even if the checkpoint records one."
+    )
+    parser.add_argument(
+        "--detector_trust_remote_code", action="store_true", help="Let the detector run its own code from its repo."
+    )
+
+
+def _object_detector(args) -> str | bool | None:
+    return False if args.no_object_detector else args.object_detector
 
 
 TRAINING_EPILOG = "Other arguments are passed to every `mmib train` run (e.g. --text_model_name_or_path DIR)."
@@ -95,6 +116,7 @@ def _add_analysis_parsers(commands) -> None:
     explain.add_argument("model", help="An MMIB NER checkpoint folder.")
     explain.add_argument("--input", required=True, help="Posts as JSON lines (words, image, crops).")
     explain.add_argument("--output_dir", required=True)
+    _add_object_detector_arguments(explain)
 
     gap = commands.add_parser(
         "modality-gap",
@@ -154,7 +176,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "explain":
         from .analysis.contribution import explain_posts
 
-        records = explain_posts(args.model, args.input, args.output_dir)
+        records = explain_posts(
+            args.model,
+            args.input,
+            args.output_dir,
+            object_detector=_object_detector(args),
+            detector_trust_remote_code=args.detector_trust_remote_code,
+        )
         print(f"{len(records)} posts explained in {args.output_dir}")
         return
     if args.command == "modality-gap":
@@ -179,7 +207,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_pairs_per_post=args.max_pairs_per_post,
         keep_none=args.keep_none,
         image_feature_cache=args.image_feature_cache,
+        object_detector=_object_detector(args),
+        detector_trust_remote_code=args.detector_trust_remote_code,
     )
+    num_workers = args.num_workers
+    # Loaded before the data loader forks, so that its workers share the detector; a CUDA detector cannot run in
+    # forked workers.
+    if predictor.object_extractor is not None and predictor.device.type == "cuda":
+        num_workers = 0
     log(f"device {predictor.device}, dtype {str(predictor.dtype).removeprefix('torch.')} ({predictor.dtype_reason})")
     if args.input is None:
         result = predictor(_single_post(args))
@@ -189,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         summary = predict_file(
-            predictor, args.input, args.output, args.batch_size, args.num_workers, args.quiet, args.strict
+            predictor, args.input, args.output, args.batch_size, num_workers, args.quiet, args.strict
         )
     except StrictModeError as error:
         print(f"mmib: {error}", file=sys.stderr)

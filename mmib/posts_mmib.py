@@ -37,6 +37,9 @@ class PreparedPost:
     cached_features: dict[int, torch.Tensor] = field(default_factory=dict)
     """Image slot (0 the image, k the k-th crop) -> its cached feature vector; such slots hold `None` in `image` /
     `crops` and their files are never opened."""
+    objects: list[dict[str, Any]] | None = None
+    """The objects extracted from `image` into `crops` (`{"box", "score", "query"}`), `None` when the post's crops
+    were its own or nothing was extracted (see `MMIBPredictor.add_objects`)."""
 
 
 class PostError(ValueError):

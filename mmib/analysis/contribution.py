@@ -5,20 +5,24 @@ For one modality with projected features X (n × d) and latents Z (n × d), A = 
 position i is the row sum Â_i = Σ_j A_ij = X_i · Σ_j Z_j, over the post's valid positions j (real tokens; image
 slots that hold an image). The text side uses X^T, Z^T over the tokens, the vision side X^V, Z^V over the whole
 image and its crops. In eval mode Z is the latent mean.
+
+A post with an image and no crops gets its crops from the checkpoint's recorded object extractor (or the detector
+given as `object_detector`), as `mmib predict` does; its objects' scores are then also drawn as coloured boxes on
+the image (`<id>_objects.png`, the paper's Fig. 3).
 """
 
 import json
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..training.collator import MMIBDataCollator
 from ..data import read_posts
-from ..predictor_mmib import load_checkpoint
+from ..image_loading_mmib import load_image
+from ..predictor_mmib import MMIBPredictor, load_checkpoint
 from .intermediates import encoder_intermediates
-from .plotting import plot_contributions
+from .plotting import plot_contributions, plot_object_boxes
 
 
 def contribution_scores(inputs: torch.Tensor, latents: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -41,21 +45,52 @@ def contribution_scores(inputs: torch.Tensor, latents: torch.Tensor, mask: torch
 def _image_panels(post: dict, num_crops: int) -> list[tuple[str, str | None]]:
     """`(slot name, file)` of the image slots in model order: the whole image, then the crops the model used."""
     crops = post["crops"][:num_crops]
-    return [("image", post["image"])] + [(f"crop {index}", crop) for index, crop in enumerate(crops)]
+    objects = post.get("objects") or []
+    return [("image", post["image"])] + [
+        (f"crop {index}" if index >= len(objects) else f"object {index}: {objects[index]['query']}", crop)
+        for index, crop in enumerate(crops)
+    ]
 
 
-def explain_posts(model_name_or_path: str, input_file: str, output_dir: str | Path, batch_size: int = 8) -> list[dict]:
+def add_extracted_crops(posts: list[dict], predictor: MMIBPredictor) -> None:
+    """Gives posts with an image and no crops the crops of `predictor`'s object extractor and their `objects`."""
+    todo = [post for post in posts if post["image"] is not None and not post["crops"]]
+    extractor = predictor.object_extractor
+    if not todo or extractor is None:
+        return
+    found = extractor([post["image"] for post in todo], words=[post["words"] for post in todo], on_unreadable="mask")
+    for post, objects in zip(todo, found):
+        objects = (objects or [])[: predictor.processor.num_crops]
+        post["crops"] = [item.crop for item in objects]
+        post["objects"] = [item.to_dict() for item in objects]
+
+
+def explain_posts(
+    model_name_or_path: str,
+    input_file: str,
+    output_dir: str | Path,
+    batch_size: int = 8,
+    object_detector: str | bool | None = None,
+    detector_trust_remote_code: bool = False,
+) -> list[dict]:
     """
     Contribution scores of every post in `input_file` (JSON lines, see `mmib.data.read_posts`) under an NER
-    checkpoint; writes `contributions.json` (all posts) and `<id>.png` per post to `output_dir`.
+    checkpoint; writes `contributions.json` (all posts), `<id>.png` per post and, for a post whose crops were
+    extracted, `<id>_objects.png` (its objects' scores as coloured boxes on the image) to `output_dir`.
+
+    Args:
+        object_detector, detector_trust_remote_code: as in `MMIBPredictor.from_pretrained`, for posts with an
+            image and no crops.
 
     Returns:
         One dict per post: `id`, `words`, `word_scores` (at each word's first sub-word, the position the tagger
         reads; `null` for words cut by `max_length`), `tokens`, `token_scores`, `image_slots` (name and file of
-        each image slot that holds an image) and `image_scores`.
+        each image slot that holds an image; `box` instead of `file` for an extracted object) and `image_scores`.
     """
     model, processor = load_checkpoint(model_name_or_path, task="ner")
     model.eval()
+    predictor = MMIBPredictor(model, processor)
+    predictor.configure_object_extraction(object_detector, detector_trust_remote_code)
     collator = MMIBDataCollator(processor)
     posts = read_posts(input_file)
     output_dir = Path(output_dir)
@@ -64,6 +99,7 @@ def explain_posts(model_name_or_path: str, input_file: str, output_dir: str | Pa
     progress = tqdm(total=len(posts), desc="contribution scores", unit="post")
     for start in range(0, len(posts), batch_size):
         chunk = posts[start : start + batch_size]
+        add_extracted_crops(chunk, predictor)
         batch = collator(chunk)
         tensors = encoder_intermediates(model, batch)
         text_scores = contribution_scores(tensors.text_inputs, tensors.text_latents, batch["attention_mask"])
@@ -77,29 +113,42 @@ def explain_posts(model_name_or_path: str, input_file: str, output_dir: str | Pa
             token_scores = text_scores[row, :length].tolist()
             word_scores = [token_scores[position] if position >= 0 else None for position in word_index]
             word_scores += [None] * (len(post["words"]) - len(word_scores))
-            slots = []
+            slots, panels = [], []
             if image_scores is not None:
                 for slot, (name, path) in enumerate(_image_panels(post, processor.num_crops)):
                     if bool(batch["image_mask"][row, slot]):
-                        slots.append({"slot": name, "file": path, "score": image_scores[row, slot].item()})
+                        where = {"file": path} if isinstance(path, str) else {"box": post["objects"][slot - 1]["box"]}
+                        slots.append({"slot": name, **where, "score": image_scores[row, slot].item()})
+                        panels.append((name, load_image(path)))
             record = {
                 "id": post["id"],
                 "words": post["words"],
                 "word_scores": word_scores,
                 "tokens": processor.tokenizer.convert_ids_to_tokens(batch["input_ids"][row, :length].tolist()),
                 "token_scores": token_scores,
-                "image_slots": [{"slot": slot["slot"], "file": slot["file"]} for slot in slots],
+                "image_slots": [{name: value for name, value in slot.items() if name != "score"} for slot in slots],
                 "image_scores": [slot["score"] for slot in slots],
             }
             records.append(record)
             plot_contributions(
                 post["words"],
                 [score if score is not None else 0.0 for score in word_scores],
-                [(slot["slot"], Image.open(slot["file"]).convert("RGB")) for slot in slots],
+                panels,
                 record["image_scores"],
                 output_dir / _file_stem(post["id"]),
                 title=f"post {post['id']}: contribution scores (row sums of X·Zᵀ)",
             )
+            if post.get("objects") and slots:
+                object_slots = slots[1:]
+                plot_object_boxes(
+                    panels[0][1],
+                    [slot["box"] for slot in object_slots],
+                    [slot["score"] for slot in object_slots],
+                    [post["objects"][index]["query"] for index in range(len(object_slots))],
+                    output_dir / f"{_file_stem(post['id'])}_objects",
+                    title=f"post {post['id']}: object contribution scores",
+                    image_score=slots[0]["score"],
+                )
             progress.update()
     progress.close()
     (output_dir / "contributions.json").write_text(json.dumps(records, indent=1, ensure_ascii=False), encoding="utf-8")
