@@ -66,7 +66,7 @@ def _add_object_detector_arguments(parser) -> None:
     detector.add_argument(
         "--object_detector",
         metavar="ID_OR_PATH",
-        help="Detector cutting the crops of posts with an image and no crops (default: the checkpoint's recorded one).",
+        help="Detector cutting the crops of posts with an image and no crops (default: the checkpoint's own).",
     )
     detector.add_argument(
         "--no_object_detector", action="store_true", help="No object extraction, even if the checkpoint records one."

@@ -192,7 +192,6 @@ def add_cached_features(inputs: BatchFeature, posts: Sequence[PreparedPost], num
     return inputs
 
 
-
 def _on_device(inputs: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """The model's inputs on its device (a pipeline hands them over as a plain mapping, not a `BatchFeature`)."""
     return {name: value.to(device) for name, value in inputs.items()}
@@ -297,7 +296,9 @@ class MMIBPredictor:
             try:
                 features = importlib.import_module("mmib.features")
             except ImportError as error:
-                raise ImportError("image_feature_cache needs the mmib package installed (pip install mmib).") from error
+                raise ImportError(
+                    "image_feature_cache needs the mmib package installed (pip install mmib)."
+                ) from error
             prediction_feature_lookup = features.prediction_feature_lookup
 
             checkpoints = [(model_name_or_path, predictor.model, predictor.processor)]
@@ -333,7 +334,7 @@ class MMIBPredictor:
         )
 
     def encode(self, posts: Sequence[PreparedPost]) -> BatchFeature:
-        """Processor inputs for `posts` (all without error); posts with an image and no crops get their objects first."""
+        """Processor inputs for `posts` (all without error); posts with an image and no crops get objects first."""
         self.add_objects(posts)
         kwargs = {}
         if self.task == "re":
@@ -558,7 +559,9 @@ class MMIBPredictor:
                     " recorded by the checkpoint" if recorded else "",
                     self.detector_trust_remote_code,
                 )
-                settings["num_crops"] = min(settings.get("num_crops", self.processor.num_crops), self.processor.num_crops)
+                settings["num_crops"] = min(
+                    settings.get("num_crops", self.processor.num_crops), self.processor.num_crops
+                )
                 self._object_extractor = MMIBObjectExtractor.from_dict(
                     settings, trust_remote_code=self.detector_trust_remote_code, device=self.device
                 )
@@ -600,7 +603,7 @@ class MMIBPredictor:
 
 
 def missing_crops_message(num_crops: int) -> str:
-    """The once-per-predictor warning of a checkpoint with crop slots, no recorded extractor and posts without crops."""
+    """The once-per-predictor warning: a checkpoint with crop slots, no recorded extractor, posts without crops."""
     return (
         f"This checkpoint was trained with {num_crops} object crops per post taken from its dataset (no object "
         "extractor is recorded with it), but posts here bring an image and no crops: they get the whole image only "

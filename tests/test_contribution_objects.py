@@ -4,12 +4,12 @@ import json
 
 import pytest
 from PIL import Image
+from test_object_extraction import hand_box
+from test_predictor_objects import SIZE, TEXT, detr_dir, plain, recorded  # noqa: F401  (fixtures)
 
 from conftest import make_image
 from mmib.analysis import plotting
 from mmib.analysis.contribution import explain_posts
-from test_object_extraction import hand_box
-from test_predictor_objects import SIZE, TEXT, detr_dir, plain, recorded  # noqa: F401  (fixtures)
 
 
 def test_explain_scores_and_draws_the_extracted_objects(recorded, plain, tmp_path, monkeypatch):  # noqa: F811

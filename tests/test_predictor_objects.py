@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageOps
+from test_object_extraction import count_calls, detr_score, exif_rotated_jpeg, hand_box, save_detr
 
 from conftest import environment_without_mmib, make_image
 from mmib import MMIBPredictor, MMIBProcessor
@@ -21,7 +22,6 @@ from mmib.cli import main as cli_main
 from mmib.image_loading_mmib import load_image
 from mmib.object_extraction_mmib import MMIBObjectExtractor
 from prediction_checkpoints import ner_model_and_processor, save_ner_model, save_re_checkpoint
-from test_object_extraction import count_calls, detr_score, exif_rotated_jpeg, hand_box, save_detr
 
 TEXT = "John Smith visits London with his cat"
 SIZE = (40, 30)
@@ -77,7 +77,9 @@ def test_post_without_crops_gets_the_extracted_crops_and_objects(recorded, plain
     assert row["objects"] == expected_objects()
     # The model read exactly that crop: the same as giving it by hand to a checkpoint without an extractor.
     crop = Image.open(image_path).convert("RGB").crop(hand_box(SIZE))
-    by_hand = MMIBPredictor.from_pretrained(plain, dtype="float32")({"id": "a", "text": TEXT, "image": str(image_path), "crops": [crop]})
+    by_hand = MMIBPredictor.from_pretrained(plain, dtype="float32")(
+        {"id": "a", "text": TEXT, "image": str(image_path), "crops": [crop]}
+    )
     assert "objects" not in by_hand
     assert [(e["text"], e["type"]) for e in row["entities"]] == [(e["text"], e["type"]) for e in by_hand["entities"]]
     assert [e["score"] for e in row["entities"]] == pytest.approx([e["score"] for e in by_hand["entities"]], abs=1e-6)
@@ -191,4 +193,6 @@ def test_pipeline_without_mmib_cuts_the_recorded_crops(recorded, image_path, tmp
     assert f"Loading object detector {settings['detector']} (revision main) recorded" in result.stderr
     expected = MMIBPredictor.from_pretrained(folder, dtype="float32")({"text": TEXT, "image": str(image_path)})
     assert output["row"]["objects"] == expected["objects"] == expected_objects()
-    assert [e["score"] for e in output["entities"]] == pytest.approx([e["score"] for e in expected["entities"]], abs=1e-5)
+    assert [e["score"] for e in output["entities"]] == pytest.approx(
+        [e["score"] for e in expected["entities"]], abs=1e-5
+    )

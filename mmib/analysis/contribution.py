@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..training.collator import MMIBDataCollator
 from ..data import read_posts
 from ..image_loading_mmib import load_image
 from ..predictor_mmib import MMIBPredictor, load_checkpoint
+from ..training.collator import MMIBDataCollator
 from .intermediates import encoder_intermediates
 from .plotting import plot_contributions, plot_object_boxes
 
