@@ -89,6 +89,27 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="Feature cache (ImageFeatureStore) built with this model's tower: images found in it by content skip it.",
     )
+    _add_object_detector_arguments(parser)
+
+
+def _add_object_detector_arguments(parser) -> None:
+    """Flags choosing how posts with an image and no crops get their crops (docs/objects.md)."""
+    detector = parser.add_mutually_exclusive_group()
+    detector.add_argument(
+        "--object_detector",
+        metavar="ID_OR_PATH",
+        help="Detector cutting the crops of posts with an image and no crops (default: the checkpoint's own).",
+    )
+    detector.add_argument(
+        "--no_object_detector", action="store_true", help="No object extraction, even if the checkpoint records one."
+    )
+    parser.add_argument(
+        "--detector_trust_remote_code", action="store_true", help="Let the detector run its own code from its repo."
+    )
+
+
+def _object_detector(args) -> str | bool | None:
+    return False if args.no_object_detector else args.object_detector
 
 
 def _single_post(args: argparse.Namespace) -> dict:
@@ -119,7 +140,14 @@ def _predict(args: argparse.Namespace, _: list[str]) -> None:
         max_pairs_per_post=args.max_pairs_per_post,
         keep_none=args.keep_none,
         image_feature_cache=args.image_feature_cache,
+        object_detector=_object_detector(args),
+        detector_trust_remote_code=args.detector_trust_remote_code,
     )
+    num_workers = args.num_workers
+    # Loaded before the data loader forks, so that its workers share the detector; a CUDA detector cannot run in
+    # forked workers.
+    if predictor.object_extractor is not None and predictor.device.type == "cuda":
+        num_workers = 0
     log(f"device {predictor.device}, dtype {str(predictor.dtype).removeprefix('torch.')} ({predictor.dtype_reason})")
     if args.input is None:
         result = predictor(_single_post(args))
@@ -129,7 +157,7 @@ def _predict(args: argparse.Namespace, _: list[str]) -> None:
         return
     try:
         summary = predict_file(
-            predictor, args.input, args.output, args.batch_size, args.num_workers, args.quiet, args.strict
+            predictor, args.input, args.output, args.batch_size, num_workers, args.quiet, args.strict
         )
     except StrictModeError as error:
         print(f"mmib: {error}", file=sys.stderr)
@@ -180,12 +208,19 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="An MMIB NER checkpoint folder.")
     parser.add_argument("--input", required=True, help="JSON-lines posts, as for `mmib predict --input`.")
     parser.add_argument("--output_dir", required=True)
+    _add_object_detector_arguments(parser)
 
 
 def _explain(args: argparse.Namespace, _: list[str]) -> None:
     from .analysis.contribution import explain_posts
 
-    records = explain_posts(args.model, args.input, args.output_dir)
+    records = explain_posts(
+        args.model,
+        args.input,
+        args.output_dir,
+        object_detector=_object_detector(args),
+        detector_trust_remote_code=args.detector_trust_remote_code,
+    )
     print(f"{len(records)} posts explained in {args.output_dir}")
 
 

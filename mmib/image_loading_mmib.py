@@ -18,7 +18,10 @@ masked fallback. The limit defaults to 89,478,485 pixels (PIL's own warning thre
 environment variable `MMIB_MAX_IMAGE_PIXELS` or pass `max_pixels` to change it. PIL's own
 `DecompressionBombWarning`/`DecompressionBombError` never reach the caller.
 
-Every readable image is returned as RGB, the same way whatever its mode:
+Every readable image is returned upright and as RGB, the same way whatever its mode:
+
+- an EXIF orientation tag (phone photos) is applied (`PIL.ImageOps.exif_transpose`), so the whole image and the
+  object crops cut from it by `object_extraction_mmib` share one orientation;
 
 - animated files (GIF, APNG, WebP): the first frame;
 - transparency (RGBA, LA, palette with a transparent colour): composited on a white background, so transparent
@@ -39,7 +42,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers import BaseImageProcessor
 
 logger = logging.getLogger(__name__)
@@ -137,7 +140,7 @@ def load_image(
     if image is None:
         return None
     if isinstance(image, Image.Image):
-        return to_rgb(image)
+        return to_rgb(ImageOps.exif_transpose(image))
     if not isinstance(image, str | os.PathLike):
         location = f"{where}: " if where else ""
         raise TypeError(
@@ -164,7 +167,7 @@ def load_image(
                         f"{max_pixels} (a decompression bomb?); raise MMIB_MAX_IMAGE_PIXELS if the file is genuine"
                     )
                 opened.load()
-                return to_rgb(opened)
+                return to_rgb(ImageOps.exif_transpose(opened))
     # PIL signals a bad file with OSError (truncated, unknown format, empty), SyntaxError or ValueError (bad headers)
     # and DecompressionBombError (absurd size, from PIL's check or ours).
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:

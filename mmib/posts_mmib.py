@@ -39,6 +39,9 @@ class PreparedPost:
     `crops` and their files are never opened."""
     image_files: list[str | None] = field(default_factory=list)
     """Image slot -> the file it was read from (`None` for an absent image or one given as a PIL image)."""
+    objects: list[dict[str, Any]] | None = None
+    """The objects extracted from `image` into `crops` (`{"box", "score", "query"}`), `None` when the post's crops
+    were its own or nothing was extracted (see `MMIBPredictor.add_objects`)."""
 
 
 class PostError(ValueError):

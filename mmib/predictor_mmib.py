@@ -24,11 +24,19 @@ strings, as in training: a word that is white space only or that the tokenizer d
   `entities`, `score` the softmax probability of `label`).
 - RE alone: `{"id", "text", "words", "head", "tail", "label", "score"}`.
 - A post that cannot be used: `{"id", "error"}`, the error naming the field and the problem.
+
+Object crops of new posts (paper §III-B2): a post that brings an image and no `crops` gets its crops cut by the
+object extractor the checkpoint's processor records (`processor.object_extraction`, see `object_extraction_mmib`),
+or by the detector given as `object_detector`; its row then carries `"objects": [{"box": [x0, y0, x1, y1], "score",
+"query"}]` in pixels of the upright image, in crop-slot order. A post with its own crops keeps them. A checkpoint
+with crop slots but no recorded extractor (trained on a dataset's crops) warns once when such posts arrive.
+A detector named by a checkpoint is loaded without `trust_remote_code` unless `detector_trust_remote_code=True`.
 """
 
 import dataclasses
 import importlib
 import itertools
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -45,6 +53,7 @@ from transformers import (
 )
 
 from .image_loading_mmib import encode_post_images
+from .object_extraction_mmib import MMIBObjectExtractor
 from .posts_mmib import PreparedPost, error_row, prepare_post
 from .processing_mmib import check_processor_matches_config, check_tokenizer_matches_embeddings
 from .quantization_mmib import quantize_int8
@@ -60,6 +69,8 @@ __all__ = [
 ]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.qint8}
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -293,6 +304,8 @@ class MMIBPredictor:
         device: str | torch.device | None = None,
         trust_remote_code: bool = False,
         image_feature_cache: str | None = None,
+        object_detector: str | bool | None = None,
+        detector_trust_remote_code: bool = False,
         **kwargs,
     ) -> "MMIBPredictor":
         """
@@ -306,6 +319,9 @@ class MMIBPredictor:
             trust_remote_code (`bool`): load the checkpoints' own code (not needed when `mmib` is installed).
             image_feature_cache (`str`, *optional*): an `ImageFeatureStore` folder built with these checkpoints'
                 vision tower and image processor (a cache of another tower is refused); needs `mmib` installed.
+            object_detector (`str` or `bool`, *optional*): see [`MMIBPredictor.configure_object_extraction`]:
+                `None` the checkpoint's recorded extractor, a Hub id or folder another detector, `False` none.
+            detector_trust_remote_code (`bool`, *optional*, defaults to `False`): load the detector's own code.
             kwargs: further [`MMIBPredictor`] arguments (`batch_size`, `max_pairs_per_post`, `keep_none`).
         """
         device = resolve_device(device)
@@ -321,6 +337,7 @@ class MMIBPredictor:
             models += [model, processor]
         predictor = cls(*models, compute_dtype=dtype, **kwargs)
         predictor.dtype_reason = reason
+        predictor.configure_object_extraction(object_detector, detector_trust_remote_code)
         if image_feature_cache is not None:
             # The cache is part of the installed package, not of the remote code: imported by name at run time (so
             # transformers' remote-code import check does not require a pip package `mmib`), keeping the public
@@ -366,7 +383,8 @@ class MMIBPredictor:
         )
 
     def encode(self, posts: Sequence[PreparedPost]) -> BatchFeature:
-        """Processor inputs for `posts` (all without error)."""
+        """Processor inputs for `posts` (all without error); posts with an image and no crops get objects first."""
+        self.add_objects(posts)
         kwargs = {}
         if self.task == "re":
             kwargs = {"head_spans": [post.head for post in posts], "tail_spans": [post.tail for post in posts]}
@@ -409,7 +427,7 @@ class MMIBPredictor:
         if good:
             predict = self._predict_entities if self.task == "ner" else self._predict_relations
             results = {id(post): result for post, result in zip(good, predict(good, inputs))}
-        return [results.get(id(post)) or error_row(post) for post in posts]
+        return [with_objects(post, results.get(id(post)) or error_row(post)) for post in posts]
 
     def _predict_entities(self, posts: list[PreparedPost], inputs: BatchFeature) -> list[dict]:
         with self._autocast():
@@ -566,3 +584,122 @@ class MMIBPredictor:
         numbered = enumerate(posts)
         while batch := list(itertools.islice(numbered, self.batch_size)):
             yield from self.predict_prepared([self.prepare(post, index) for index, post in batch])
+
+    # Object extraction for posts without crops. Class-level defaults keep a predictor built directly (the pipeline
+    # builds one from a model and a processor) on the checkpoint's recorded extractor.
+    object_detector: str | bool | None = None
+    detector_trust_remote_code: bool = False
+    _object_extractor: MMIBObjectExtractor | None = None
+    _object_extraction_resolved: bool = False
+    _warned_missing_crops: bool = False
+
+    def configure_object_extraction(
+        self,
+        object_detector: str | bool | None = None,
+        trust_remote_code: bool = False,
+        extractor: MMIBObjectExtractor | None = None,
+    ) -> None:
+        """
+        Chooses how posts with an image and no crops get crops.
+
+        Args:
+            object_detector (`str` or `bool`, *optional*): `None` or `True`: the extractor recorded in the
+                checkpoint's processor (`processor.object_extraction`), none if it records none; a Hub id or folder:
+                that detector, with the recorded settings if it is the recorded detector, else its defaults and the
+                checkpoint's `num_crops`; `False`: no extraction (and no warning about missing crops).
+            trust_remote_code (`bool`, *optional*, defaults to `False`): load the detector's own code; never
+                implied by the checkpoint.
+            extractor ([`MMIBObjectExtractor`], *optional*): an extractor built by the caller (overrides the rest).
+        """
+        self.object_detector = object_detector
+        self.detector_trust_remote_code = trust_remote_code
+        self._object_extractor = extractor
+        self._object_extraction_resolved = extractor is not None
+        self._warned_missing_crops = False
+
+    def object_extraction_settings(self) -> dict[str, Any] | None:
+        """The extractor settings posts without crops get (see [`configure_object_extraction`]), `None` for none."""
+        if self.processor.num_crops == 0 or self.object_detector is False:
+            return None
+        recorded = getattr(self.processor, "object_extraction", None)
+        if self.object_detector in (None, True):
+            return None if recorded is None else dict(recorded)
+        detector = os.fspath(self.object_detector)
+        if recorded is not None and recorded.get("detector") == detector:
+            return dict(recorded)
+        return {"detector": detector, "num_crops": self.processor.num_crops}
+
+    @property
+    def object_extractor(self) -> MMIBObjectExtractor | None:
+        """The extractor for posts without crops, loaded at first use (`None`: no extraction)."""
+        if not self._object_extraction_resolved:
+            self._object_extraction_resolved = True
+            settings = self.object_extraction_settings()
+            if settings is not None:
+                recorded = self.object_detector in (None, True)
+                logger.warning(
+                    "Loading object detector %s (revision %s)%s, trust_remote_code=%s.",
+                    settings["detector"],
+                    settings.get("revision") or "main",
+                    " recorded by the checkpoint" if recorded else "",
+                    self.detector_trust_remote_code,
+                )
+                settings["num_crops"] = min(
+                    settings.get("num_crops", self.processor.num_crops), self.processor.num_crops
+                )
+                self._object_extractor = MMIBObjectExtractor.from_dict(
+                    settings, trust_remote_code=self.detector_trust_remote_code, device=self.device
+                )
+        return self._object_extractor
+
+    def add_objects(self, posts: Sequence[PreparedPost]) -> None:
+        """
+        Cuts the crops of posts (without error) that bring an image and no crops, with [`object_extractor`], and
+        records them in `post.objects`; posts with their own crops, cached image features or extracted objects are
+        left alone. Without an extractor, warns once that the checkpoint's crop slots stay empty.
+        """
+        todo = [
+            post
+            for post in posts
+            if post.error is None
+            and post.image is not None
+            and not post.crops
+            and post.objects is None
+            and not any(slot > 0 for slot in post.cached_features)
+        ]
+        if not todo or self.processor.num_crops == 0:
+            return
+        extractor = self.object_extractor
+        if extractor is None:
+            if self.object_detector is not False and not self._warned_missing_crops:
+                self._warned_missing_crops = True
+                logger.warning(missing_crops_message(self.processor.num_crops))
+            return
+        found = extractor(
+            [post.image for post in todo],
+            words=[post.words for post in todo],
+            head_spans=[post.head for post in todo],
+            tail_spans=[post.tail for post in todo],
+        )
+        for post, objects in zip(todo, found):
+            objects = (objects or [])[: self.processor.num_crops]
+            post.crops = [item.crop for item in objects]
+            post.objects = [item.to_dict() for item in objects]
+
+
+def missing_crops_message(num_crops: int) -> str:
+    """The once-per-predictor warning: a checkpoint with crop slots, no recorded extractor, posts without crops."""
+    return (
+        f"This checkpoint was trained with {num_crops} object crops per post taken from its dataset (no object "
+        "extractor is recorded with it), but posts here bring an image and no crops: they get the whole image only "
+        f"and {num_crops} empty crop slots. Pass --object_detector ID_OR_PATH (MMIBPredictor.from_pretrained("
+        "object_detector=...)) to cut crops with a detector, give each post its `crops`, or pass "
+        "--no_object_detector to silence this."
+    )
+
+
+def with_objects(post: PreparedPost, row: dict) -> dict:
+    """`row` with the post's extracted `objects` (when it has any and is not an error row)."""
+    if post.objects is not None and "error" not in row:
+        row["objects"] = post.objects
+    return row

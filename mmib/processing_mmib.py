@@ -54,8 +54,10 @@ class MMIBProcessor(ProcessorMixin):
         max_length (`int`, *optional*, defaults to 128):
             Maximum number of tokens per post, special tokens and entity markers included.
         object_extraction (`dict`, *optional*):
-            The object extractor the model's crops were made with (`MMIBObjectExtractor.to_dict()`), saved in
-            `processor_config.json`; `None` when the crops came with the data.
+            The settings of the object extractor whose crops the model was trained on
+            (`MMIBObjectExtractor.to_dict()`: detector id or path, revision, kind, query rule, thresholds,
+            `num_crops`), saved in `processor_config.json`, so that prediction cuts the crops of a post that brings
+            an image and no crops the same way (`MMIBPredictor`). `None`: crops came with the data, or none were used.
     """
 
     # transformers 5.x infers the parts from the `__init__` parameter names; this list names the same parts.
@@ -68,7 +70,7 @@ class MMIBProcessor(ProcessorMixin):
         task: str = "ner",
         num_crops: int = 4,
         max_length: int = 128,
-        object_extraction: dict | None = None,
+        object_extraction: dict[str, Any] | None = None,
     ):
         if task not in TASKS:
             raise ValueError(f"Unknown task {task!r}: expected one of {TASKS}.")
@@ -80,6 +82,8 @@ class MMIBProcessor(ProcessorMixin):
         self.task = task
         self.num_crops = num_crops
         self.max_length = max_length
+        if object_extraction is not None and not isinstance(object_extraction, dict):
+            raise TypeError(f"object_extraction must be a dict of extractor settings, got {object_extraction!r}.")
         self.object_extraction = object_extraction
 
         num_fixed_tokens = (

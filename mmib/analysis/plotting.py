@@ -103,6 +103,37 @@ def plot_contributions(
     return save_figure(figure, stem)
 
 
+def plot_object_boxes(
+    image: Image.Image,
+    boxes: Sequence[Sequence[int]],
+    scores: Sequence[float],
+    labels: Sequence[str],
+    stem: Path,
+    title: str = "",
+    image_score: float | None = None,
+) -> list[Path]:
+    """
+    The paper's Fig. 3: the post's image with each object's box coloured by its contribution score (Â^V, the
+    colour scale of [`plot_contributions`], centred on 0 over the image and the objects) and labelled
+    `"query: score"`; the whole image's own score, if given, colours the frame.
+    """
+    colormap = colormaps["coolwarm"]
+    norm = _centred_norm(list(scores) + ([] if image_score is None else [image_score]))
+    figure, axes = plt.subplots(figsize=(6.0, 6.0 * image.height / max(image.width, 1) + 0.6))
+    axes.imshow(image)
+    if image_score is not None:
+        frame = Rectangle((0, 0), image.width - 1, image.height - 1, fill=False, linewidth=4)
+        frame.set_edgecolor(colormap(norm(image_score)))
+        axes.add_patch(frame)
+    for (x0, y0, x1, y1), score, label in zip(boxes, scores, labels):
+        colour = colormap(norm(score))
+        axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, linewidth=3, edgecolor=colour))
+        axes.text(x0, y0, f"{label}: {score:.3g}", fontsize=8, va="bottom", color="white", backgroundcolor=colour)
+    axes.set_title(title or "object contribution scores", fontsize=10)
+    axes.axis("off")
+    return save_figure(figure, stem)
+
+
 def _centred_norm(scores: Sequence[float]) -> Normalize:
     values = np.asarray(scores, dtype=float)
     bound = float(np.abs(values).max()) if values.size else 1.0

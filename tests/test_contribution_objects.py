@@ -1,0 +1,42 @@
+"""`mmib explain` on a post without crops: the recorded extractor's objects get contribution scores, drawn as boxes."""
+
+import json
+
+import pytest
+from PIL import Image
+from test_object_extraction import hand_box
+from test_predictor_objects import SIZE, TEXT, detr_dir, plain, recorded  # noqa: F401  (fixtures)
+
+from conftest import make_image
+from mmib.analysis import plotting
+from mmib.analysis.contribution import explain_posts
+
+
+def test_explain_scores_and_draws_the_extracted_objects(recorded, plain, tmp_path, monkeypatch):  # noqa: F811
+    folder, _ = recorded
+    make_image(5, SIZE).save(tmp_path / "post.png")
+    crop = Image.open(tmp_path / "post.png").convert("RGB").crop(hand_box(SIZE))
+    crop.save(tmp_path / "crop.png")
+    (tmp_path / "posts.jsonl").write_text(json.dumps({"id": "p1", "text": TEXT, "image": "post.png"}) + "\n")
+    (tmp_path / "own.jsonl").write_text(
+        json.dumps({"id": "p1", "text": TEXT, "image": "post.png", "crops": ["crop.png"]}) + "\n"
+    )
+    drawn = []
+    original = plotting.plot_object_boxes
+
+    def spy(image, boxes, scores, labels, stem, **kwargs):
+        drawn.append((image.size, boxes, scores, labels, kwargs["image_score"]))
+        return original(image, boxes, scores, labels, stem, **kwargs)
+
+    monkeypatch.setattr("mmib.analysis.contribution.plot_object_boxes", spy)
+    (record,) = explain_posts(folder, str(tmp_path / "posts.jsonl"), tmp_path / "out")
+    assert record["image_slots"] == [
+        {"slot": "image", "file": str(tmp_path / "post.png")},
+        {"slot": "object 0: cat", "box": list(hand_box(SIZE))},
+    ]
+    # The same scores as the crop given as a file to the checkpoint without an extractor.
+    (by_hand,) = explain_posts(plain, str(tmp_path / "own.jsonl"), tmp_path / "own")
+    assert record["image_scores"] == pytest.approx(by_hand["image_scores"], abs=1e-5)
+    assert drawn == [(SIZE, [list(hand_box(SIZE))], record["image_scores"][1:], ["cat"], record["image_scores"][0])]
+    assert (tmp_path / "out" / "p1_objects.png").is_file() and (tmp_path / "out" / "p1.png").is_file()
+    assert not (tmp_path / "own" / "p1_objects.png").exists()
