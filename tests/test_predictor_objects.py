@@ -7,8 +7,6 @@ with one known score, so each extracted object is known by hand.
 
 import json
 import logging
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 from PIL import Image, ImageOps
 from test_object_extraction import count_calls, detr_score, exif_rotated_jpeg, hand_box, save_detr
 
-from conftest import environment_without_mmib, make_image
+from conftest import make_image, run_without_mmib
 from mmib import MMIBPredictor, MMIBProcessor
 from mmib.cli import main as cli_main
 from mmib.image_loading_mmib import load_image
@@ -155,7 +153,6 @@ def test_whole_image_and_crops_share_the_exif_orientation(recorded, tmp_path):
 PIPELINE_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    sys.modules["mmib"] = None  # only the checkpoint's code can be used
     from transformers import pipeline
     folder, image_path, text = sys.argv[1:4]
     tagger = pipeline(model=folder, trust_remote_code=True)
@@ -175,16 +172,7 @@ PIPELINE_SCRIPT = textwrap.dedent(
 
 def test_pipeline_without_mmib_cuts_the_recorded_crops(recorded, image_path, tmp_path):
     folder, settings = recorded
-    script = tmp_path / "run_pipeline.py"
-    script.write_text(PIPELINE_SCRIPT)
-    result = subprocess.run(
-        [sys.executable, str(script), folder, str(image_path), TEXT],
-        cwd=tmp_path,
-        env=environment_without_mmib(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_without_mmib(PIPELINE_SCRIPT, folder, str(image_path), TEXT, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     output = json.loads(result.stdout.strip().splitlines()[-1])
     assert output["settings"] == output["extractor"] == settings
