@@ -3,8 +3,8 @@ one card template that `train_mmib.py` uses, each training config and the result
 
     python scripts/render_model_cards.py model_cards [--configs configs]
 
-`tests/training/test_model_card.py` runs this script and compares its output with `model_cards/` byte for byte:
-after changing the template, a config or a measured result, run it and commit the cards.
+`tests/scripts/test_render_model_cards.py` runs this script and compares its output with `model_cards/` byte for
+byte: after changing the template, a config or a measured result, run it and commit the cards.
 """
 
 import argparse

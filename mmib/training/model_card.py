@@ -2,7 +2,7 @@
 Model cards for MMIB checkpoints: one Jinja template (`model_card_template.md`, package data) rendered with a
 `model-index` of the results, for every training run and for the cards of the checkpoints this project publishes
 (`model_cards/` at the top of the repository, written by `python scripts/render_model_cards.py model_cards` and
-rendered again by `tests/training/test_model_card.py`).
+rendered again by `tests/scripts/test_render_model_cards.py`).
 """
 
 import json
