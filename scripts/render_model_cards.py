@@ -1,5 +1,5 @@
-"""Render the model cards of the checkpoints this project publishes (`mmib.training.model_card.PUBLISHED`) from the
-one card template that `train_mmib.py` uses, each training config and the results measured here.
+"""Render the model cards of the checkpoints this project publishes (`mmib.training.published_cards.PUBLISHED`)
+from the one card template that `train_mmib.py` uses, each training config and the results measured here.
 
     python scripts/render_model_cards.py model_cards [--configs configs]
 
@@ -10,7 +10,7 @@ byte: after changing the template, a config or a measured result, run it and com
 import argparse
 from collections.abc import Sequence
 
-from mmib.training.model_card import render_published
+from mmib.training.published_cards import render_published
 
 
 def main(argv: Sequence[str] | None = None) -> None:

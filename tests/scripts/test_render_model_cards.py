@@ -7,7 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
-from mmib.training.model_card import PUBLISHED
+from mmib.training.published_cards import PUBLISHED
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLISHED_DIR = REPO / "model_cards"
