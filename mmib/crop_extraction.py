@@ -1,6 +1,7 @@
 """Object crops for a whole data set: [`extract_objects`] runs an [`MMIBObjectExtractor`] over a JSON-lines split or a
 benchmark folder (Twitter-2015/2017, MNRE) whose images exist and whose crops do not, and writes the crops in the
-layout the readers of `mmib.data` read.
+layout the readers of `mmib.data` read. A JSON-lines file is read by the one post reader (`mmib.post_files`), so the
+posts `mmib predict` reads (raw `text` or `words`) and training files alike are accepted.
 
 Output (`output_dir`; `<split>` is the split's folder name, `train` / `val` / `test`, or the JSON-lines file's stem):
 
