@@ -11,7 +11,6 @@ env `MMIB_OBJECT_DETECTOR`; `--no_object_detector` turns it off); the objects' b
 """
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from mmib import MMIBPredictor
 from mmib.image_loading_mmib import load_image
+from mmib.post_files import read_posts
 
 SAMPLE = Path(__file__).resolve().parent / "examples" / "twitter2017-sample"
 RELATION_HEADERS = ["head", "relation", "tail", "score"]
@@ -33,10 +33,9 @@ def sample_examples(limit: int = 6) -> list[list[str | None]]:
         path = SAMPLE / f"{split}.jsonl"
         if not path.is_file():
             continue
-        for line in open(path, encoding="utf-8"):
-            row = json.loads(line)
-            if row.get("image") and (SAMPLE / row["image"]).is_file():
-                examples.append([" ".join(row["words"]), str(SAMPLE / row["image"])])
+        for post in read_posts(path, decode_images=False):
+            if post.image is not None and Path(post.image).is_file():
+                examples.append([post.text, post.image])
             if len(examples) == limit:
                 return examples
     return examples

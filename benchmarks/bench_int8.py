@@ -22,23 +22,8 @@ import torch
 from bench_common import DEFAULT_DATA_DIR, repo_relative, rotated
 from bench_vs_pipeline import machine_properties
 from mmib import MMIBPredictor
+from mmib.data.twitter import read_conll
 from mmib.training.metrics import ner_scores
-
-
-def read_tagged(path: Path) -> list[tuple[list[str], list[str]]]:
-    """`(words, gold tags)` of each post of a Twitter CoNLL file."""
-    posts, words, tags = [], [], []
-    for line in list(open(path, encoding="utf-8")) + [""]:
-        line = line.rstrip("\n")
-        if not line.strip():
-            if words:
-                posts.append((words, tags))
-            words, tags = [], []
-        elif not line.startswith("IMGID:"):
-            word, tag = line.rsplit("\t", 1)
-            words.append(word)
-            tags.append(tag)
-    return posts
 
 
 def entities(result: dict) -> list[tuple[int, int, str]]:
@@ -56,9 +41,9 @@ def main() -> None:
     args = parser.parse_args()
     machine = machine_properties()
     print(f"machine: {json.dumps(machine)}, torch threads {torch.get_num_threads()}", flush=True)
-    posts = read_tagged(Path(args.data_dir) / "test.txt")
-    inputs = [{"words": words} for words, _ in posts]
-    gold = [tags for _, tags in posts]
+    posts = read_conll(Path(args.data_dir) / "test.txt")
+    inputs = [{"words": post.words} for post in posts]
+    gold = [post.tags for post in posts]
     predictors = {
         dtype: MMIBPredictor.from_pretrained(args.model, dtype=dtype, device="cpu", batch_size=args.batch_size)
         for dtype in args.dtypes

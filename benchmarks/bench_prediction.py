@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from bench_common import repo_relative
+from mmib.post_files import read_posts
 from mmib.predictor_mmib import native_bf16
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +33,9 @@ SAMPLE = REPO_ROOT / "examples" / "twitter2017-sample"
 
 def write_posts(path: Path, size: int, with_image: bool) -> None:
     texts = [
-        " ".join(json.loads(line)["words"])
+        post.text
         for split in ("train", "validation", "test")
-        for line in open(SAMPLE / f"{split}.jsonl", encoding="utf-8")
+        for post in read_posts(SAMPLE / f"{split}.jsonl", decode_images=False)
     ]
     images = sorted(str(image) for image in (SAMPLE / "images").glob("*.jpg"))
     with open(path, "w", encoding="utf-8") as output:

@@ -41,6 +41,7 @@ import torch
 import transformers
 
 from bench_common import DEFAULT_DATA_DIR, REPO_ROOT, minilm_path, repo_relative, rotated
+from mmib.data.twitter import read_conll
 
 IMAGE_FOLDERS = [REPO_ROOT.parent / "shared" / "data", REPO_ROOT / "examples"]
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
@@ -68,22 +69,6 @@ def machine_properties() -> dict:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "load_average_1_5_15min": [round(value, 2) for value in os.getloadavg()],
     }
-
-
-def read_twitter(path: Path) -> list[tuple[str, int]]:
-    """`(raw text, number of gold entities)` of each post of a Twitter-2017 CoNLL file (`IMGID:` blocks)."""
-    posts, words, entities = [], [], 0
-    for line in list(open(path, encoding="utf-8")) + [""]:
-        line = line.rstrip("\n")
-        if not line.strip():
-            if words:
-                posts.append((" ".join(words), entities))
-            words, entities = [], 0
-        elif not line.startswith("IMGID:"):
-            word, tag = line.rsplit("\t", 1) if "\t" in line else line.rsplit(" ", 1)
-            words.append(word)
-            entities += tag.startswith("B-")
-    return posts
 
 
 def write_posts(path: Path, texts: list[str], size: int, images: list[str] | None = None) -> None:
@@ -284,9 +269,11 @@ def main() -> None:
         parser.error("the MMIB checkpoint is required")
     machine_before = machine_properties()
     print(f"machine: {json.dumps(machine_before)}", flush=True)
-    posts = read_twitter(Path(args.data_dir) / "test.txt")
-    texts = [text for text, _ in posts]
-    texts_with_entities = [text for text, count in posts if 3 <= count <= 5]
+    posts = read_conll(Path(args.data_dir) / "test.txt")
+    texts = [" ".join(post.words) for post in posts]
+    texts_with_entities = [
+        " ".join(post.words) for post in posts if 3 <= sum(tag.startswith("B-") for tag in post.tags) <= 5
+    ]
     images = sorted(str(path) for folder in IMAGE_FOLDERS for path in folder.rglob("*.jpg"))
     extra = args.mmib_args.split()
     here = str(REPO_ROOT)

@@ -244,7 +244,7 @@ def _modality_gap(args: argparse.Namespace, _: list[str]) -> None:
 
 
 def _extract_objects_arguments(extract: argparse.ArgumentParser) -> None:
-    from .data.object_crops import DATASETS
+    from .crop_extraction import DATASETS
     from .object_extraction_mmib import QUERY_RULES
 
     extract.description = (
@@ -276,7 +276,7 @@ def _extract_objects(args: argparse.Namespace, _: list[str]) -> None:
     import torch
     from accelerate import PartialState
 
-    from .data.object_crops import extract_objects
+    from .crop_extraction import extract_objects
     from .object_extraction_mmib import MMIBObjectExtractor
 
     # Without `cpu=True` accelerate sees no GPU and runs every launched process alone on the whole input.

@@ -15,6 +15,7 @@ from PIL import Image
 from conftest import accelerate_cpu_launcher
 from mmib.cli import main
 from mmib.data import load_mnre, load_twitter_ner
+from mmib.post_files import read_posts
 from test_object_extraction import hand_box, noise_image, save_detr
 
 IDS = {"train.txt": ["10", "11", "12"], "valid.txt": ["20"], "test.txt": ["30", "31", "32", "33"]}
@@ -73,6 +74,31 @@ def test_json_dictionary_beside_the_default_pth(detr_dir, tmp_path, capsys):
     data = load_twitter_ner(data_dir)
     assert [len(crops) for crops in data["train"]["crops"]] == [1, 1, 1]
     assert data["validation"]["crops"] == [[str(aux / "val" / "crops" / "20_crop_0.png")]]
+
+
+def test_raw_text_posts_that_mmib_predict_reads(detr_dir, tmp_path, capsys):
+    """The posts file of `mmib predict` (raw `text`, `words`, a bare string, relative images) as it is."""
+    noise_image((60, 44), seed=7).save(tmp_path / "a.png")
+    rows = [
+        {"id": "raw", "text": "RT @ann: Messi in Paris!", "image": "a.png"},
+        {"id": "split", "words": ["Messi", "joins", "PSG"], "image": "a.png", "head": [0, 1], "tail": [2, 3]},
+        "just a string, no image",
+    ]
+    source = tmp_path / "posts.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    report = run_command([str(source), "--detector", detr_dir, "--output_dir", str(out)], capsys)
+    assert (report["posts"], report["with_objects"], report["no_image"], report["objects"]) == (3, 2, 1, 2)
+    written = [json.loads(line) for line in (out / "posts.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert written[0]["text"] == rows[0]["text"] and "words" not in written[0]
+    assert [row.get("crops") for row in written] == [["posts/crops/0_crop_0.png"], ["posts/crops/1_crop_0.png"], None]
+    # The output is a posts file again: `mmib predict` / `mmib explain` read it, crops and all.
+    posts = read_posts(out / "posts.jsonl")
+    assert posts[0].words == ["RT", "@ann", ":", "Messi", "in", "Paris", "!"]
+    assert posts[0].image_files == [str(tmp_path / "a.png"), str(out / "posts" / "crops" / "0_crop_0.png")]
+    with Image.open(tmp_path / "a.png") as picture:
+        assert posts[1].crops[0].tobytes() == picture.convert("RGB").crop(hand_box(picture.size)).tobytes()
+    assert posts[2].text == "just a string, no image" and posts[2].image_files == [None]
 
 
 @pytest.mark.slow

@@ -37,9 +37,9 @@ from transformers import (
     SwinConfig,
 )
 
+from mmib.crop_extraction import extract_objects
 from mmib.data import load_jsonl, load_twitter_ner
 from mmib.image_loading_mmib import UnreadableImageError
-from mmib.data.object_crops import extract_objects
 from mmib.object_extraction_mmib import DetectedObject, MMIBObjectExtractor, box_iou, post_queries, select_objects
 
 WORDS = ["cat", "dog", "man", "ball", "kevin", "durant", "messi", "paris", "car", "tree", "psg", "joins"]
@@ -534,7 +534,7 @@ def test_extract_objects_resumes_after_kill(detr_dir, tmp_path):
         f"""
         import os, signal
         from mmib.object_extraction_mmib import MMIBObjectExtractor
-        from mmib.data.object_crops import extract_objects
+        from mmib.crop_extraction import extract_objects
         extractor = MMIBObjectExtractor.from_pretrained({detr_dir!r}, batch_size=1)
         forward, calls = extractor.model.forward, [0]
         def killed(*args, **kwargs):
@@ -583,7 +583,7 @@ def test_extract_objects_names_a_bad_line(detr_dir, tmp_path):
     source = tmp_path / "posts.jsonl"
     lines = [json.dumps({"words": ["a", "b"], "image": None}), "", json.dumps({"words": ["a"], "head": [0, 2]})]
     source.write_text("\n".join(lines))
-    with pytest.raises(ValueError, match=r"posts.jsonl:3: 'head' must be \[start, end\) word offsets"):
+    with pytest.raises(ValueError, match=r"posts.jsonl:3: 'head' span \[0, 2\] is not within"):
         extract_objects(MMIBObjectExtractor.from_pretrained(detr_dir), source, tmp_path / "out", show_progress=False)
     with pytest.raises(ValueError, match="would overwrite the source"):
         extract_objects(MMIBObjectExtractor.from_pretrained(detr_dir), source, tmp_path, show_progress=False)

@@ -15,9 +15,7 @@ from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIB
 from mmib.pipeline_mmib import save_pipeline_code
 
 MMIB = Path(mmib.__file__).parent
-# Old import paths kept as re-exports; not remote code (no saved object is defined in them).
-SHIMS = {"prediction_mmib.py"}
-TRAVELLING = sorted(path.name for path in MMIB.glob("*_mmib.py") if path.name not in SHIMS)
+TRAVELLING = sorted(path.name for path in MMIB.glob("*_mmib.py"))
 ALLOWED = {"torch", "transformers", "PIL"} | sys.stdlib_module_names
 
 
@@ -40,7 +38,6 @@ def sibling_imports(path: Path) -> list[str]:
 
 def test_the_module_lists_are_what_the_package_holds():
     assert {"configuration_mmib.py", "modeling_mmib.py", "processing_mmib.py", "pipeline_mmib.py"} <= set(TRAVELLING)
-    assert all((MMIB / name).is_file() for name in SHIMS)
 
 
 @pytest.mark.parametrize("name", TRAVELLING)
@@ -63,16 +60,6 @@ def test_the_import_check_finds_what_it_looks_for(tmp_path):
     assert [problem.split(":")[0] for problem in sibling_imports(bad)] == ["L2", "L3", "L4", "L5", "L6"]
 
 
-@pytest.mark.parametrize("name", sorted(SHIMS))
-def test_shims_only_reexport(name):
-    tree = ast.parse((MMIB / name).read_text(encoding="utf-8"))
-    docstring, *imports = tree.body
-    assert isinstance(docstring, ast.Expr) and isinstance(docstring.value, ast.Constant)
-    assert imports and all(
-        isinstance(node, ast.ImportFrom) and node.level == 1 and node.module + ".py" in TRAVELLING for node in imports
-    ), f"{name} must hold only a docstring and `from .x_mmib import ...` lines"
-
-
 def test_save_pretrained_copies_exactly_the_travelling_modules(tmp_path):
     torch.manual_seed(0)
     ner_model = MMIBForTokenClassification(tiny_config())
@@ -87,8 +74,8 @@ def test_save_pretrained_copies_exactly_the_travelling_modules(tmp_path):
     re_processor.save_pretrained(tmp_path / "re")
 
     copied = {path.name for folder in ("ner", "re") for path in (tmp_path / folder).glob("*.py")}
-    # A travelling file that no saved object reaches is dead remote code; a copied file outside the list is a shim
-    # or a sub-package that leaked into checkpoints.
+    # A travelling file that no saved object reaches is dead remote code; a copied file outside the list is a
+    # sub-package that leaked into checkpoints.
     never_copied, not_travelling = sorted(set(TRAVELLING) - copied), sorted(copied - set(TRAVELLING))
     assert copied == set(TRAVELLING), f"never copied: {never_copied}; copied but not travelling: {not_travelling}"
     for name in copied:

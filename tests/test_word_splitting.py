@@ -33,13 +33,13 @@ def test_split_words_follows_the_data_conventions_with_offsets(text, words):
 def test_split_words_round_trips_the_twitter_splits():
     """The measured round-trip shares (benchmarks/word_splitter_roundtrip.py); Twitter-2015's own tokenizer left
     punctuation attached in ~3% of posts (`no!`, `Services.`), which a splitter that splits punctuation cannot redo."""
-    from mmib.data.twitter import _read_conll
+    from mmib.data.twitter import read_conll
 
     minimum = {"twitter2015": 0.97, "twitter2017": 0.999}
     for name, share in minimum.items():
         files = [SHARED_DATA / name / split for split in ("train.txt", "valid.txt", "test.txt")]
         if not all(path.is_file() for path in files):
             pytest.skip(f"{name} text splits not found under {SHARED_DATA}")
-        posts = [post.words for path in files for post in _read_conll(path)]
+        posts = [post.words for path in files for post in read_conll(path)]
         same = sum([word for word, _, _ in split_words(" ".join(words))] == words for words in posts)
         assert same / len(posts) >= share, (name, same / len(posts))

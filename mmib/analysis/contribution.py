@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..batch_prediction.post_files import read_posts
+from ..post_files import read_posts
 from ..predictor_mmib import MMIBPredictor, load_checkpoint
 from .intermediates import encoder_intermediates
 from .plotting import plot_contributions, plot_object_boxes
@@ -54,7 +54,7 @@ def explain_posts(
     as coloured boxes on the image, the paper's Fig. 3) to `output_dir`.
 
     The posts are those of `mmib predict` (raw `text` or `words`, `image`, `crops`; see
-    [`~batch_prediction.post_files.read_posts`]) and are encoded as the predictor encodes them, so one file serves
+    [`~post_files.read_posts`]) and are encoded as the predictor encodes them, so one file serves
     both commands. Any post that cannot be used (e.g. an unreadable image) stops the command with its file and line.
 
     Args:
@@ -70,7 +70,7 @@ def explain_posts(
     model.eval()
     predictor = MMIBPredictor(model, processor)
     predictor.configure_object_extraction(object_detector, detector_trust_remote_code)
-    posts = read_posts(input_file, max_crops=processor.num_crops)
+    posts = read_posts(input_file, max_crops=processor.num_crops, spans="ignored")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     records = []

@@ -8,7 +8,7 @@ stays flat whatever the file size. By default workers run only where they have c
 every process takes every `world_size`-th batch, writes its results to a part file beside the output, and the main
 process merges the parts in input order.
 
-Input rows: see [`post_files`]; blank lines are skipped. Output rows: the predictor's results, `id` defaulting to
+Input rows: see [`mmib.post_files`]; blank lines are skipped. Output rows: the predictor's results, `id` defaulting to
 the 1-based line number; a row that cannot be used (malformed JSON, unreadable image, empty post, ...) gives
 `{"id", "error"}` and is counted in the summary.
 """
@@ -28,9 +28,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
+from ..post_files import iter_lines, prepare_line
 from ..posts_mmib import PreparedPost
 from ..predictor_mmib import MMIBPredictor
-from .post_files import iter_lines, prepare_line
 
 __all__ = ["PredictionSummary", "StrictModeError", "default_num_workers", "predict_file"]
 

@@ -36,15 +36,16 @@ One JSON object per line (UTF-8; blank lines are skipped; other keys are ignored
 - RE: ``{"id": "rel-1", "words": ["Messi", "joins", "PSG"], "head": [0, 1], "tail": [2, 3],
   "relation": "/per/org/member_of", "image": "images/post-1.jpg", "crops": []}``
 
-``words`` is required and non-empty; NER needs ``tags`` (one BIO tag per word), RE needs ``head`` and ``tail``
-(``[start, end)`` word offsets, ``0 <= start < end <= len(words)``) and ``relation``. ``id`` is optional
-(default: the 0-based record number in its file), ``image`` is optional (``null`` = no image) and ``crops``
-is optional (default ``[]``). Relative image and crop paths are resolved against ``image_root`` (default: the
-folder of the JSON-lines file). Malformed JSON, a missing field, a length mismatch or an unknown label raises
-``ValueError`` naming the file and line. :func:`write_jsonl` writes a split in this format.
+The posts are read by the one post reader of every command (``mmib.post_files``, field rules in
+``mmib.posts_mmib``): ``words`` (non-empty), or a raw ``text`` split into words as ``mmib predict`` splits it; RE
+needs ``head`` and ``tail`` (``[start, end)`` word offsets, ``0 <= start < end <= len(words)``). On top, NER needs
+``tags`` (one BIO tag per word) and RE ``relation``. ``id`` is optional (a string or an integer; default: the
+0-based record number in its file), ``image`` is optional (``null`` = no image) and ``crops`` is optional (default
+``[]``). Relative image and crop paths are resolved against ``image_root`` (default: the folder of the JSON-lines
+file). Malformed JSON, a missing or invalid field, a length mismatch or an unknown label raises ``ValueError``
+naming the file and line. :func:`write_jsonl` writes a split in this format.
 """
 
-from ..batch_prediction.post_files import read_posts
 from ..processing_mmib import TASKS
 from .jsonl import load_jsonl, write_jsonl
 from .labels import ENTITY_TYPE_ORDER, bio_label_names
@@ -70,7 +71,6 @@ __all__ = [
     "ner_features",
     "re_features",
     "read_crop_dict",
-    "read_posts",
     "read_relation_labels",
     "write_jsonl",
 ]

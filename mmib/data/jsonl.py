@@ -1,98 +1,60 @@
-"""Reader and writer of the package's JSON-lines format for own posts."""
+"""Reader and writer of the package's JSON-lines format for own posts: the posts are read by the one post reader
+(`mmib.post_files.read_posts`), the labels here."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-from ..posts_mmib import span_field, words_field
+from ..post_files import read_posts
+from ..posts_mmib import PreparedPost
 from ..processing_mmib import TASKS
 from .labels import (
-    _check_bio_names,
-    _check_ner_tags,
-    _check_relations,
-    _infer_ner_labels,
-    _infer_relation_labels,
-    _unique_names,
+    check_bio_names,
+    check_ner_tags,
+    check_relations,
+    infer_ner_labels,
+    infer_relation_labels,
+    unique_names,
 )
-from .media import _resolver
-from .rows import (
-    PathLike,
-    _as_optional_path,
-    _as_string,
-    _as_strings,
-    _build_split,
-    _ner_row,
-    _NerPost,
-    _re_row,
-    _read_lines,
-    _RePost,
-    _require,
-    ner_features,
-    re_features,
-)
+from .media import PathLike
+from .rows import as_string, as_strings, build_split, ner_features, ner_row, re_features, re_row, require
 
 
-def _parse_json_record(text: str, index: int, task: str) -> _NerPost | _RePost:
-    """Parses one JSON-lines record of the given task (line numbers are filled in by the caller).
+def _add_labels(post: PreparedPost, index: int, task: str) -> None:
+    """Sets the id (default: the 0-based record number) and the gold labels of one record of the given task.
 
     Raises:
-        ValueError: for malformed JSON, a missing or invalid field, or a tags/words length mismatch.
+        ValueError: for a missing or invalid label field, or a tags/words length mismatch.
     """
-    try:
-        record = json.loads(text)
-    except ValueError as err:
-        raise ValueError(f"malformed JSON ({err})") from err
-    if not isinstance(record, dict):
-        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-    post_id = record.get("id", index)
-    if not isinstance(post_id, (str, int)) or isinstance(post_id, bool):
-        raise ValueError("'id' must be a string or an integer")
-    words = words_field(_require(record, "words"), "words")
-    image = _as_optional_path(record.get("image"), "image")
-    crops = _as_strings(record.get("crops", []), "crops")
+    post.id = str(post.id) if "id" in post.row else str(index)
     if task == "ner":
-        tags = _as_strings(_require(record, "tags"), "tags")
-        if len(tags) != len(words):
-            raise ValueError(f"'tags' has {len(tags)} items but 'words' has {len(words)}")
-        return _NerPost(id=str(post_id), words=words, tags=tags, lines=[], image=image, crops=crops)
-    return _RePost(
-        id=str(post_id),
-        words=words,
-        head=list(span_field(_require(record, "head"), "head", len(words))),
-        tail=list(span_field(_require(record, "tail"), "tail", len(words))),
-        relation=_as_string(_require(record, "relation"), "relation"),
-        line=0,
-        image=image,
-        crops=crops,
-    )
+        post.tags = as_strings(require(post.row, "tags"), "tags")
+        if len(post.tags) != len(post.words):
+            raise ValueError(f"'tags' has {len(post.tags)} items but 'words' has {len(post.words)}")
+    else:
+        post.relation = as_string(require(post.row, "relation"), "relation")
 
 
-def _read_jsonl(path: Path, task: str) -> list[_NerPost | _RePost]:
-    """Parses a JSON-lines file of the given task (blank lines skipped).
+def _read_jsonl(path: Path, task: str, image_root: Path) -> list[PreparedPost]:
+    """Reads a JSON-lines file of the given task with the one post reader, then its labels; media paths absolute.
 
     Raises:
         ValueError: naming file and line of an invalid record; also for a file without records.
     """
-    posts: list[_NerPost | _RePost] = []
-    for line_no, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            continue
+    posts = read_posts(path, image_root, spans="required" if task == "re" else "ignored", decode_images=False)
+    for index, post in enumerate(posts):
         try:
-            post = _parse_json_record(line, len(posts), task)
+            _add_labels(post, index, task)
         except ValueError as err:
-            raise ValueError(f"{path}:{line_no}: {err}") from err
-        if isinstance(post, _NerPost):
-            post.lines = [line_no] * len(post.words)
-        else:
-            post.line = line_no
-        posts.append(post)
-    if not posts:
-        raise ValueError(f"{path}: no records found")
+            raise ValueError(f"{path}:{post.line}: {err}") from err
+        post.image = os.path.normpath(post.image) if post.image is not None else None
+        post.crops = [os.path.normpath(crop) for crop in post.crops]
     return posts
 
 
@@ -123,22 +85,22 @@ def load_jsonl(
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    parsed = {split: (Path(path).absolute(), _read_jsonl(Path(path), task)) for split, path in data_files.items()}
+    parsed = {}
+    for split, path in data_files.items():
+        source = Path(path).absolute()
+        root = Path(image_root).absolute() if image_root is not None else source.parent
+        parsed[split] = (source, _read_jsonl(Path(path), task, root))
     if task == "ner":
-        names = _check_bio_names(label_names) if label_names is not None else _infer_ner_labels(parsed)
-        features, check, to_row = ner_features(names), _check_ner_tags, _ner_row
+        names = check_bio_names(label_names) if label_names is not None else infer_ner_labels(parsed)
+        features, check, to_row = ner_features(names), check_ner_tags, ner_row
     else:
-        names = _unique_names(label_names) if label_names is not None else _infer_relation_labels(parsed)
-        features, check, to_row = re_features(names), _check_relations, _re_row
+        names = unique_names(label_names) if label_names is not None else infer_relation_labels(parsed)
+        features, check, to_row = re_features(names), check_relations, re_row
     label_ids = {label: index for index, label in enumerate(names)}
     result = {}
     for split, (source, posts) in parsed.items():
         check(source, posts, label_ids)
-        resolve = _resolver(image_root if image_root is not None else source.parent)
-        for post in posts:
-            post.image = resolve(post.image) if post.image is not None else None
-            post.crops = [resolve(crop) for crop in post.crops]
-        result[split] = _build_split(split, source, posts, features, to_row(label_ids))
+        result[split] = build_split(split, source, posts, features, to_row(label_ids))
     return datasets.DatasetDict(result)
 
 

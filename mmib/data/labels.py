@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .rows import _NerPost, _RePost
+from ..posts_mmib import PreparedPost
 
 ENTITY_TYPE_ORDER = ("PER", "LOC", "ORG", "MISC", "OTHER")
 
@@ -42,13 +42,18 @@ def bio_label_names(entity_types: Iterable[str]) -> list[str]:
     return ["O"] + [f"{prefix}-{entity_type}" for entity_type in ordered for prefix in ("B", "I")]
 
 
+def tag_lines(post: PreparedPost) -> list[int]:
+    """The source line of each of a post's tags: its `word_lines`, or its `line` for every tag."""
+    return post.word_lines if post.word_lines is not None else [post.line] * len(post.tags)
+
+
 def _label_source_splits(split_names: Iterable[str]) -> list[str]:
     """Splits labels are inferred from: ``train`` if present, else all."""
     names = list(split_names)
     return ["train"] if "train" in names else names
 
 
-def _infer_ner_labels(parsed: Mapping[str, tuple[Path, list[_NerPost]]]) -> list[str]:
+def infer_ner_labels(parsed: Mapping[str, tuple[Path, list[PreparedPost]]]) -> list[str]:
     """Infers BIO label names from the training split (or all splits), checking the tag syntax.
 
     Raises:
@@ -58,7 +63,7 @@ def _infer_ner_labels(parsed: Mapping[str, tuple[Path, list[_NerPost]]]) -> list
     for split in _label_source_splits(parsed):
         source, posts = parsed[split]
         for post in posts:
-            for tag, line in zip(post.tags, post.lines):
+            for tag, line in zip(post.tags, tag_lines(post)):
                 try:
                     entity_type = _entity_type(tag)
                 except ValueError as err:
@@ -68,7 +73,7 @@ def _infer_ner_labels(parsed: Mapping[str, tuple[Path, list[_NerPost]]]) -> list
     return bio_label_names(entity_types)
 
 
-def _unique_names(label_names: Sequence[str]) -> list[str]:
+def unique_names(label_names: Sequence[str]) -> list[str]:
     """Validates explicit label names: non-empty strings without duplicates."""
     names = list(label_names)
     if not names or not all(isinstance(name, str) and name for name in names):
@@ -78,30 +83,32 @@ def _unique_names(label_names: Sequence[str]) -> list[str]:
     return names
 
 
-def _check_bio_names(label_names: Sequence[str]) -> list[str]:
+def check_bio_names(label_names: Sequence[str]) -> list[str]:
     """Validates explicit BIO label names (unique, BIO syntax)."""
-    names = _unique_names(label_names)
+    names = unique_names(label_names)
     for name in names:
         _entity_type(name)
     return names
 
 
-def _check_ner_tags(source: Path, posts: Iterable[_NerPost], label_ids: Mapping[str, int]) -> None:
+def check_ner_tags(source: Path, posts: Iterable[PreparedPost], label_ids: Mapping[str, int]) -> None:
     """Raises ValueError naming file and line of the first tag not in ``label_ids``."""
     for post in posts:
-        for tag, line in zip(post.tags, post.lines):
+        for tag, line in zip(post.tags, tag_lines(post)):
             if tag not in label_ids:
                 raise ValueError(f"{source}:{line}: unknown tag {tag!r}; known labels: {list(label_ids)}")
 
 
-def _check_relations(source: Path, posts: Iterable[_RePost], label_ids: Mapping[str, int]) -> None:
+def check_relations(source: Path, posts: Iterable[PreparedPost], label_ids: Mapping[str, int]) -> None:
     """Raises ValueError naming file and line of the first relation not in ``label_ids``."""
     for post in posts:
         if post.relation not in label_ids:
             raise ValueError(f"{source}:{post.line}: unknown relation {post.relation!r}; known: {list(label_ids)}")
 
 
-def _infer_relation_labels(parsed: Mapping[str, tuple[Path, list[_RePost]]], none_label: str = "None") -> list[str]:
+def infer_relation_labels(
+    parsed: Mapping[str, tuple[Path, list[PreparedPost]]], none_label: str = "None"
+) -> list[str]:
     """``"None"`` (if present) then the other relations of the training split (or all splits), sorted."""
     relations = {post.relation for split in _label_source_splits(parsed) for post in parsed[split][1]}
     head = [none_label] if none_label in relations else []

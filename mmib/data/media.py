@@ -10,13 +10,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Union
 
 import datasets
 import torch
 
-if TYPE_CHECKING:
-    from .rows import PathLike, _NerPost, _RePost
+from ..posts_mmib import PreparedPost
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +26,8 @@ IMGID_PREFIX = "IMGID:"
 REPORT_KEY = "mmib_missing_media"
 
 MAX_MISSING_EXAMPLES = 5
+
+PathLike = Union[str, os.PathLike]
 
 
 @dataclass
@@ -192,18 +193,18 @@ def _normalize_crop_dict(raw: Any, path: Path) -> dict[str, list[str]]:
     return crops
 
 
-def _resolver(folder: PathLike) -> Callable[[str], str]:
+def resolver(folder: PathLike) -> Callable[[str], str]:
     """Function turning a path relative to ``folder`` (or an absolute path) into a normalized absolute path."""
     base = os.path.abspath(folder)
     return lambda path: os.path.normpath(os.path.join(base, path))
 
 
-def _split_folder(split: str) -> str:
+def split_folder(split: str) -> str:
     """Folder name the benchmark layouts use for a split (``validation`` -> ``val``)."""
     return SPLIT_FOLDERS.get(split, split)
 
 
-def _crop_dicts_for(
+def crop_dicts_for(
     splits: Iterable[str],
     crop_dicts: Mapping[str, PathLike] | None,
     default_path: Callable[[str], Path],
@@ -224,7 +225,7 @@ def _crop_dicts_for(
         default = default_path(split)
         candidates = [default, default.with_suffix(".json")]
         if crop_dir is not None:
-            candidates.insert(0, Path(crop_dir) / f"{_split_folder(split)}_dict.json")
+            candidates.insert(0, Path(crop_dir) / f"{split_folder(split)}_dict.json")
         path = next((candidate for candidate in candidates if candidate.is_file()), None)
         if path is not None:
             loaded[split] = read_crop_dict(path)
@@ -235,9 +236,9 @@ def _crop_dicts_for(
     return loaded
 
 
-def _attach_crops(
+def attach_crops(
     keys: Sequence[str],
-    posts: Sequence[_NerPost | _RePost],
+    posts: Sequence[PreparedPost],
     crop_map: Mapping[str, list[str]] | None,
     folder: PathLike,
     num_crops: int | None,
@@ -252,7 +253,7 @@ def _attach_crops(
         raise ValueError(f"num_crops must be >= 0, got {num_crops}")
     if crop_map is None:
         return 0
-    resolve = _resolver(folder)
+    resolve = resolver(folder)
     without_entry = 0
     for key, post in zip(keys, posts):
         if key not in crop_map:

@@ -10,10 +10,10 @@ from types import MappingProxyType
 
 import datasets
 
-from ..posts_mmib import span_field, words_field
-from .labels import _check_relations
-from .media import _attach_crops, _crop_dicts_for, _resolver, _split_folder
-from .rows import PathLike, _as_string, _build_split, _re_row, _read_lines, _RePost, _require, re_features
+from ..posts_mmib import PreparedPost, span_field, words_field
+from .labels import check_relations
+from .media import PathLike, attach_crops, crop_dicts_for, resolver, split_folder
+from .rows import as_string, build_split, re_features, re_row, read_lines, require
 
 MNRE_SPLITS: Mapping[str, str] = MappingProxyType(
     {"train": "txt/ours_train.txt", "validation": "txt/ours_val.txt", "test": "txt/ours_test.txt"}
@@ -46,7 +46,7 @@ def read_relation_labels(path: PathLike) -> list[str]:
     return sorted(mapping, key=mapping.__getitem__)
 
 
-def _parse_mnre_record(text: str, index: int) -> _RePost:
+def _parse_mnre_record(text: str, index: int) -> PreparedPost:
     """Parses one MNRE line (a Python dict literal) with ``ast.literal_eval``.
 
     Raises:
@@ -58,32 +58,32 @@ def _parse_mnre_record(text: str, index: int) -> _RePost:
         raise ValueError(f"not a Python literal ({type(err).__name__}: {err})") from err
     if not isinstance(record, dict):
         raise ValueError(f"expected a dict literal, got {type(record).__name__}")
-    words = words_field(_require(record, "token"), "token")
+    words = words_field(require(record, "token"), "token")
     spans = {}
     for key in ("h", "t"):
-        entity = _require(record, key)
+        entity = require(record, key)
         if not isinstance(entity, dict):
             raise ValueError(f"{key!r} must be a dict with 'pos'")
-        spans[key] = list(span_field(_require(entity, "pos"), f"{key}.pos", len(words)))
-    return _RePost(
+        spans[key] = span_field(require(entity, "pos"), f"{key}.pos", len(words))
+    return PreparedPost(
         id=str(index),
         words=words,
         head=spans["h"],
         tail=spans["t"],
-        relation=_as_string(_require(record, "relation"), "relation"),
+        relation=as_string(require(record, "relation"), "relation"),
         line=0,
-        image=_as_string(_require(record, "img_id"), "img_id"),
+        image=as_string(require(record, "img_id"), "img_id"),
     )
 
 
-def _read_mnre(path: Path) -> list[_RePost]:
+def _read_mnre(path: Path) -> list[PreparedPost]:
     """Parses an MNRE ``ours_*.txt`` file: one dict literal per line (blank lines skipped).
 
     Raises:
         ValueError: naming file and line of an invalid line; also for a file without records.
     """
     posts = []
-    for line_no, line in enumerate(_read_lines(path), start=1):
+    for line_no, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
         try:
@@ -151,17 +151,17 @@ def load_mnre(
     crop_dir = Path(crop_dir) if crop_dir is not None else data_dir / "img_vg"
     names = read_relation_labels(data_dir / rel2id_file)
     label_ids = {label: index for index, label in enumerate(names)}
-    crop_maps = _crop_dicts_for(splits, crop_dicts, _mnre_crop_dict_path(data_dir), given_crop_dir)
+    crop_maps = crop_dicts_for(splits, crop_dicts, _mnre_crop_dict_path(data_dir), given_crop_dir)
     result = {}
     for split, file_name in splits.items():
         source = data_dir / file_name
         posts = _read_mnre(source)
-        _check_relations(source, posts, label_ids)
-        folder = _split_folder(split)
-        resolve_image = _resolver(image_dir / folder)
+        check_relations(source, posts, label_ids)
+        folder = split_folder(split)
+        resolve_image = resolver(image_dir / folder)
         for post in posts:
             post.image = resolve_image(post.image)
         keys = [post.id for post in posts]
-        without_entry = _attach_crops(keys, posts, crop_maps[split], crop_dir / folder / "crops", num_crops)
-        result[split] = _build_split(split, source, posts, re_features(names), _re_row(label_ids), without_entry)
+        without_entry = attach_crops(keys, posts, crop_maps[split], crop_dir / folder / "crops", num_crops)
+        result[split] = build_split(split, source, posts, re_features(names), re_row(label_ids), without_entry)
     return datasets.DatasetDict(result)

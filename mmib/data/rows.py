@@ -1,52 +1,16 @@
-"""Post records, the `datasets` features and rows of the package contract, split building, line reading and record
-field checks."""
+"""The `datasets` features and rows of the package contract, split building, line reading and label field checks of
+the dataset readers (the posts themselves are `posts_mmib.PreparedPost` records)."""
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import datasets
 
-from .media import MissingMediaReport
-
-logger = logging.getLogger(__name__)
-
-PathLike = Union[str, os.PathLike]
-
-
-@dataclass
-class _NerPost:
-    """One NER post as parsed, before label encoding.
-
-    ``image`` / ``crops`` first hold the references found in the source, then candidate absolute paths, then
-    (after :meth:`MissingMediaReport.check_image` / ``check_crops``) only paths of existing files.
-    """
-
-    id: str
-    words: list[str]
-    tags: list[str]
-    lines: list[int]
-    image: str | None = None
-    crops: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _RePost:
-    """One relation instance as parsed, before label encoding; ``image`` / ``crops`` as in :class:`_NerPost`."""
-
-    id: str
-    words: list[str]
-    head: list[int]
-    tail: list[int]
-    relation: str
-    line: int
-    image: str | None = None
-    crops: list[str] = field(default_factory=list)
+from ..posts_mmib import PreparedPost
+from .media import MissingMediaReport, PathLike
 
 
 def ner_features(label_names: Sequence[str]) -> datasets.Features:
@@ -77,10 +41,10 @@ def re_features(label_names: Sequence[str]) -> datasets.Features:
     )
 
 
-def _build_split(
+def build_split(
     split: str,
     source: PathLike,
-    posts: Sequence[_NerPost | _RePost],
+    posts: Sequence[PreparedPost],
     features: datasets.Features,
     to_row: Callable[[Any], dict[str, Any]],
     crop_entries_missing: int = 0,
@@ -109,10 +73,10 @@ def _build_split(
     return datasets.Dataset.from_list(rows, features=features, info=info)
 
 
-def _ner_row(label_ids: Mapping[str, int]) -> Callable[[_NerPost], dict[str, Any]]:
+def ner_row(label_ids: Mapping[str, int]) -> Callable[[PreparedPost], dict[str, Any]]:
     """Row builder for NER posts."""
 
-    def to_row(post: _NerPost) -> dict[str, Any]:
+    def to_row(post: PreparedPost) -> dict[str, Any]:
         return {
             "id": post.id,
             "words": post.words,
@@ -124,15 +88,15 @@ def _ner_row(label_ids: Mapping[str, int]) -> Callable[[_NerPost], dict[str, Any
     return to_row
 
 
-def _re_row(label_ids: Mapping[str, int]) -> Callable[[_RePost], dict[str, Any]]:
+def re_row(label_ids: Mapping[str, int]) -> Callable[[PreparedPost], dict[str, Any]]:
     """Row builder for relation instances."""
 
-    def to_row(post: _RePost) -> dict[str, Any]:
+    def to_row(post: PreparedPost) -> dict[str, Any]:
         return {
             "id": post.id,
             "words": post.words,
-            "head_span": post.head,
-            "tail_span": post.tail,
+            "head_span": list(post.head),
+            "tail_span": list(post.tail),
             "relation": label_ids[post.relation],
             "image": post.image,
             "crops": post.crops,
@@ -141,7 +105,7 @@ def _re_row(label_ids: Mapping[str, int]) -> Callable[[_RePost], dict[str, Any]]
     return to_row
 
 
-def _read_lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
     """Lines of a UTF-8 text file split on LF only (a CR before the LF is dropped).
 
     Raises:
@@ -155,28 +119,21 @@ def _read_lines(path: Path) -> list[str]:
     return [line.removesuffix("\r") for line in text.split("\n")]
 
 
-def _require(record: Mapping[str, Any], key: str) -> Any:
+def require(record: Mapping[str, Any], key: str) -> Any:
     """``record[key]``, or ValueError naming the missing field."""
     if key not in record:
         raise ValueError(f"missing field {key!r}")
     return record[key]
 
 
-def _as_optional_path(value: Any, name: str) -> str | None:
-    """Validates an optional non-empty path string."""
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ValueError(f"{name!r} must be a non-empty string or null")
-    return value
-
-
-def _as_strings(value: Any, name: str) -> list[str]:
+def as_strings(value: Any, name: str) -> list[str]:
     """Validates a list of non-empty strings."""
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise ValueError(f"{name!r} must be a list of non-empty strings")
     return value
 
 
-def _as_string(value: Any, name: str) -> str:
+def as_string(value: Any, name: str) -> str:
     """Validates a non-empty string."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name!r} must be a non-empty string")

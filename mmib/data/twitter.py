@@ -8,26 +8,27 @@ from types import MappingProxyType
 
 import datasets
 
-from .labels import _check_bio_names, _check_ner_tags, _infer_ner_labels
-from .media import IMGID_PREFIX, _attach_crops, _crop_dicts_for, _resolver, _split_folder
-from .rows import PathLike, _build_split, _ner_row, _NerPost, _read_lines, ner_features
+from ..posts_mmib import PreparedPost
+from .labels import check_bio_names, check_ner_tags, infer_ner_labels
+from .media import IMGID_PREFIX, PathLike, attach_crops, crop_dicts_for, resolver, split_folder
+from .rows import build_split, ner_features, ner_row, read_lines
 
 TWITTER_SPLITS: Mapping[str, str] = MappingProxyType(
     {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
 )
 
 
-def _read_conll(path: Path) -> list[_NerPost]:
+def read_conll(path: Path) -> list[PreparedPost]:
     """Parses an ``IMGID:<id>`` / ``token<TAB>tag`` / blank-line file; the last post may lack a blank line.
 
     Raises:
         ValueError: naming file and line of a malformed line (no TAB, empty token or tag, token line outside a
             post, empty IMGID) or of a post without tokens; also for a file without posts.
     """
-    posts: list[_NerPost] = []
-    current: _NerPost | None = None
+    posts: list[PreparedPost] = []
+    current: PreparedPost | None = None
     start_line = 0
-    for line_no, line in enumerate(_read_lines(path), start=1):
+    for line_no, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             _close_post(current, start_line, path, posts)
             current = None
@@ -36,14 +37,14 @@ def _read_conll(path: Path) -> list[_NerPost]:
             image_id = line[len(IMGID_PREFIX) :].strip()
             if not image_id:
                 raise ValueError(f"{path}:{line_no}: empty IMGID")
-            current, start_line = _NerPost(id=image_id, words=[], tags=[], lines=[]), line_no
+            current, start_line = PreparedPost(id=image_id, words=[], tags=[], line=line_no, word_lines=[]), line_no
         elif current is None:
             raise ValueError(f"{path}:{line_no}: token line outside a post (no IMGID line before it): {line!r}")
         else:
             word, tag = _split_token_line(line, path, line_no)
             current.words.append(word)
             current.tags.append(tag)
-            current.lines.append(line_no)
+            current.word_lines.append(line_no)
     _close_post(current, start_line, path, posts)
     if not posts:
         raise ValueError(f"{path}: no posts found")
@@ -63,7 +64,7 @@ def _split_token_line(line: str, path: Path, line_no: int) -> tuple[str, str]:
     return word, tag
 
 
-def _close_post(post: _NerPost | None, start_line: int, path: Path, posts: list[_NerPost]) -> None:
+def _close_post(post: PreparedPost | None, start_line: int, path: Path, posts: list[PreparedPost]) -> None:
     """Appends a finished post; a post without tokens is an error."""
     if post is None:
         return
@@ -119,20 +120,20 @@ def load_twitter_ner(
     image_dir = Path(image_dir) if image_dir is not None else data_dir / f"{name}_images"
     given_crop_dir = crop_dir
     crop_dir = Path(crop_dir) if crop_dir is not None else data_dir / f"{name}_aux_images"
-    parsed = {split: (data_dir / file_name, _read_conll(data_dir / file_name)) for split, file_name in splits.items()}
-    names = _check_bio_names(label_names) if label_names is not None else _infer_ner_labels(parsed)
+    parsed = {split: (data_dir / file_name, read_conll(data_dir / file_name)) for split, file_name in splits.items()}
+    names = check_bio_names(label_names) if label_names is not None else infer_ner_labels(parsed)
     label_ids = {label: index for index, label in enumerate(names)}
-    crop_maps = _crop_dicts_for(
-        splits, crop_dicts, lambda split: data_dir / f"{name}_{_split_folder(split)}_dict.pth", given_crop_dir
+    crop_maps = crop_dicts_for(
+        splits, crop_dicts, lambda split: data_dir / f"{name}_{split_folder(split)}_dict.pth", given_crop_dir
     )
     result = {}
     for split, (source, posts) in parsed.items():
-        _check_ner_tags(source, posts, label_ids)
-        resolve_image = _resolver(image_dir)
+        check_ner_tags(source, posts, label_ids)
+        resolve_image = resolver(image_dir)
         for post in posts:
             post.image = resolve_image(f"{post.id}.jpg")
         keys = [f"{post.id}.jpg" for post in posts]
-        crops_folder = crop_dir / _split_folder(split) / "crops"
-        without_entry = _attach_crops(keys, posts, crop_maps[split], crops_folder, num_crops)
-        result[split] = _build_split(split, source, posts, ner_features(names), _ner_row(label_ids), without_entry)
+        crops_folder = crop_dir / split_folder(split) / "crops"
+        without_entry = attach_crops(keys, posts, crop_maps[split], crops_folder, num_crops)
+        result[split] = build_split(split, source, posts, ner_features(names), ner_row(label_ids), without_entry)
     return datasets.DatasetDict(result)

@@ -59,10 +59,12 @@ def test_jsonl_re_reader_and_label_inference(tmp_path):
     "task, bad, message",
     [
         ("ner", '{"words": ["a"], "tags": ["O"]', "malformed JSON"),
-        ("ner", '["a"]', "expected a JSON object"),
+        ("ner", '["a"]', "must be a JSON object"),
         ("ner", {"words": ["a", "b"]}, "missing field 'tags'"),
         ("ner", {"words": ["a", "b"], "tags": ["O"]}, "'tags' has 1 items but 'words' has 2"),
-        ("ner", {"words": [], "tags": []}, "'words' must be a non-empty list"),
+        ("ner", {"words": [], "tags": []}, "the post has no words"),
+        ("ner", {"words": ["a"], "tags": ["B-PER"], "id": True}, "'id' must be a string or an integer"),
+        ("ner", {"text": "a b", "tags": ["B-PER"]}, "'tags' has 1 items but 'words' has 2"),
         ("ner", {"words": ["a"], "tags": ["B-PER"], "image": 3}, "'image' must be"),
         ("ner", {"words": ["a"], "tags": ["B-ORG"]}, "unknown tag 'B-ORG'"),
         ("re", {"words": ["a", "b"], "head": [0, 1], "tail": [1, 3], "relation": "x"}, "'tail' span"),
@@ -93,6 +95,18 @@ def test_training_and_prediction_share_the_word_and_span_rules(tmp_path):
         with pytest.raises(ValueError, match=r"train\.jsonl:1: .*'tail'"):
             load_jsonl({"train": path}, task="re", label_names=["None", "x"])
         assert post.error_kind == "invalid field" and "'tail'" in post.error, span
+
+
+def test_jsonl_reads_the_posts_of_mmib_predict(tmp_path):
+    """The one post reader: a raw `text` is split as `mmib predict` splits it, `crops: null` is no crops."""
+    from mmib.posts_mmib import prepare_post
+
+    text = "RT @ann: Messi in Paris!"
+    tags = ["O", "O", "O", "B-PER", "O", "B-LOC", "O"]
+    path = write_lines(tmp_path / "train.jsonl", [{"id": 7, "text": text, "tags": tags, "crops": None}])
+    row = load_jsonl({"train": path})["train"][0]
+    assert row["words"] == prepare_post(text).words == ["RT", "@ann", ":", "Messi", "in", "Paris", "!"]
+    assert (row["id"], row["ner_tags"], row["crops"]) == ("7", [0, 0, 0, 1, 0, 3, 0], [])
 
 
 def test_jsonl_unknown_task(tmp_path):

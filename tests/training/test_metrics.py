@@ -1,4 +1,4 @@
-"""Tests for mmib.metrics and the local evaluate metric modules (hand-worked expectations)."""
+"""Tests for mmib.training.metrics and the local evaluate metric modules (hand-worked expectations)."""
 
 import os
 import random

@@ -8,8 +8,8 @@ import sys
 import pytest
 from PIL import Image
 
-from mmib.batch_prediction.post_files import iter_lines, prepare_line, read_posts
 from mmib.cli import main as cli_main
+from mmib.post_files import iter_lines, prepare_line, read_posts
 from mmib.posts_mmib import prepare_post
 from prediction_checkpoints import save_ner_checkpoint
 
@@ -86,6 +86,6 @@ def test_read_posts_takes_raw_text_like_mmib_predict(tmp_path):
     posts = read_posts(path)
     assert [post.words for post in posts] == [prepare_post(row).words for row in rows]
     assert posts[0].words == ["RT", "@ann", ":", "Paris", ",", "at", "last", "!"]
-    for bad, message in (({"text": "a", "words": ["a"]}, "either text or words"), ({"text": 3}, "text must be")):
+    for bad, message in (({"text": "a", "words": ["a"]}, "either text or words"), ({"text": 3}, "'text' must be")):
         with pytest.raises(ValueError, match=rf"posts\.jsonl:1: .*{message}"):
             read_posts(write_lines(tmp_path / "posts.jsonl", [json.dumps(bad)]))

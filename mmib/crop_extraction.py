@@ -1,6 +1,7 @@
 """Object crops for a whole data set: [`extract_objects`] runs an [`MMIBObjectExtractor`] over a JSON-lines split or a
 benchmark folder (Twitter-2015/2017, MNRE) whose images exist and whose crops do not, and writes the crops in the
-layout the readers of `mmib.data` read.
+layout the readers of `mmib.data` read. A JSON-lines file is read by the one post reader (`mmib.post_files`), so the
+posts `mmib predict` reads (raw `text` or `words`) and training files alike are accepted.
 
 Output (`output_dir`; `<split>` is the split's folder name, `train` / `val` / `test`, or the JSON-lines file's stem):
 
@@ -45,10 +46,12 @@ import datasets
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from ..object_extraction_mmib import ZERO_SHOT, MMIBObjectExtractor
-from .media import SPLIT_FOLDERS, MissingMediaReport, missing_media_report
-from .mnre import MNRE_SPLITS, load_mnre
-from .twitter import TWITTER_SPLITS, load_twitter_ner
+from .data.media import SPLIT_FOLDERS, MissingMediaReport, missing_media_report
+from .data.mnre import MNRE_SPLITS, load_mnre
+from .data.twitter import TWITTER_SPLITS, load_twitter_ner
+from .object_extraction_mmib import ZERO_SHOT, MMIBObjectExtractor
+from .post_files import read_posts
+from .posts_mmib import PreparedPost
 
 logger = logging.getLogger(__name__)
 
@@ -100,15 +103,12 @@ class ExtractionReport:
 
 
 @dataclass
-class _Post:
+class _Item:
+    """One post of the job: its split folder, its key (the name of its record and crops) and the post."""
+
     split: str
     key: str
-    image: str | None
-    words: list[str]
-    head: list[int] | None = None
-    tail: list[int] | None = None
-    crops: list[str] = field(default_factory=list)
-    record: dict[str, Any] | None = None
+    post: PreparedPost
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -121,79 +121,49 @@ def _write_json(path: Path, value: Any) -> None:
     _atomic_write(path, lambda target: target.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8"))
 
 
-def _jsonl_posts(path: Path, image_root: Path) -> list[_Post]:
-    """The records of a JSON-lines file (every key kept); errors name the file and line."""
-    posts = []
-    split = path.stem
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as error:
-            raise ValueError(f"{path}:{line_no}: malformed JSON ({error})") from error
-        words = record.get("words") if isinstance(record, dict) else None
-        if not isinstance(words, list) or not words or not all(isinstance(word, str) for word in words):
-            raise ValueError(f"{path}:{line_no}: 'words' must be a non-empty list of strings")
-        image = record.get("image")
-        if image is not None and not isinstance(image, str):
-            raise ValueError(f"{path}:{line_no}: 'image' must be a path or null")
-        for name in ("head", "tail"):
-            span = record.get(name)
-            valid = isinstance(span, list) and len(span) == 2 and all(isinstance(value, int) for value in span)
-            if span is not None and not (valid and 0 <= span[0] < span[1] <= len(words)):
-                raise ValueError(f"{path}:{line_no}: {name!r} must be [start, end) word offsets, got {span!r}")
-        posts.append(
-            _Post(
-                split=split,
-                key=str(len(posts)),
-                image=os.path.normpath(image_root / image) if image is not None else None,
-                words=words,
-                head=record.get("head"),
-                tail=record.get("tail"),
-                crops=[os.path.normpath(image_root / crop) for crop in record.get("crops") or []],
-                record=record,
-            )
-        )
-    if not posts:
-        raise ValueError(f"{path}: no records found")
-    return posts
+def _jsonl_items(path: Path, image_root: Path) -> list[_Item]:
+    """The posts of a JSON-lines file, read by the one post reader (`row` keeps every key), media paths absolute.
+
+    Raises:
+        ValueError: naming the file and line of a post that cannot be used.
+    """
+    items = []
+    for index, post in enumerate(read_posts(path, image_root, decode_images=False)):
+        post.image = os.path.normpath(post.image) if post.image is not None else None
+        post.crops = [os.path.normpath(crop) for crop in post.crops]
+        items.append(_Item(split=path.stem, key=str(index), post=post))
+    return items
 
 
-def _benchmark_posts(
+def _benchmark_items(
     dataset: str, data_dir: Path, image_dir: PathLike | None, splits: Mapping[str, str] | None
-) -> list[_Post]:
+) -> list[_Item]:
     if dataset == "mnre":
         data = load_mnre(data_dir, image_dir=image_dir, crop_dicts={}, splits=splits or MNRE_SPLITS)
     else:
         data = load_twitter_ner(data_dir, image_dir=image_dir, crop_dicts={}, splits=splits or TWITTER_SPLITS)
-    posts = []
+    items = []
     for split, rows in data.items():
         folder = SPLIT_FOLDERS.get(split, split)
         for row in rows:
-            posts.append(
-                _Post(
-                    split=folder,
-                    key=row["id"] if dataset == "mnre" else f"{row['id']}.jpg",
-                    image=row["image"],
-                    words=row["words"],
-                    head=row.get("head_span"),
-                    tail=row.get("tail_span"),
-                )
+            post = PreparedPost(
+                row["id"], words=row["words"], image=row["image"], head=row.get("head_span"), tail=row.get("tail_span")
             )
-    return posts
+            items.append(_Item(split=folder, key=row["id"] if dataset == "mnre" else f"{row['id']}.jpg", post=post))
+    return items
 
 
-def _record_path(output_dir: Path, post: _Post) -> Path:
-    return output_dir / ".records" / post.split / f"{post.key}.json"
+def _record_path(output_dir: Path, item: _Item) -> Path:
+    return output_dir / ".records" / item.split / f"{item.key}.json"
 
 
-def _crop_name(post: _Post, index: int) -> str:
-    return f"{Path(post.key).stem if post.key.endswith('.jpg') else post.key}_crop_{index}.png"
+def _crop_name(item: _Item, index: int) -> str:
+    return f"{Path(item.key).stem if item.key.endswith('.jpg') else item.key}_crop_{index}.png"
 
 
-def _process(extractor: MMIBObjectExtractor, posts: Sequence[_Post], output_dir: Path) -> None:
+def _process(extractor: MMIBObjectExtractor, items: Sequence[_Item], output_dir: Path) -> None:
     """Detects, writes the crops and then the record of each post (atomically)."""
+    posts = [item.post for item in items]
     results = extractor(
         [post.image for post in posts],
         words=[post.words for post in posts],
@@ -201,15 +171,15 @@ def _process(extractor: MMIBObjectExtractor, posts: Sequence[_Post], output_dir:
         tail_spans=[post.tail for post in posts],
         on_unreadable="mask",
     )
-    for post, objects in zip(posts, results):
+    for item, post, objects in zip(items, posts, results):
         if objects is None:
             record = {"status": "unreadable", "image": post.image, "crops": [], "objects": []}
         else:
-            crop_folder = output_dir / post.split / "crops"
+            crop_folder = output_dir / item.split / "crops"
             crop_folder.mkdir(parents=True, exist_ok=True)
             names = []
             for index, obj in enumerate(objects):
-                name = _crop_name(post, index)
+                name = _crop_name(item, index)
                 _atomic_write(crop_folder / name, lambda target, crop=obj.crop: crop.save(target, format="PNG"))
                 names.append(name)
             no_query = extractor.kind == ZERO_SHOT and not extractor.queries_for(post.words, post.head, post.tail)
@@ -220,7 +190,7 @@ def _process(extractor: MMIBObjectExtractor, posts: Sequence[_Post], output_dir:
                 "crops": names,
                 "objects": [obj.to_dict() for obj in objects],
             }
-        path = _record_path(output_dir, post)
+        path = _record_path(output_dir, item)
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_json(path, record)
 
@@ -265,20 +235,20 @@ def extract_objects(
     if dataset == "jsonl":
         if (output_dir / source.name) == source:
             raise ValueError(f"The output {output_dir / source.name} would overwrite the source {source}.")
-        posts = _jsonl_posts(source, Path(image_dir).absolute() if image_dir is not None else source.parent)
+        items = _jsonl_items(source, Path(image_dir).absolute() if image_dir is not None else source.parent)
     else:
-        posts = _benchmark_posts(dataset, source, image_dir, splits)
+        items = _benchmark_items(dataset, source, image_dir, splits)
     state = PartialState()
     output_dir.mkdir(parents=True, exist_ok=True)
     work = [
-        post
-        for post in posts
-        if not post.crops
-        and post.image is not None
-        and os.path.isfile(post.image)
-        and not _record_path(output_dir, post).is_file()
+        item
+        for item in items
+        if not item.post.crops
+        and item.post.image is not None
+        and os.path.isfile(item.post.image)
+        and not _record_path(output_dir, item).is_file()
     ]
-    resumed = sum(1 for post in posts if _record_path(output_dir, post).is_file())
+    resumed = sum(1 for item in items if _record_path(output_dir, item).is_file())
     # Every process must split the same list: none may write a record before all have read the state.
     state.wait_for_everyone()
     with state.split_between_processes(work) as mine:
@@ -290,7 +260,7 @@ def extract_objects(
             progress.update(len(batch))
         progress.close()
     state.wait_for_everyone()
-    report = _summarise(extractor, dataset, source, posts, output_dir, resumed, len(work), state.is_main_process)
+    report = _summarise(extractor, dataset, source, items, output_dir, resumed, len(work), state.is_main_process)
     state.wait_for_everyone()
     return report
 
@@ -299,28 +269,28 @@ def _summarise(
     extractor: MMIBObjectExtractor,
     dataset: str,
     source: Path,
-    posts: Sequence[_Post],
+    items: Sequence[_Item],
     output_dir: Path,
     resumed: int,
     detected: int,
     write: bool,
 ) -> ExtractionReport:
     """Counts every post from its record; on the main process writes the dictionaries, JSON lines and report."""
-    report = ExtractionReport(posts=len(posts), resumed=resumed, detected=detected, crop_dir=str(output_dir))
+    report = ExtractionReport(posts=len(items), resumed=resumed, detected=detected, crop_dir=str(output_dir))
     try:
         report.settings = extractor.to_dict()
     except ValueError:
         report.settings = {"detector": extractor.detector, "query_rule": "callable"}
     crop_dicts: dict[str, dict[str, list[str]]] = {}
     records: list[dict[str, Any] | None] = []
-    for post in posts:
-        record = None
+    for item in items:
+        post, record = item.post, None
         if post.crops:
             report.own_crops += 1
         elif post.image is None or not os.path.isfile(post.image):
             report.no_image += 1
         else:
-            path = _record_path(output_dir, post)
+            path = _record_path(output_dir, item)
             record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
             # Only when another process failed: the post is counted, and a rerun does it.
             report.unfinished += record is None
@@ -339,16 +309,16 @@ def _summarise(
         else:
             report.with_objects += 1
         report.objects += len(record["crops"])
-        crop_dicts.setdefault(post.split, {})[post.key] = record["crops"]
+        crop_dicts.setdefault(item.split, {})[item.key] = record["crops"]
     if not write:
         return report
     if dataset == "jsonl":
         target = output_dir / source.name
         lines = []
-        for post, record in zip(posts, records):
-            row = dict(post.record)
+        for item, record in zip(items, records):
+            post, row = item.post, dict(item.post.row)
             if record is not None:
-                row["crops"] = [f"{post.split}/crops/{name}" for name in record["crops"]]
+                row["crops"] = [f"{item.split}/crops/{name}" for name in record["crops"]]
                 row["objects"] = record["objects"]
             if post.image is not None:
                 row["image"] = _portable(post.image, output_dir)

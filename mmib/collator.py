@@ -1,3 +1,0 @@
-"""Old import path; use `mmib.training.collator`."""
-
-from .training.collator import MMIBDataCollator  # noqa: F401
