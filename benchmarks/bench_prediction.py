@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bench_common import repo_relative
-from mmib.predictor_mmib import native_bf16
+from mmib.checkpoints_mmib import native_bf16
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "examples" / "twitter2017-sample"

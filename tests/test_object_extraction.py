@@ -38,9 +38,11 @@ from transformers import (
 )
 
 from mmib.data import load_jsonl, load_twitter_ner
-from mmib.image_loading_mmib import UnreadableImageError
 from mmib.data.object_crops import extract_objects
-from mmib.object_extraction_mmib import DetectedObject, MMIBObjectExtractor, box_iou, post_queries, select_objects
+from mmib.image_loading_mmib import UnreadableImageError
+from mmib.object_boxes_mmib import DetectedObject, box_iou, select_objects
+from mmib.object_extraction_mmib import MMIBObjectExtractor
+from mmib.object_queries_mmib import post_queries
 
 WORDS = ["cat", "dog", "man", "ball", "kevin", "durant", "messi", "paris", "car", "tree", "psg", "joins"]
 # DETR's constant prediction: (cx, cy, w, h) relative to the image; the box leaves the image at the bottom.

@@ -45,6 +45,7 @@ import datasets
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from ..atomic_files_mmib import atomic_write, atomic_write_text
 from ..object_extraction_mmib import ZERO_SHOT, MMIBObjectExtractor
 from .media import SPLIT_FOLDERS, MissingMediaReport, missing_media_report
 from .mnre import MNRE_SPLITS, load_mnre
@@ -111,14 +112,8 @@ class _Post:
     record: dict[str, Any] | None = None
 
 
-def _atomic_write(path: Path, write) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def _write_json(path: Path, value: Any) -> None:
-    _atomic_write(path, lambda target: target.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8"))
+    atomic_write_text(path, json.dumps(value, ensure_ascii=False))
 
 
 def _jsonl_posts(path: Path, image_root: Path) -> list[_Post]:
@@ -210,7 +205,7 @@ def _process(extractor: MMIBObjectExtractor, posts: Sequence[_Post], output_dir:
             names = []
             for index, obj in enumerate(objects):
                 name = _crop_name(post, index)
-                _atomic_write(crop_folder / name, lambda target, crop=obj.crop: crop.save(target, format="PNG"))
+                atomic_write(crop_folder / name, lambda target, crop=obj.crop: crop.save(target, format="PNG"))
                 names.append(name)
             no_query = extractor.kind == ZERO_SHOT and not extractor.queries_for(post.words, post.head, post.tail)
             status = "no_query" if no_query else ("objects" if objects else "none")
@@ -355,7 +350,7 @@ def _summarise(
             if post.crops:
                 row["crops"] = [_portable(crop, output_dir) for crop in post.crops]
             lines.append(json.dumps(row, ensure_ascii=False))
-        _atomic_write(target, lambda path: path.write_text("\n".join(lines) + "\n", encoding="utf-8"))
+        atomic_write_text(target, "\n".join(lines) + "\n")
         report.jsonl_files[source.stem] = str(target)
     else:
         for split, crop_dict in crop_dicts.items():
@@ -412,7 +407,7 @@ def extract_missing_crops(
         text = "\n".join(lines) + "\n"
         source = output_dir / "posts" / f"{split}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
         if not source.is_file():
-            _atomic_write(source, lambda path, text=text: path.write_text(text, encoding="utf-8"))
+            atomic_write_text(source, text)
         report = extract_objects(extractor, source, output_dir, dataset="jsonl", show_progress=show_progress)
         result = output_dir / source.name
         rows = [json.loads(line) for line in result.read_text(encoding="utf-8").splitlines()]
