@@ -110,9 +110,6 @@ class MMIBPredictor:
         self.relation_model = None if relation_model is None else relation_model.eval()
         self.relation_processor = relation_processor
         self.batch_size = batch_size
-        self.max_pairs_per_post = max_pairs_per_post
-        self.keep_none = keep_none
-        self.none_label = none_label
         self.compute_dtype = compute_dtype
         self.dtype_reason = "as given"
         self.image_feature_lookup = image_feature_lookup
