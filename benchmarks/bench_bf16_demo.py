@@ -28,7 +28,7 @@ from bench_common import (
     median,
     minilm_path,
 )
-from mmib.predictor_mmib import native_bf16
+from mmib.checkpoints_mmib import native_bf16
 
 VARIANTS = {"fp32": ["--bf16", "false"], "bf16 auto": ["--bf16", "auto"]}
 

@@ -21,9 +21,9 @@ from PIL import Image
 from transformers import AutoTokenizer, ResNetConfig
 
 from mmib import MMIBForTokenClassification, MMIBProcessor
+from mmib.checkpoints_mmib import native_bf16
 from mmib.data import load_twitter_ner
 from mmib.data.registry import default_data_dir
-from mmib.predictor_mmib import native_bf16
 from mmib.vision_towers_mmib import resnet_image_processor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-from bench_common import DEFAULT_DATA_DIR, load_posts, machine_note, median, minilm_path, quiet_logging
 from transformers import (
     AutoTokenizer,
     DetrConfig,
@@ -33,7 +32,9 @@ from transformers import (
     ResNetConfig,
 )
 
-from mmib.object_extraction_mmib import MMIBObjectExtractor, open_upright
+from bench_common import DEFAULT_DATA_DIR, load_posts, machine_note, median, minilm_path, quiet_logging
+from mmib.image_loading_mmib import load_image
+from mmib.object_extraction_mmib import MMIBObjectExtractor
 
 
 def cpu_flags() -> dict[str, bool]:
@@ -70,7 +71,7 @@ def detr_resnet50() -> MMIBObjectExtractor:
 
 def time_extractor(extractor: MMIBObjectExtractor, rows: list[dict], repeats: int) -> dict:
     """Seconds per image (median over `repeats` passes; the memory cache is cleared before each pass)."""
-    images = [open_upright(row["image"])[0] for row in rows]
+    images = [load_image(row["image"], pad=False) for row in rows]
     words = [row["words"] for row in rows]
     extractor(images[:1], words=words[:1])  # warm-up: first-call allocations and oneDNN kernel selection
     passes = []

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from bench_common import repo_relative
+from mmib.checkpoints_mmib import native_bf16
 from mmib.post_files import read_posts
-from mmib.predictor_mmib import native_bf16
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "examples" / "twitter2017-sample"

@@ -30,6 +30,7 @@ from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor,
 from bench_common import DEFAULT_DATA_DIR, build_model, build_processor, load_posts, machine_note, quiet_logging
 from mmib import MMIBPredictor
 from mmib.batch_prediction import predict_file
+from mmib.crop_filling_mmib import CropFiller
 from mmib.object_extraction_mmib import MMIBObjectExtractor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -81,10 +82,11 @@ def main() -> None:
             if predictor.object_extractor is not None:
                 # Every box counts (threshold 0), the worst case for selection and cropping.
                 settings = {**predictor.object_extractor.to_dict(), "threshold": 0.0, "min_size": 1}
-                predictor.configure_object_extraction(extractor=MMIBObjectExtractor.from_dict(settings))
+                extractor = MMIBObjectExtractor.from_dict(settings)
+                predictor.crop_filler = CropFiller(predictor.processor.num_crops, extractor=extractor)
             predictor(json.loads(posts.read_text().splitlines()[0]))  # warm-up
             if predictor.object_extractor is not None:
-                predictor.object_extractor._cache.clear()
+                predictor.object_extractor.cache.clear()
             start = time.perf_counter()
             predict_file(predictor, str(posts), str(scratch / f"{len(results)}.jsonl"), 8, 0, True, False)
             seconds = time.perf_counter() - start

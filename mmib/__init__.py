@@ -47,6 +47,7 @@ __all__ = [
     "mmib_total_loss",
 ]
 
-from .object_extraction_mmib import DetectedObject, MMIBObjectExtractor  # noqa: E402
+from .object_boxes_mmib import DetectedObject  # noqa: E402
+from .object_extraction_mmib import MMIBObjectExtractor  # noqa: E402
 
 __all__ += ["DetectedObject", "MMIBObjectExtractor"]

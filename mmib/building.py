@@ -21,8 +21,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .checkpoints_mmib import load_checkpoint
 from .modeling_mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBPreTrainedModel
-from .predictor_mmib import load_checkpoint
 from .processing_mmib import MMIBProcessor, check_processor_matches_config, check_tokenizer_matches_embeddings
 from .vision_towers_mmib import IMAGENET_MEAN, IMAGENET_STD, image_processor_for, resnet_image_processor
 
@@ -161,7 +161,7 @@ def build_model_and_processor(
 
 def load_model_and_processor(model_name_or_path: str | os.PathLike, **kwargs: Any) -> tuple[Any, MMIBProcessor]:
     """
-    [`~mmib.predictor_mmib.load_checkpoint`] after refusing a path that looks local and is not a folder
+    [`~mmib.checkpoints_mmib.load_checkpoint`] after refusing a path that looks local and is not a folder
     ([`check_local_folder`]), so that a folder not made yet is reported as such rather than looked up on the Hub.
     """
     check_local_folder(model_name_or_path, "MMIB checkpoint")

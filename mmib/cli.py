@@ -245,7 +245,7 @@ def _modality_gap(args: argparse.Namespace, _: list[str]) -> None:
 
 def _extract_objects_arguments(extract: argparse.ArgumentParser) -> None:
     from .crop_extraction import DATASETS
-    from .object_extraction_mmib import QUERY_RULES
+    from .object_settings_mmib import add_arguments
 
     extract.description = (
         "Writes the crops and crop dictionaries the readers read (docs/data-layout.md, 'Making crops')."
@@ -254,21 +254,8 @@ def _extract_objects_arguments(extract: argparse.ArgumentParser) -> None:
     extract.add_argument("--output_dir", required=True, help="Crops, dictionaries, records and the report go here.")
     extract.add_argument("--dataset", choices=DATASETS, help="Default: jsonl for a file, else the folder's name.")
     extract.add_argument("--image_dir", help="Image folder, if not the benchmark's default (JSON lines: the root).")
-    extract.add_argument("--detector", required=True, help="Hub id or folder of a transformers object detector.")
-    extract.add_argument("--revision", help="Hub revision (branch, tag or commit) of the detector.")
-    extract.add_argument("--trust_remote_code", action="store_true", help="Run the detector repository's own code.")
-    extract.add_argument("--query_rule", choices=QUERY_RULES, help="Default: post (text-queried), all (closed-set).")
-    extract.add_argument("--categories", nargs="+", help="Fixed queries / classes of --query_rule categories.")
-    extract.add_argument("--max_queries", type=int, default=16, help="Queries per post of the post rule.")
-    extract.add_argument("--threshold", type=float, help="Box score threshold (default: the detector type's own).")
-    extract.add_argument("--text_threshold", type=float, default=0.25, help="Grounding DINO's label-text threshold.")
-    extract.add_argument("--nms_iou", type=float, default=0.5, help="Class-agnostic NMS IoU threshold.")
-    extract.add_argument("--min_size", type=int, default=8, help="Minimum crop width and height in pixels.")
-    extract.add_argument("--num_crops", type=int, default=4, help="Crops per image (the model's slots: NER 4, RE 3).")
-    extract.add_argument("--batch_size", type=int, default=8, help="Images per detector call.")
-    extract.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: this process's GPU when present).")
-    extract.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="Weights.")
-    extract.add_argument("--cache_dir", help="Detection cache by image content (default <output_dir>/cache).")
+    # The detector's flags: one per field of ObjectExtractionSettings, with its name and default.
+    add_arguments(extract, required=("detector",))
     extract.add_argument("--quiet", action="store_true", help="No progress bar.")
 
 
@@ -278,26 +265,17 @@ def _extract_objects(args: argparse.Namespace, _: list[str]) -> None:
 
     from .crop_extraction import extract_objects
     from .object_extraction_mmib import MMIBObjectExtractor
+    from .object_settings_mmib import ObjectExtractionSettings
 
+    settings = ObjectExtractionSettings.from_namespace(args)
     # Without `cpu=True` accelerate sees no GPU and runs every launched process alone on the whole input.
-    on_cpu = not torch.cuda.is_available() or (args.device or "").startswith("cpu")
+    on_cpu = not torch.cuda.is_available() or (settings.device or "").startswith("cpu")
     state = PartialState(cpu=on_cpu)
-    extractor = MMIBObjectExtractor.from_pretrained(
-        args.detector,
-        revision=args.revision,
-        trust_remote_code=args.trust_remote_code,
-        device=args.device or state.device,
-        dtype=args.dtype,
-        query_rule=args.query_rule,
-        categories=args.categories,
-        max_queries=args.max_queries,
-        threshold=args.threshold,
-        text_threshold=args.text_threshold,
-        nms_iou=args.nms_iou,
-        min_size=args.min_size,
-        num_crops=args.num_crops,
-        batch_size=args.batch_size,
-        cache_dir=args.cache_dir or Path(args.output_dir) / "cache",
+    extractor = MMIBObjectExtractor.from_settings(
+        settings.replace(
+            device=settings.device or str(state.device),
+            cache_dir=settings.cache_dir or str(Path(args.output_dir) / "cache"),
+        )
     )
     report = extract_objects(
         extractor, args.source, args.output_dir, args.dataset, args.image_dir, show_progress=not args.quiet

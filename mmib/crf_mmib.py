@@ -1,5 +1,7 @@
 """The linear-chain CRF of MMIB's NER head: negative log-likelihood, Viterbi, marginals and span probabilities."""
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -141,32 +143,47 @@ class MMIBCRF(nn.Module):
         return (alpha + beta - log_z[:, None, None]).masked_fill(~mask[:, :, None], float("-inf")).exp()
 
     def span_probability(
-        self, emissions: torch.Tensor, mask: torch.Tensor, tags: torch.LongTensor, spans: torch.LongTensor
+        self,
+        emissions: torch.Tensor,
+        mask: torch.Tensor,
+        tags: torch.LongTensor,
+        spans: torch.LongTensor | Sequence[tuple[int, int, int]],
     ) -> torch.Tensor:
         """
         Probability that the words of each span carry exactly the given labels, whatever the other words carry:
         p(y_s..y_{e-1} = tags[b, s..e-1] | post b) = exp(alpha[s, y_s] + sum_{t=s+1}^{e-1} (transition(y_{t-1},
         y_t) + emission(t, y_t)) + beta[e-1, y_{e-1}] - log Z).
 
+        Computed only where it is read: the forward-backward recursion runs over the posts that have a span, and all
+        spans are scored at once from prefix sums of the path's emission and transition scores (in float64, so that
+        the differences of prefix sums keep the emissions' precision) instead of a few small tensor operations per
+        span.
+
         Args:
             emissions (`torch.Tensor` of shape `(B, W, K)`), mask (`(B, W)`): as for `decode`.
             tags (`torch.LongTensor` of shape `(B, W)`): labels per word (e.g. the Viterbi path; -100 at padding).
-            spans (`torch.LongTensor` of shape `(N, 3)`): rows `(post, start, end)`, word offsets, end exclusive,
-                inside the post's unmasked words.
+            spans (`torch.LongTensor` of shape `(N, 3)`, or a sequence of `(post, start, end)`): word offsets, end
+                exclusive, inside the post's unmasked words.
 
         Returns:
-            `torch.Tensor` of shape `(N,)`.
+            `torch.Tensor` of shape `(N,)`, in the emissions' dtype.
         """
+        spans = torch.as_tensor(spans, dtype=torch.long, device=emissions.device).reshape(-1, 3)
+        if len(spans) == 0:
+            return emissions.new_zeros(0)
+        rows, post = torch.unique(spans[:, 0], return_inverse=True)
+        emissions, mask = emissions[rows], mask[rows]
+        tags = tags[rows].masked_fill(~mask, 0)
         alpha, beta, log_z = self.forward_backward(emissions, mask)
-        tags = tags.masked_fill(~mask, 0)
-        transitions = self.transitions.to(emissions.dtype)
-        scores = []
-        for post, start, end in spans.tolist():
-            path = tags[post, start:end]
-            inside = emissions[post, start + 1 : end].gather(1, path[1:, None]).sum()
-            inside = inside + transitions[path[:-1], path[1:]].sum()
-            scores.append(alpha[post, start, path[0]] + inside + beta[post, end - 1, path[-1]] - log_z[post])
-        return torch.stack(scores).exp() if scores else emissions.new_zeros(0)
+        start, last = spans[:, 1], spans[:, 2] - 1
+        path_emissions = emissions.gather(2, tags[:, :, None]).squeeze(2).double()
+        path_transitions = nn.functional.pad(self.transitions.double()[tags[:, :-1], tags[:, 1:]], (1, 0))
+        prefix = (path_emissions + path_transitions).cumsum(dim=1)
+        # Words start+1 .. last: their emissions and the transitions into them.
+        inside = prefix[post, last] - prefix[post, start]
+        first_tag, last_tag = tags[post, start], tags[post, last]
+        score = alpha[post, start, first_tag].double() + inside + beta[post, last, last_tag].double() - log_z[post]
+        return score.exp().to(emissions.dtype)
 
 
 # Largest spread (max - min, in nats) of a score table that the CRF's scaled forward algorithm exponentiates: the

@@ -46,6 +46,7 @@ import datasets
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from .atomic_files_mmib import atomic_write, atomic_write_text
 from .data.media import SPLIT_FOLDERS, MissingMediaReport, missing_media_report
 from .data.mnre import MNRE_SPLITS, load_mnre
 from .data.twitter import TWITTER_SPLITS, load_twitter_ner
@@ -111,14 +112,8 @@ class _Item:
     post: PreparedPost
 
 
-def _atomic_write(path: Path, write) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def _write_json(path: Path, value: Any) -> None:
-    _atomic_write(path, lambda target: target.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8"))
+    atomic_write_text(path, json.dumps(value, ensure_ascii=False))
 
 
 def _jsonl_items(path: Path, image_root: Path) -> list[_Item]:
@@ -180,7 +175,7 @@ def _process(extractor: MMIBObjectExtractor, items: Sequence[_Item], output_dir:
             names = []
             for index, obj in enumerate(objects):
                 name = _crop_name(item, index)
-                _atomic_write(crop_folder / name, lambda target, crop=obj.crop: crop.save(target, format="PNG"))
+                atomic_write(crop_folder / name, lambda target, crop=obj.crop: crop.save(target, format="PNG"))
                 names.append(name)
             no_query = extractor.kind == ZERO_SHOT and not extractor.queries_for(post.words, post.head, post.tail)
             status = "no_query" if no_query else ("objects" if objects else "none")
@@ -325,7 +320,7 @@ def _summarise(
             if post.crops:
                 row["crops"] = [_portable(crop, output_dir) for crop in post.crops]
             lines.append(json.dumps(row, ensure_ascii=False))
-        _atomic_write(target, lambda path: path.write_text("\n".join(lines) + "\n", encoding="utf-8"))
+        atomic_write_text(target, "\n".join(lines) + "\n")
         report.jsonl_files[source.stem] = str(target)
     else:
         for split, crop_dict in crop_dicts.items():
@@ -382,7 +377,7 @@ def extract_missing_crops(
         text = "\n".join(lines) + "\n"
         source = output_dir / "posts" / f"{split}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jsonl"
         if not source.is_file():
-            _atomic_write(source, lambda path, text=text: path.write_text(text, encoding="utf-8"))
+            atomic_write_text(source, text)
         report = extract_objects(extractor, source, output_dir, dataset="jsonl", show_progress=show_progress)
         result = output_dir / source.name
         rows = [json.loads(line) for line in result.read_text(encoding="utf-8").splitlines()]

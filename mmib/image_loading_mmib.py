@@ -56,13 +56,15 @@ MAX_ASPECT_RATIO = 20
 _WHITE = (255, 255, 255)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image, pad: bool = True) -> Image.Image:
     """
     Converts a decoded image of any mode to RGB by the module's rules: transparency composited on white, 16/32-bit
     grayscale scaled to 8 bits, extreme aspect ratios padded with white to `MAX_ASPECT_RATIO`.
 
     Args:
         image (`PIL.Image.Image`): any mode; for an animated image, the current frame is used.
+        pad (`bool`, *optional*, defaults to `True`): pad extreme aspect ratios; `False` keeps the picture's own
+            size (the object extractor, whose boxes and crops are in the picture's own pixels).
 
     Returns:
         `PIL.Image.Image` in RGB mode.
@@ -78,6 +80,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, _WHITE + (255,))
         image = Image.alpha_composite(background, rgba)
     image = image.convert("RGB")
+    if not pad:
+        return image
     width, height = image.size
     short, long = min(width, height), max(width, height)
     if short * MAX_ASPECT_RATIO < long:
@@ -110,6 +114,7 @@ def load_image(
     where: str = "",
     on_unreadable: Literal["raise", "mask"] = "raise",
     max_pixels: int | None = None,
+    pad: bool = True,
 ) -> Image.Image | None:
     r"""
     Loads one image as RGB, following the module's unreadable-file policy.
@@ -124,6 +129,7 @@ def load_image(
             `"mask"`: both are logged with a warning naming the file and give `None`.
         max_pixels (`int`, *optional*): pixel limit of a file (width x height declared in its header); defaults
             to `MAX_IMAGE_PIXELS`. A larger file is a decompression bomb, handled like an undecodable one.
+        pad (`bool`, *optional*, defaults to `True`): see [`to_rgb`].
 
     Returns:
         `PIL.Image.Image` in RGB mode converted by [`to_rgb`], or `None` (no image, or an unreadable file under
@@ -140,7 +146,7 @@ def load_image(
     if image is None:
         return None
     if isinstance(image, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(image))
+        return to_rgb(ImageOps.exif_transpose(image), pad)
     if not isinstance(image, str | os.PathLike):
         location = f"{where}: " if where else ""
         raise TypeError(
@@ -167,7 +173,7 @@ def load_image(
                         f"{max_pixels} (a decompression bomb?); raise MMIB_MAX_IMAGE_PIXELS if the file is genuine"
                     )
                 opened.load()
-                return to_rgb(ImageOps.exif_transpose(opened))
+                return to_rgb(ImageOps.exif_transpose(opened), pad)
     # PIL signals a bad file with OSError (truncated, unknown format, empty), SyntaxError or ValueError (bad headers)
     # and DecompressionBombError (absurd size, from PIL's check or ours).
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:

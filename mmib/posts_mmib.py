@@ -72,7 +72,7 @@ class PreparedPost:
     """Image slot -> the file it was read from (`None` for an absent image or one given as a PIL image)."""
     objects: list[dict[str, Any]] | None = None
     """The objects extracted from `image` into `crops` (`{"box", "score", "query"}`), `None` when the post's crops
-    were its own or nothing was extracted (see `MMIBPredictor.add_objects`)."""
+    were its own or nothing was extracted (see `CropFiller.add_objects`)."""
     tags: list[str] | None = None
     """Gold BIO tags, one per word (NER data sets)."""
     relation: str | None = None

@@ -127,7 +127,7 @@ def test_resumes_after_a_kill(detr_dir, tmp_path, capsys):
     done = sorted(path.relative_to(out / ".records").as_posix() for path in (out / ".records").rglob("*.json"))
     assert len(done) == 2
     stamps = {path: (out / ".records" / path).stat().st_mtime_ns for path in done}
-    assert not list(out.rglob("*.tmp"))
+    assert not list(out.rglob("*.partial"))
     flags = [str(data_dir), "--detector", detr_dir, "--output_dir", str(out), "--batch_size", "1"]
     report = run_command(flags, capsys)
     assert report["resumed"] == 2 and report["detected"] == 5 and report["with_objects"] == 6

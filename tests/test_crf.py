@@ -341,3 +341,40 @@ def test_crf_with_bio_constraints_and_large_emission_gaps_matches_enumeration(co
         assert best.item() == pytest.approx(scores[post].max().item(), rel=1e-6, abs=1e-3)
         assert (decoded[post, length:] == -100).all()
     torch.testing.assert_close(marginals.double(), expected_marginals, **probability_tolerance)
+
+
+def valid_bio(path: tuple[int, ...]) -> bool:
+    """Whether a path keeps `bio_crf("all")`'s constraints."""
+    names = [BIO_LABELS[label] for label in path]
+    return not names[-1].startswith("I-") and all(
+        not name.startswith("I-") or (index > 0 and names[index - 1][2:] == name[2:])
+        for index, name in enumerate(names)
+    )
+
+
+def test_span_probability_matches_enumeration_under_bio_constraints():
+    crf = bio_crf("all").double()
+    lengths = [4, 3, 1, 2, 4]
+    emissions = torch.randn(len(lengths), 4, len(BIO_LABELS), dtype=torch.float64) * 2
+    mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
+    probabilities = [path_probabilities(crf, emissions[post], length) for post, length in enumerate(lengths)]
+    # The constraints hold: a path with an I- tag first, last or after another type's tag has no probability.
+    assert all(p == 0 for post in probabilities for path, p in post.items() if not valid_bio(path))
+    with torch.no_grad():
+        viterbi = crf.decode(emissions, mask)
+    # Tags of two kinds: the Viterbi path, and (post 4) a valid path that is not the best one.
+    tags = viterbi.clone()
+    best = tuple(viterbi[4].tolist())
+    other = max((path for path in probabilities[4] if path != best), key=probabilities[4].get)
+    tags[4] = torch.tensor(other)
+    # Post 1 has no span; the spans are not in post order and overlap.
+    spans = [(3, 0, 2), (0, 1, 4), (0, 0, 1), (2, 0, 1), (0, 3, 4), (3, 1, 2), (0, 0, 4), (4, 1, 3), (4, 0, 4)]
+    with torch.no_grad():
+        scores = crf.span_probability(emissions, mask, tags, spans)
+        as_tensor = crf.span_probability(emissions, mask, tags, torch.tensor(spans))
+    assert scores.dtype == torch.float64 and torch.equal(scores, as_tensor)
+    for (post, start, end), score in zip(spans, scores.tolist(), strict=True):
+        wanted = tuple(tags[post, start:end].tolist())
+        expected = sum(p for path, p in probabilities[post].items() if path[start:end] == wanted)
+        assert expected > 0 and score == pytest.approx(expected, rel=1e-9, abs=1e-12), (post, start, end)
+    assert crf.span_probability(emissions, mask, tags, []).shape == (0,)

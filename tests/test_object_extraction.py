@@ -4,6 +4,7 @@ The DETR detectors have their last box and class layers set to constants, so eve
 with one known score: boxes, clipping, rounding and crops are checked against hand computations.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -39,8 +40,15 @@ from transformers import (
 
 from mmib.crop_extraction import extract_objects
 from mmib.data import load_jsonl, load_twitter_ner
+from mmib.crop_extraction import extract_objects
 from mmib.image_loading_mmib import UnreadableImageError
-from mmib.object_extraction_mmib import DetectedObject, MMIBObjectExtractor, box_iou, post_queries, select_objects
+from mmib.object_boxes_mmib import DetectedObject, box_iou, select_objects
+from mmib.object_detectors_mmib import load_detector
+from mmib.object_extraction_mmib import MMIBObjectExtractor
+from mmib.object_queries_mmib import post_queries
+from mmib.object_settings_mmib import DETECTION_FIELDS, ObjectExtractionSettings
+
+FIELDS = [item.name for item in dataclasses.fields(ObjectExtractionSettings)]
 
 WORDS = ["cat", "dog", "man", "ball", "kevin", "durant", "messi", "paris", "car", "tree", "psg", "joins"]
 # DETR's constant prediction: (cx, cy, w, h) relative to the image; the box leaves the image at the bottom.
@@ -431,6 +439,56 @@ def test_settings_round_trip(gdino_dir, detr_dir):
         MMIBObjectExtractor.from_dict({**settings, "kind": "closed-set", "model_type": "detr"})
     with pytest.raises(ValueError, match="callable query_rule cannot be recorded"):
         MMIBObjectExtractor.from_pretrained(gdino_dir, query_rule=lambda words, head, tail: ["cat"]).to_dict()
+
+
+def test_a_record_of_the_previous_layout_loads(detr_dir):
+    """The `object_extraction` record that train_mmib.py saved with checkpoints before the settings object."""
+    record = {
+        "detector": detr_dir, "revision": None, "kind": "closed-set", "model_type": "detr", "query_rule": "all",
+        "categories": None, "max_queries": 16, "threshold": 0.5, "text_threshold": 0.25, "nms_iou": 0.5,
+        "min_size": 8, "num_crops": 4,
+    }  # fmt: skip
+    assert MMIBObjectExtractor.from_pretrained(detr_dir).to_dict() == record
+    assert MMIBObjectExtractor.from_dict(json.loads(json.dumps(record))).to_dict() == record
+
+
+def test_cache_key_changes_with_each_setting_that_changes_detections(detr_dir, tmp_path):
+    model, processor = load_detector(detr_dir)
+    copy = shutil.copytree(detr_dir, tmp_path / "copy")
+    base = ObjectExtractionSettings(detector=detr_dir)
+    changed = {
+        "detector": str(copy),
+        "revision": "v2",
+        "query_rule": "categories",
+        "categories": ["dog"],
+        "max_queries": 3,
+        "threshold": 0.25,
+        "text_threshold": 0.5,
+        "nms_iou": 0.75,
+        "min_size": 2,
+        "num_crops": 2,
+        "dtype": "bfloat16",
+    }
+    same = {"trust_remote_code": True, "batch_size": 3, "device": "cpu", "cache_dir": str(tmp_path / "cache")}
+    assert set(changed) == set(DETECTION_FIELDS) and set(changed) | set(same) == set(FIELDS)
+
+    def key(**changes):
+        settings = base.replace(**changes)
+        if "categories" in changes:
+            settings = settings.replace(query_rule="categories")
+        return MMIBObjectExtractor(model, processor, settings).cache_key("0" * 64, ["cat"])
+
+    reference = key()
+    assert reference == key() == key(query_rule="all", threshold=0.5), "resolved defaults are the same settings"
+    for name, value in changed.items():
+        if name == "query_rule":
+            value_key = key(query_rule="categories", categories=["cat"])
+            assert value_key != key(categories=["dog"]), "categories"
+        else:
+            value_key = key(**{name: value})
+        assert value_key != reference, name
+    for name, value in same.items():
+        assert key(**{name: value}) == reference, name
 
 
 def test_closed_set_query_rules(detr_dir):

@@ -33,7 +33,13 @@ PIPELINE_SCRIPT = textwrap.dedent(
 def test_checkpoint_records_the_pipeline_and_carries_its_code(ner_path):
     config = json.load(open(os.path.join(ner_path, "config.json")))
     assert config["custom_pipelines"]["mmib-ner"]["impl"] == "pipeline_mmib.MMIBTokenClassificationPipeline"
-    carried = {"pipeline_mmib.py", "predictor_mmib.py", "posts_mmib.py", "word_splitting_mmib.py"}
+    carried = {
+        "pipeline_mmib.py",
+        "predictor_mmib.py",
+        "checkpoints_mmib.py",
+        "posts_mmib.py",
+        "word_splitting_mmib.py",
+    }
     assert carried <= set(os.listdir(ner_path))
 
 

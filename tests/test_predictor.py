@@ -16,8 +16,8 @@ from conftest import (
 )
 from mmib import MMIBPredictor
 from mmib.batch_prediction import predict_file
+from mmib.checkpoints_mmib import DTYPES, resolve_dtype
 from mmib.data import load_jsonl, load_twitter_ner
-from mmib.predictor_mmib import DTYPES, resolve_dtype
 from mmib.training.collator import MMIBDataCollator
 from mmib.word_splitting_mmib import split_words
 from prediction_checkpoints import POSTS, RELATIONS, read_jsonl, save_re_checkpoint

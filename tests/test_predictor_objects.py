@@ -92,7 +92,7 @@ def test_post_with_its_own_crops_keeps_them(recorded, image_path):
     own = {"text": TEXT, "image": str(image_path), "crops": [str(image_path)]}
     row = predictor(own)
     assert "objects" not in row
-    assert predictor._object_extractor is None, "the detector must not even be loaded"
+    assert not predictor.crop_filler.resolved, "the detector must not even be loaded"
     reference = MMIBPredictor.from_pretrained(folder, dtype="float32", object_detector=False)(own)
     assert [e["score"] for e in row["entities"]] == pytest.approx([e["score"] for e in reference["entities"]])
 
@@ -104,7 +104,7 @@ def test_flags_override_and_turn_off(recorded, plain, detr_dir, image_path, caps
     cli_main(["predict", folder, "--text", TEXT, "--image", str(image_path), "--no_object_detector", "--quiet"])
     assert "objects" not in json.loads(capsys.readouterr().out)
     other = MMIBPredictor.from_pretrained(plain, object_detector=detr_dir)
-    assert other.object_extraction_settings() == {"detector": detr_dir, "num_crops": 2}
+    assert other.crop_filler.settings() == {"detector": detr_dir, "num_crops": 2}
 
 
 def test_missing_crops_are_reported_once(plain, image_path, caplog):

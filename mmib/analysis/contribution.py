@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoints_mmib import load_checkpoint
 from ..post_files import read_posts
-from ..predictor_mmib import MMIBPredictor, load_checkpoint
 from .intermediates import encoder_intermediates
 from .plotting import plot_contributions, plot_object_boxes
 
@@ -66,10 +66,14 @@ def explain_posts(
         tagger reads; `null` for words cut by `max_length`), `tokens`, `token_scores`, `image_slots` (name and file
         of each image slot that holds an image; `box` instead of `file` for an extracted object) and `image_scores`.
     """
+    # Imported here: the analyses load checkpoints without the prediction stack; only explain applies one.
+    from ..predictor_mmib import MMIBPredictor
+
     model, processor = load_checkpoint(model_name_or_path, task="ner")
     model.eval()
-    predictor = MMIBPredictor(model, processor)
-    predictor.configure_object_extraction(object_detector, detector_trust_remote_code)
+    predictor = MMIBPredictor(
+        model, processor, object_detector=object_detector, detector_trust_remote_code=detector_trust_remote_code
+    )
     posts = read_posts(input_file, max_crops=processor.num_crops, spans="ignored")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """The model's per-modality tensors X (projected tower features) and Z (latents), read through forward hooks on
-the public submodules of [`MMIBModel`]. The analyses load checkpoints with `predictor_mmib.load_checkpoint`."""
+the public submodules of [`MMIBModel`]. The analyses load checkpoints with `checkpoints_mmib.load_checkpoint`."""
 
 import inspect
 from collections.abc import Iterator

@@ -17,10 +17,10 @@ import datasets
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..checkpoints_mmib import load_checkpoint
 from ..data.registry import load_dataset, task_of
 from ..data.rows import gold_ner_tags
 from ..post_processing_mmib import entity_spans
-from ..predictor_mmib import load_checkpoint
 from ..training.arguments import read_config_file
 from ..training.collator import MMIBDataCollator
 from .intermediates import encoder_intermediates

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -30,7 +31,10 @@ from tqdm.auto import tqdm
 
 from ..post_files import iter_lines, prepare_line
 from ..posts_mmib import PreparedPost
-from ..predictor_mmib import MMIBPredictor
+
+if TYPE_CHECKING:
+    # For the annotations only: reading post files (`mmib.data` uses them) must not import the predictor.
+    from ..predictor_mmib import MMIBPredictor
 
 __all__ = ["PredictionSummary", "StrictModeError", "default_num_workers", "predict_file"]
 
@@ -75,7 +79,7 @@ class PredictionSummary:
 class _PostBatches(IterableDataset):
     """Batches of prepared and encoded posts from a JSON-lines file; batch k goes to worker k % num_workers."""
 
-    def __init__(self, path: str, predictor: MMIBPredictor, batch_size: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, path: str, predictor: "MMIBPredictor", batch_size: int, rank: int = 0, world_size: int = 1):
         self.path, self.predictor, self.batch_size = path, predictor, batch_size
         self.rank, self.world_size = rank, world_size
         self.base_dir = None if path == "-" else str(Path(path).resolve().parent)
@@ -122,7 +126,7 @@ def _distributed(device: torch.device) -> tuple[int, int, object]:
 
 
 def predict_file(
-    predictor: MMIBPredictor,
+    predictor: "MMIBPredictor",
     input_path: str,
     output_path: str,
     batch_size: int = 32,

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ..atomic_files_mmib import atomic_write
+
 logger = logging.getLogger(__name__)
 
 
@@ -106,8 +108,8 @@ class FeatureShard:
 
 def write_shard(folder: str, keys: np.ndarray, features: torch.Tensor, unreadable_keys: np.ndarray, fingerprint: str):
     """
-    Write one shard atomically: a temporary file in the same folder, flushed to disk, then renamed to a name made
-    from its content (two processes that compute the same images write the same file).
+    Write one shard atomically and durably ([`atomic_write`]) under a name made from its content (two processes that
+    compute the same images write the same file).
     """
     tensors = {
         "features": features.float().contiguous(),
@@ -120,16 +122,9 @@ def write_shard(folder: str, keys: np.ndarray, features: torch.Tensor, unreadabl
         digest.update(tensors[name].numpy().tobytes())
     metadata = {"format": FORMAT, "fingerprint": fingerprint, "rows": str(len(keys)), "sha256": digest.hexdigest()}
     name = f"shard-{hashlib.sha256(fingerprint.encode() + digest.digest()).hexdigest()[:24]}.safetensors"
-    partial = os.path.join(folder, f".{name}.{os.getpid()}.partial")
-    save_file(tensors, partial, metadata=metadata)
-    with open(partial, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, os.path.join(folder, name))
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    atomic_write(
+        os.path.join(folder, name), lambda target: save_file(tensors, target, metadata=metadata), durable=True
+    )
 
 
 class _MemoryShard:

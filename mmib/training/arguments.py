@@ -9,7 +9,8 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from ..predictor_mmib import native_bf16, resolve_device
+from ..checkpoints_mmib import native_bf16, resolve_device
+from ..object_settings_mmib import arguments_dataclass
 
 
 @dataclass
@@ -54,9 +55,18 @@ class ModelArguments:
     feature_batch_size: int = field(default=32, metadata={"help": "Images per pass when caching features."})
 
 
+# `--object_<name>` for every field of the extractor's settings, with the same defaults as `mmib extract-objects`;
+# the number of crops is the model's (`--num_crops`).
+ObjectExtractionArguments = arguments_dataclass("ObjectExtractionArguments", prefix="object_", skip=("num_crops",))
+
+
 @dataclass
-class DataArguments:
-    """Which posts to read."""
+class DataArguments(ObjectExtractionArguments):
+    """
+    Which posts to read, and the object detector that gives posts with an image and no crops their crops before
+    training (`--object_detector`, see `mmib extract-objects` and docs/data-layout.md; its settings are saved with
+    the processor).
+    """
 
     dataset: str = field(default="twitter2017", metadata={"help": "twitter2015 | twitter2017 | mnre | jsonl"})
     data_dir: str | None = field(
@@ -71,28 +81,6 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N train posts."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation posts."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Use only the first N test posts."})
-    object_detector: str | None = field(
-        default=None,
-        metadata={
-            "help": "Hub id or folder of a transformers object detector: posts with an image and no crops get its "
-            "crops before training (`mmib extract-objects`; docs/data-layout.md), and its settings are saved with "
-            "the processor."
-        },
-    )
-    object_detector_revision: str | None = field(default=None, metadata={"help": "Hub revision of the detector."})
-    object_detector_trust_remote_code: bool = field(
-        default=False, metadata={"help": "Run the detector's own code from its repository (only if you trust it)."}
-    )
-    object_query_rule: str | None = field(
-        default=None,
-        metadata={"help": "post | categories | all (default: post for text-queried detectors, all for closed-set)."},
-    )
-    object_categories: list[str] | None = field(
-        default=None, metadata={"help": "The fixed queries or classes of --object_query_rule categories."}
-    )
-    object_threshold: float | None = field(
-        default=None, metadata={"help": "Box score threshold (default: the detector type's own)."}
-    )
     object_dir: str | None = field(
         default=None,
         metadata={
@@ -171,7 +159,7 @@ def training_devices(use_cpu: bool) -> list[torch.device]:
 
 def bf16_is_native(use_cpu: bool) -> bool:
     """Whether every training device multiplies bf16 natively, the rule of `mmib predict --dtype auto`
-    (`mmib.predictor_mmib.native_bf16`). Elsewhere bf16 is emulated and slower than fp32 (15x for a training step
+    (`mmib.checkpoints_mmib.native_bf16`). Elsewhere bf16 is emulated and slower than fp32 (15x for a training step
     on an AVX2-only CPU in benchmarks/RESULTS.md)."""
     return all(native_bf16(device) for device in training_devices(use_cpu))
 

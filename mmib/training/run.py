@@ -26,8 +26,6 @@ from ..crop_extraction import extract_missing_crops
 from ..data import missing_media_report
 from ..data.registry import load_dataset, task_of
 from ..features import ImageFeatureStore
-from ..object_extraction_mmib import MMIBObjectExtractor
-from ..pipeline_mmib import save_pipeline_code
 from .arguments import (
     DataArguments,
     MMIBTrainingArguments,
@@ -126,19 +124,19 @@ def extract_crops(
     data: datasets.DatasetDict, data_args: DataArguments, num_crops: int, training_args: MMIBTrainingArguments
 ) -> tuple[datasets.DatasetDict, dict]:
     """Crops of `--object_detector` for the posts with an image and no crops; returns the data and a summary
-    (`settings`: what the processor records, and the counts per split)."""
+    (`settings`: what the processor records, and the counts per split). The detector and its settings are the
+    `--object_*` flags (`ObjectExtractionSettings`), its crops the model's `num_crops`."""
+    # The extractor is needed only when a detector is given: training does not import it otherwise.
+    from ..crop_extraction import extract_missing_crops
+    from ..object_extraction_mmib import MMIBObjectExtractor
+    from ..object_settings_mmib import ObjectExtractionSettings
+
     object_dir = Path(data_args.object_dir or Path(training_args.output_dir) / "objects")
-    extractor = MMIBObjectExtractor.from_pretrained(
-        data_args.object_detector,
-        revision=data_args.object_detector_revision,
-        trust_remote_code=data_args.object_detector_trust_remote_code,
-        device=training_args.device,
-        query_rule=data_args.object_query_rule,
-        categories=data_args.object_categories,
-        threshold=data_args.object_threshold,
-        num_crops=num_crops,
-        cache_dir=object_dir / "cache",
+    settings = ObjectExtractionSettings.from_namespace(data_args, prefix="object_", num_crops=num_crops)
+    settings = settings.replace(
+        device=settings.device or str(training_args.device), cache_dir=settings.cache_dir or str(object_dir / "cache")
     )
+    extractor = MMIBObjectExtractor.from_settings(settings)
     data, reports = extract_missing_crops(data, extractor, object_dir, show_progress=not training_args.disable_tqdm)
     counts = ("posts", "own_crops", "no_image", "unreadable", "no_query", "with_objects", "without_objects", "objects")
     summary = {
@@ -304,6 +302,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m mmib.training.run
     # pushes them with --push_to_hub. An NER checkpoint also carries the `mmib-ner` pipeline's code, put in the
     # folder first so that the push uploads it.
     if task == "ner" and trainer.is_world_process_zero():
+        # Imported here: training does not depend on the prediction stack, it only ships its code.
+        from ..pipeline_mmib import save_pipeline_code
+
         save_pipeline_code(model, training_args.output_dir)
     trainer.save_model()
     trainer.create_model_card()

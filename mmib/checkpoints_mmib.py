@@ -1,0 +1,131 @@
+"""
+Loading MMIB checkpoints and the device / precision policy: the one checkpoint loader ([`load_checkpoint`]) and the
+rules that choose where and in which dtype a model runs ([`resolve_device`], [`native_bf16`], [`resolve_dtype`]).
+
+The predictor, the pipeline, training (`mmib.building`) and the analyses load through this module; it does not
+import the predictor or the object extractor, so training does not depend on them.
+
+Travels with checkpoints as remote code (see CONTRIBUTING.md).
+"""
+
+import os
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoProcessor,
+    PreTrainedModel,
+    ProcessorMixin,
+)
+
+from .processing_mmib import check_processor_matches_config, check_tokenizer_matches_embeddings
+
+__all__ = ["DTYPES", "TASK_AUTO_CLASSES", "load_checkpoint", "native_bf16", "resolve_device", "resolve_dtype"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.qint8}
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` as given, else CUDA when present (this process's GPU under a launcher), else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """
+    Whether `device` multiplies bf16 natively, where bf16 autocast is faster than fp32 rather than emulated and
+    slower: a CUDA device of compute capability 8.0 or higher (Ampere on; T4 and V100 emulate bf16, although
+    `torch.cuda.is_bf16_supported()` says yes there), or a CPU with AVX512-BF16 or AMX (an AVX512 CPU without them
+    emulates it, although oneDNN reports bf16 support there). Other devices count as not native.
+
+    The CUDA answer is that of `device` itself, not of the current device; the CPU flags come from
+    `torch.cpu.get_capabilities()` (cpuinfo), which every platform torch runs on answers.
+    """
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        flags = torch.cpu.get_capabilities()
+        return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+    return False
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> tuple[torch.dtype, str]:
+    """
+    The compute dtype for `--dtype auto|float32|bfloat16|int8` (bf16 runs under autocast, see [`MMIBPredictor`];
+    `int8` (`torch.qint8`) is dynamic int8 quantisation of the text and fusion layers on the CPU, see
+    [`quantize_int8`]; `auto` never picks it: it costs F1, see docs/prediction.md).
+
+    `auto` takes bfloat16 only where `device` multiplies it natively ([`native_bf16`]), else float32: emulated bf16
+    is slower than fp32. `train_mmib.py --bf16 auto` follows the same rule.
+
+    Returns:
+        `(dtype, reason)`, the reason being a short human-readable note for the log.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype, "requested"
+    if dtype in DTYPES:
+        return DTYPES[dtype], "requested"
+    if dtype != "auto":
+        raise ValueError(f"Unknown dtype {dtype!r}: expected auto, float32, bfloat16 or int8.")
+    if native_bf16(device):
+        return torch.bfloat16, f"auto: native bf16 on {device}"
+    return torch.float32, f"auto: no native bf16 on {device} (needs CUDA compute capability 8.0, AVX512-BF16 or AMX)"
+
+
+TASK_AUTO_CLASSES = {"ner": AutoModelForTokenClassification, "re": AutoModelForSequenceClassification}
+
+
+def load_checkpoint(
+    model_name_or_path: str,
+    task: str | None = None,
+    num_crops: int | None = None,
+    max_length: int | None = None,
+    trust_remote_code: bool = False,
+    **model_kwargs: Any,
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """
+    The one checkpoint loader: a saved MMIB checkpoint (model + processor), checked against itself and the caller.
+    The predictor, the pipeline, training (`load_model_and_processor`) and the analyses all load through it.
+
+    Args:
+        model_name_or_path (`str`): folder or Hub id of a checkpoint saved with its processor.
+        task (`str`, *optional*): the task the caller expects (`"ner"` or `"re"`).
+        num_crops, max_length (`int`, *optional*): values the caller expects. They are fixed once a model is
+            built, so a value that differs from the checkpoint's is refused rather than silently ignored.
+        trust_remote_code (`bool`): load the checkpoint's own code (not needed when `mmib` is installed).
+        model_kwargs: passed to the model's `from_pretrained` (e.g. `beta_text`, `dtype`).
+
+    Returns:
+        `(model, processor)`; the model class follows `processor.task`.
+
+    Raises:
+        ValueError: not an MMIB checkpoint; the processor and the model config disagree (`num_crops`,
+            `max_length` beyond the text tower's positions, a tokenizer larger than the text embeddings); or the
+            checkpoint differs from `task`, `num_crops` or `max_length`.
+    """
+    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    if config.model_type != "mmib":
+        raise ValueError(
+            f"{model_name_or_path} is not an MMIB checkpoint (model_type {config.model_type!r}, expected 'mmib')."
+        )
+    processor = AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    if task is not None and processor.task != task:
+        raise ValueError(f"The checkpoint {model_name_or_path} does task {processor.task!r}, not {task!r}.")
+    for name, value in (("num_crops", num_crops), ("max_length", max_length)):
+        if value is not None and value != getattr(processor, name):
+            raise ValueError(
+                f"The checkpoint {model_name_or_path} was built with {name}={getattr(processor, name)}, not {value}; "
+                f"{name} is fixed once a model is built (leave it unset to use the checkpoint's)."
+            )
+    model = TASK_AUTO_CLASSES[processor.task].from_pretrained(
+        model_name_or_path, trust_remote_code=trust_remote_code, **model_kwargs
+    )
+    check_processor_matches_config(processor, model.config, source=str(model_name_or_path))
+    check_tokenizer_matches_embeddings(processor, model, source=str(model_name_or_path))
+    return model, processor
