@@ -22,7 +22,6 @@ import transformers
 from transformers import AutoConfig, set_seed
 
 from ..building import TASK_DEFAULTS, build_model_and_processor, check_local_folder, load_model_and_processor
-from ..crop_extraction import extract_missing_crops
 from ..data import missing_media_report
 from ..data.registry import load_dataset, task_of
 from ..features import ImageFeatureStore
