@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageOps
-from test_object_extraction import count_calls, detr_score, exif_rotated_jpeg, hand_box, save_detr
 
 from conftest import make_image, run_without_mmib
+from detector_folders import count_calls, detr_score, exif_rotated_jpeg, hand_box, save_detr
 from mmib import MMIBPredictor, MMIBProcessor
 from mmib.cli import main as cli_main
 from mmib.image_loading_mmib import load_image

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from conftest import make_image
+from crf_enumeration import path_probabilities, random_crf
 from mmib import MMIBPredictor
-from mmib.features import vision_fingerprint
 from mmib.batch_prediction.streaming import default_num_workers
+from mmib.features import vision_fingerprint
 from mmib.predictor_mmib import entity_span_scores, resolve_dtype
 from mmib.quantization_mmib import INT8_PARTS, quantize_int8
 from prediction_checkpoints import save_ner_checkpoint, save_re_checkpoint
-from test_crf import path_probabilities, random_crf
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "twitter2017-sample" / "test.jsonl"
 

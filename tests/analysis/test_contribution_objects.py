@@ -4,10 +4,10 @@ import json
 
 import pytest
 from PIL import Image
-from test_object_extraction import hand_box
 from test_predictor_objects import SIZE, TEXT, detr_dir, plain, recorded  # noqa: F401  (fixtures)
 
 from conftest import make_image
+from detector_folders import hand_box
 from mmib.analysis import plotting
 from mmib.analysis.contribution import explain_posts
 

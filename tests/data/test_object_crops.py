@@ -6,10 +6,10 @@ import json
 import pytest
 from PIL import Image
 
+from detector_folders import count_calls, hand_box, noise_image, save_detr
 from mmib.data import load_jsonl, missing_media_report
 from mmib.data.object_crops import extract_missing_crops
 from mmib.object_extraction_mmib import MMIBObjectExtractor
-from test_object_extraction import count_calls, hand_box, noise_image, save_detr
 
 
 @pytest.fixture(scope="module")
