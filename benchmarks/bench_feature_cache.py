@@ -39,8 +39,8 @@ from bench_common import (
     quiet_logging,
     write_jpeg,
 )
-from mmib.collator import MMIBDataCollator
 from mmib.features import ImageFeatureStore, content_key, vision_fingerprint, write_shard
+from mmib.training.collator import MMIBDataCollator
 
 FEATURE_SIZE = 2048
 

@@ -42,8 +42,8 @@ from bench_common import (
     write_jpeg,
 )
 from mmib import MMIBForTokenClassification
-from mmib.collator import MMIBDataCollator
 from mmib.features import ImageFeatureStore
+from mmib.training.collator import MMIBDataCollator
 
 PATHS = ("raw", "cached")
 DTYPES = ("fp32", "bf16")

@@ -34,7 +34,7 @@ from bench_common import (
     rotated,
 )
 from mmib import MMIBForTokenClassification, MMIBProcessor
-from mmib.collator import MMIBDataCollator
+from mmib.training.collator import MMIBDataCollator
 from mmib.vision_towers_mmib import load_image_processor
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))

@@ -1,5 +1,6 @@
-"""Tiny DETR detectors with a known constant prediction, and the images and counters the object-extraction tests
-share (tests of the extractor, the extraction job, the predictor, the CLI, training and the app)."""
+"""Tiny DETR detectors with a known constant prediction, NER checkpoints that record one as their extractor, and the
+images and counters the object-extraction tests share (tests of the extractor, the extraction job, the predictor, the
+CLI, training, the analyses and the app)."""
 
 import math
 from pathlib import Path
@@ -9,6 +10,7 @@ from PIL import Image
 from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
 
 from mmib.object_extraction_mmib import MMIBObjectExtractor
+from prediction_checkpoints import ner_model_and_processor, save_ner_model
 
 # DETR's constant prediction: (cx, cy, w, h) relative to the image; the box leaves the image at the bottom.
 BOX = (0.5, 0.8, 0.3, 0.6)
@@ -83,3 +85,11 @@ def exif_rotated_jpeg(path: Path, size: tuple[int, int]) -> Path:
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     noise_image(size, seed=3).save(path, format="JPEG", exif=exif, quality=95)
     return path
+
+
+def save_extracting_checkpoint(folder: Path, object_extraction: dict | None) -> str:
+    """A tiny NER checkpoint (2 crop slots) whose processor records `object_extraction` (the settings of an
+    extractor, `MMIBObjectExtractor.to_dict()`; `None`: no extractor, as after training on a dataset's crops)."""
+    model, processor = ner_model_and_processor()
+    processor.object_extraction = object_extraction
+    return save_ner_model(model, processor, folder)
