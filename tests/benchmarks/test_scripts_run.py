@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, make_tokenizer, save_tiny_towers
 from prediction_checkpoints import save_ner_checkpoint
 
 # Not runnable on its own: the shared set-up that the benchmark scripts import.
@@ -30,7 +30,7 @@ class Smoke:
     """What a smoke run gets: its output folder, the generated data and a tiny NER checkpoint."""
 
     out: Path
-    data: Path  # holds twitter2015/, twitter2017/ (CoNLL splits and images) and mnre_rel2id.json
+    data: Path  # twitter2015/, twitter2017/ (CoNLL splits and images), mnre_rel2id.json, vision/ (a tiny ResNet)
     checkpoint: str
 
     def arguments(self, template: str) -> list[str]:
@@ -42,7 +42,7 @@ class Smoke:
                 twitter2017=self.data / "twitter2017",
                 checkpoint=self.checkpoint,
                 json=self.out / "report.json",
-                tiny_tower=REPO / "configs" / "resnet-tiny-random",
+                tiny_tower=self.data / "vision",
             )
         )
 
@@ -73,12 +73,14 @@ def smoke_data(tmp_path_factory) -> tuple[Path, str]:
     write_twitter(data / "twitter2017", posts_per_split=12)
     write_twitter(data / "twitter2015", posts_per_split=4)
     (data / "mnre_rel2id.json").write_text(json.dumps({"None": 0, "/per/loc/place_of_residence": 1}))
+    save_tiny_towers(data, make_tokenizer(), shortest_edge=32)
     checkpoint = save_ner_checkpoint(tmp_path_factory.mktemp("ner-checkpoint"))
     return data, checkpoint
 
 
 # One entry per script: its smoke arguments (`{placeholders}` filled from a `Smoke`, then split as a shell would)
-# and whether it is slow (several processes, or training runs).
+# and whether it is slow: over a minute on the shared 2-core machine (several processes, training runs, ResNet-50
+# on pixels); the others take 20-45 s there, most of it importing torch and transformers.
 SCRIPTS: dict[str, tuple[str, bool]] = {
     "benchmarks/bench_bf16_demo.py": (
         "'--train_args=--vision_model_name_or_path {tiny_tower} --max_steps 1 --max_train_samples 4 "
@@ -89,7 +91,7 @@ SCRIPTS: dict[str, tuple[str, bool]] = {
     "benchmarks/bench_cost_curves.py": (
         "--data_dir {twitter2017} --words 8 --crops 1 --batch_sizes 2 --repeats 1 --threads 1 "
         "--output_json {json} --output_png {out}/curves.png",
-        False,
+        True,
     ),
     "benchmarks/bench_feature_cache.py": (
         "--data_dir {twitter2017} --num_images 64 --shard_size 32 --num_files 3 --batch_size 2 --steps 1 "
@@ -99,7 +101,7 @@ SCRIPTS: dict[str, tuple[str, bool]] = {
     "benchmarks/bench_inference.py": (
         "--data_dir {twitter2017} --num_posts 2 --batch_sizes 2 --rounds 1 --warmup_posts 1 --image_size 64 48 "
         "--crop_size 32 --threads 1 --output_json {json}",
-        False,
+        True,
     ),
     "benchmarks/bench_input_checks.py": ("--repeats 1 --threads 1 --batch_size 2 --length 8", False),
     "benchmarks/bench_int8.py": (
