@@ -146,6 +146,7 @@ SCRIPTS: dict[str, tuple[str, bool]] = {
     ),
     "benchmarks/word_splitter_roundtrip.py": ("--data_dir {data} --show 2", False),
     "scripts/convert_efficientnet_lite0.py": ("{out}/efficientnet-lite0", False),
+    "scripts/render_model_cards.py": ("{out}/model_cards", False),
 }
 
 
