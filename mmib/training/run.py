@@ -26,6 +26,7 @@ from ..data import missing_media_report
 from ..data.object_crops import extract_missing_crops
 from ..data.registry import load_dataset, task_of
 from ..features import ImageFeatureStore
+from ..integrations.endpoints import save_endpoint_handler
 from ..object_extraction_mmib import MMIBObjectExtractor
 from ..pipeline_mmib import save_pipeline_code
 from .arguments import (
@@ -301,10 +302,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m mmib.training.run
             model_args, data_args, training_args, task, data, model, media, validation_metrics, test_output, command
         )
     # Every process takes part in saving; the main one writes the model, processor, remote code and card, and
-    # pushes them with --push_to_hub. An NER checkpoint also carries the `mmib-ner` pipeline's code, put in the
-    # folder first so that the push uploads it.
-    if task == "ner" and trainer.is_world_process_zero():
-        save_pipeline_code(model, training_args.output_dir)
+    # pushes them with --push_to_hub. An NER checkpoint also carries the `mmib-ner` pipeline's code, and every
+    # checkpoint the Inference Endpoints handler, put in the folder first so that the push uploads them.
+    if trainer.is_world_process_zero():
+        if task == "ner":
+            save_pipeline_code(model, training_args.output_dir)
+        save_endpoint_handler(training_args.output_dir)
     trainer.save_model()
     trainer.create_model_card()
     if trainer.is_world_process_zero():
