@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from scale_posts import BAD_POSTS, assert_same_row, make_posts, mmib_predict_rows, save_checkpoints, write_jsonl
 
 import mmib.handler
 from conftest import run_without_mmib
 from mmib.handler import EndpointHandler, decode_images
 from mmib.image_loading_mmib import load_image
+from scale_posts import BAD_POSTS, assert_same_row, make_posts, mmib_predict_rows, save_checkpoints, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,15 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from mmib.cli import main as cli_main  # noqa: E402
+from mmib.integrations.ray import (  # noqa: E402
+    MMIBRayPredictor,
+    predict_dataset,
+    read_posts,
+    stage_resources,
+    write_rows,
+)
+from mmib.predictor_mmib import MMIBPredictor  # noqa: E402
 from scale_posts import (  # noqa: E402
     BAD_POSTS,
     assert_same_row,
@@ -25,15 +34,6 @@ from scale_posts import (  # noqa: E402
     save_checkpoints,
     with_image_bytes,
     write_jsonl,
-)
-
-from mmib.cli import main as cli_main  # noqa: E402
-from mmib.integrations.ray import (  # noqa: E402
-    MMIBRayPredictor,
-    predict_dataset,
-    read_posts,
-    stage_resources,
-    write_rows,
 )
 
 NUM_POSTS = 205
@@ -113,6 +113,24 @@ def test_bad_rows_are_error_rows_and_the_batch_survives(checkpoints, posts, expe
     rows = stage(frame).to_pylist()
     assert rows[0]["error"] is None and rows[0]["tags"]
     assert rows[1]["error"] == "prediction failed: boom"
+
+
+def test_relation_checkpoint_takes_spans_from_integer_columns(checkpoints, posts):
+    folder, items, _ = posts
+    items = [{**post, "head": [0, 1], "tail": [1, 2]} for post in items[:12]]
+    absolute = [
+        post
+        | {key: str(folder / post[key]) for key in ("image",) if key in post}
+        | ({"crops": [str(folder / crop) for crop in post["crops"]]} if "crops" in post else {})
+        for post in items
+    ]
+    expected = MMIBPredictor.from_pretrained(checkpoints[1], dtype="float32")(absolute)
+    stage = MMIBRayPredictor(checkpoints[1], dtype="float32", image_root=str(folder))
+    # head / tail arrive as numpy int64 arrays, which the span rule refuses unless made Python ints.
+    rows = stage(as_table(items).to_pandas()).to_pylist()
+    for row, expected_row in zip(rows, expected):
+        assert_same_row(row, expected_row)
+        assert row["label"] is not None
 
 
 @pytest.fixture(scope="module")
