@@ -1,7 +1,8 @@
 """Object extraction (paper §III-B2) on tiny random detectors saved to folders and loaded through `from_pretrained`.
 
 The DETR detectors have their last box and class layers set to constants, so every query predicts one known box
-with one known score: boxes, clipping, rounding and crops are checked against hand computations.
+with one known score: boxes, clipping, rounding and crops are checked against hand computations, in float32 (the
+default `dtype="auto"` is bfloat16 on a CPU with AVX512-BF16: its boxes are checked against float32's).
 """
 
 import dataclasses
@@ -40,7 +41,6 @@ from transformers import (
 
 from mmib.crop_extraction import extract_objects
 from mmib.data import load_jsonl, load_twitter_ner
-from mmib.crop_extraction import extract_objects
 from mmib.image_loading_mmib import UnreadableImageError
 from mmib.object_boxes_mmib import DetectedObject, box_iou, select_objects
 from mmib.object_detectors_mmib import load_detector
@@ -57,7 +57,10 @@ CLASSES = {0: "cat", 1: "dog", 2: "person"}
 
 
 def save_detr(path: Path, box=BOX, class_logits=(2.0, 0.0, 0.0, 0.0)) -> str:
-    """A tiny DETR whose every query predicts `box` with softmax(`class_logits`) (last logit: no object)."""
+    """
+    A tiny DETR whose every query predicts `box` with softmax(`class_logits`) (last logit: no object); `box=None`
+    keeps its random heads (boxes that depend on the pixels).
+    """
     torch.manual_seed(0)
     config = DetrConfig(
         use_timm_backbone=False,
@@ -77,6 +80,14 @@ def save_detr(path: Path, box=BOX, class_logits=(2.0, 0.0, 0.0, 0.0)) -> str:
     )
     model = DetrForObjectDetection(config)
     with torch.no_grad():
+        if box is None:
+            # Initialised small, the random weights give every query nearly one box: widen them.
+            for parameter in model.parameters():
+                if parameter.dim() > 1:
+                    parameter.normal_(0.0, 0.5)
+            model.save_pretrained(path)
+            DetrImageProcessor(size={"shortest_edge": 48, "longest_edge": 64}).save_pretrained(path)
+            return str(path)
         last = model.bbox_predictor.layers[-1]
         last.weight.zero_()
         last.bias.copy_(torch.logit(torch.tensor(box)))
@@ -266,7 +277,10 @@ def test_selection_matches_brute_force(seed):
     scores = [rng.choice([0.2, 0.3, 0.5, 0.7, 0.9]) for _ in range(count)]
     queries = [rng.choice(["a", "b", "c"]) for _ in range(count)]
     settings = dict(
-        threshold=0.3, nms_iou=rng.choice([0.3, 0.5, 0.7]), min_size=rng.choice([1, 8]), num_crops=rng.choice([1, 4, 50])
+        threshold=0.3,
+        nms_iou=rng.choice([0.3, 0.5, 0.7]),
+        min_size=rng.choice([1, 8]),
+        num_crops=rng.choice([1, 4, 50]),
     )
     selected = select_objects(
         torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(scores), queries, size, **settings
@@ -289,7 +303,7 @@ def test_box_iou_by_hand():
 
 
 def test_detr_box_and_crop_by_hand(detr_dir):
-    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, threshold=0.5)
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, threshold=0.5, dtype="float32")
     image = noise_image((101, 57))
     (objects,) = extractor([image])
     expected = hand_box(image.size)
@@ -321,7 +335,7 @@ def exif_rotated_jpeg(path: Path, size: tuple[int, int]) -> Path:
 
 def test_exif_rotated_jpeg(detr_dir, tmp_path):
     path = exif_rotated_jpeg(tmp_path / "rotated.jpg", (83, 41))
-    extractor = MMIBObjectExtractor.from_pretrained(detr_dir)
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, dtype="float32")
     (objects,) = extractor([path])
     with Image.open(path) as stored:
         upright = ImageOps.exif_transpose(stored).convert("RGB")
@@ -332,7 +346,8 @@ def test_exif_rotated_jpeg(detr_dir, tmp_path):
 
 
 def test_grayscale_rgba_huge_and_banner_images(detr_dir):
-    extractor = MMIBObjectExtractor.from_pretrained(detr_dir)
+    # float32: to the pixel on a 6001-pixel side (bfloat16 boxes are within 0.4% of the side, see below).
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, dtype="float32")
     gray = noise_image((101, 57), mode="L")
     rgba = noise_image((101, 57), mode="RGBA")
     rgba.putalpha(0)  # fully transparent: MMIB's rule composites on white
@@ -348,6 +363,89 @@ def test_grayscale_rgba_huge_and_banner_images(detr_dir):
     assert results[2][0].box == (2100, 2000, 3901, 4001)
     assert results[2][0].crop.tobytes() == huge.crop((2100, 2000, 3901, 4001)).tobytes()
     assert results[3][0].crop.tobytes() == banner.crop(hand_box(banner.size)).tobytes()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Precision, batching and input size
+
+
+def nearest_box_distance(boxes, others) -> float:
+    """The largest distance in pixels (max over coordinates) from a box of `boxes` to its nearest in `others`."""
+    return max(min(max(abs(a - b) for a, b in zip(box, other)) for other in others) for box in boxes)
+
+
+@pytest.mark.parametrize("family", ["detr", "grounding-dino"])
+def test_bfloat16_boxes_are_within_a_pixel_of_float32(family, gdino_dir, tmp_path):
+    detector = save_detr(tmp_path / "random-detr", box=None) if family == "detr" else gdino_dir
+    images = [noise_image((160, 120), seed=20), noise_image((97, 181), seed=21)]
+    words = [["cat", "dog", "ball"], ["Kevin", "Durant", "tree"]]
+    every_box = dict(threshold=0.0, min_size=0, nms_iou=1.0, num_crops=100)
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        extractor = MMIBObjectExtractor.from_pretrained(detector, dtype=dtype, **every_box)
+        assert extractor.dtype == getattr(torch, dtype) and extractor.settings.dtype == dtype
+        runs[dtype] = extractor(images, words=words)
+    for full, half in zip(runs["float32"], runs["bfloat16"]):
+        assert len(full) == len(half) > 2
+        assert nearest_box_distance([o.box for o in full], [o.box for o in half]) <= 1
+        assert nearest_box_distance([o.box for o in half], [o.box for o in full]) <= 1
+        assert len({o.box for o in full}) > 2, "the boxes depend on the pixels"
+
+
+def test_auto_dtype_is_bfloat16_where_it_is_native(detr_dir, monkeypatch):
+    import mmib.object_detectors_mmib as detectors
+
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(detectors, "native_bf16", lambda device, native=native: native)
+        for extractor in (
+            MMIBObjectExtractor.from_pretrained(detr_dir),
+            MMIBObjectExtractor(
+                *load_detector(detr_dir, dtype="float32"), ObjectExtractionSettings(detector=detr_dir)
+            ),
+        ):
+            assert extractor.dtype == expected and extractor.settings.dtype == str(expected).removeprefix("torch.")
+            assert extractor([noise_image((50, 40))])[0][0].query == "cat"
+
+
+def test_only_images_of_one_size_share_a_detector_call(detr_dir):
+    images = [noise_image((90, 70), seed=30), noise_image((50, 120), seed=31), noise_image((90, 70), seed=32)]
+    images += [noise_image((50, 120), seed=33), noise_image((90, 70), seed=34)]
+    random_detector = save_detr(Path(detr_dir).parent / "random-batching", box=None)
+    one_by_one = MMIBObjectExtractor.from_pretrained(random_detector, batch_size=1, dtype="float32", min_size=1)
+    alone = one_by_one(images)
+    extractor = MMIBObjectExtractor.from_pretrained(random_detector, batch_size=2, dtype="float32", min_size=1)
+    shapes = []
+    forward = extractor.model.forward
+
+    def recorded(**inputs):
+        shapes.append((tuple(inputs["pixel_values"].shape), bool(inputs["pixel_mask"].all())))
+        return forward(**inputs)
+
+    extractor.model.forward = recorded
+    batched = extractor(images)
+    # (90, 70) -> 48 x 61 pixels, (50, 120) -> 27 x 64: never padded to each other (the mask is all ones).
+    assert shapes == [((2, 3, 48, 61), True), ((1, 3, 48, 61), True), ((2, 3, 64, 27), True)]
+    assert [[(o.box, o.query) for o in objects] for objects in batched] == [
+        [(o.box, o.query) for o in objects] for objects in alone
+    ]
+    assert [o.score for objects in batched for o in objects] == pytest.approx(
+        [o.score for objects in alone for o in objects], abs=1e-5
+    )
+
+
+def test_input_size_sets_the_processors_edges_and_is_recorded(detr_dir, owlv2_dir):
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, input_size=[24, 40])
+    shapes = []
+    forward = extractor.model.forward
+    extractor.model.forward = lambda **inputs: shapes.append(tuple(inputs["pixel_values"].shape)) or forward(**inputs)
+    extractor([noise_image((101, 57)), noise_image((30, 60))])
+    # 101 x 57: short edge 24 would make the long one 42 > 40: the long edge is 40, the short 57 * 40 / 101 -> 23.
+    assert sorted(shapes) == [(1, 3, 23, 40), (1, 3, 40, 20)]
+    assert extractor.to_dict()["input_size"] == [24, 40]
+    assert MMIBObjectExtractor.from_dict(extractor.to_dict()).adapter.size == {"shortest_edge": 24, "longest_edge": 40}
+    assert MMIBObjectExtractor.from_pretrained(owlv2_dir).to_dict()["input_size"] is None
+    with pytest.raises(ValueError, match="fixed size"):
+        MMIBObjectExtractor.from_pretrained(owlv2_dir, input_size=[24, 40])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -398,6 +496,7 @@ def test_cache_detects_a_renamed_copy_once(detr_dir, tmp_path):
     first = extractor([original])
     second = extractor([renamed])
     assert calls[0] == 1 and extractor.stats["cache_hits"] == 1
+
     def seen(objects):
         return [(o.box, o.score, o.crop.tobytes()) for o in objects]
 
@@ -420,14 +519,20 @@ def test_cache_detects_a_renamed_copy_once(detr_dir, tmp_path):
 
 def test_settings_round_trip(gdino_dir, detr_dir):
     extractor = MMIBObjectExtractor.from_pretrained(
-        gdino_dir, query_rule="categories", categories=["cat", "dog"], threshold=0.05, nms_iou=0.4, min_size=3,
-        num_crops=2, text_threshold=0.2,
+        gdino_dir,
+        query_rule="categories",
+        categories=["cat", "dog"],
+        threshold=0.05,
+        nms_iou=0.4,
+        min_size=3,
+        num_crops=2,
+        text_threshold=0.2,
     )
     settings = json.loads(json.dumps(extractor.to_dict()))
     assert settings == {
         "detector": gdino_dir, "revision": None, "kind": "zero-shot", "model_type": "grounding-dino",
         "query_rule": "categories", "categories": ["cat", "dog"], "max_queries": 16, "threshold": 0.05,
-        "text_threshold": 0.2, "nms_iou": 0.4, "min_size": 3, "num_crops": 2,
+        "text_threshold": 0.2, "nms_iou": 0.4, "min_size": 3, "input_size": [48, 64], "num_crops": 2,
     }  # fmt: skip
     restored = MMIBObjectExtractor.from_dict(settings)
     assert restored.to_dict() == settings
@@ -448,14 +553,16 @@ def test_a_record_of_the_previous_layout_loads(detr_dir):
         "categories": None, "max_queries": 16, "threshold": 0.5, "text_threshold": 0.25, "nms_iou": 0.5,
         "min_size": 8, "num_crops": 4,
     }  # fmt: skip
-    assert MMIBObjectExtractor.from_pretrained(detr_dir).to_dict() == record
-    assert MMIBObjectExtractor.from_dict(json.loads(json.dumps(record))).to_dict() == record
+    # It loads; today's record adds the input size the processor resized to.
+    current = {**record, "input_size": [48, 64]}
+    assert MMIBObjectExtractor.from_pretrained(detr_dir).to_dict() == current
+    assert MMIBObjectExtractor.from_dict(json.loads(json.dumps(record))).to_dict() == current
 
 
 def test_cache_key_changes_with_each_setting_that_changes_detections(detr_dir, tmp_path):
     model, processor = load_detector(detr_dir)
     copy = shutil.copytree(detr_dir, tmp_path / "copy")
-    base = ObjectExtractionSettings(detector=detr_dir)
+    base = ObjectExtractionSettings(detector=detr_dir, dtype="float32")
     changed = {
         "detector": str(copy),
         "revision": "v2",
@@ -466,6 +573,7 @@ def test_cache_key_changes_with_each_setting_that_changes_detections(detr_dir, t
         "text_threshold": 0.5,
         "nms_iou": 0.75,
         "min_size": 2,
+        "input_size": [40, 60],
         "num_crops": 2,
         "dtype": "bfloat16",
     }
@@ -543,7 +651,7 @@ def write_posts(folder: Path) -> Path:
 
 def test_extract_objects_jsonl(detr_dir, tmp_path):
     source = write_posts(tmp_path / "data")
-    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, batch_size=2)
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, batch_size=2, dtype="float32")
     report = extract_objects(extractor, source, tmp_path / "out", show_progress=False)
     counts = {key: getattr(report, key) for key in ("posts", "own_crops", "no_image", "unreadable", "with_objects")}
     assert counts == {"posts": 6, "own_crops": 1, "no_image": 1, "unreadable": 1, "with_objects": 3}
