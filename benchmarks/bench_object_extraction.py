@@ -80,9 +80,14 @@ def time_family(name: str, rows: list[dict], args: argparse.Namespace) -> dict:
     timings: dict[str, list[float]] = {"bare_fp32": [], "bare_bf16": [], "extractor": []}
     if one_per_forward is not None:
         timings["extractor_batch_size_1"] = []
+    # Warm-up on one image (first-call allocations, oneDNN kernel selection), not counted.
+    bare_forward(extractor, model32, images[:1], queries[:1])
+    bare_forward(extractor, model16, images[:1], queries[:1])
+    for runner in (extractor, one_per_forward):
+        if runner is not None:
+            runner(images[:1], words=words[:1])
     box_distance = 0.0
-    # Round 0 warms up (first-call allocations, oneDNN kernel selection) and is not counted.
-    for round_index in range(args.repeats + 1):
+    for round_index in range(args.repeats):
         seconds32, boxes32 = bare_forward(extractor, model32, images, queries)
         seconds16, boxes16 = bare_forward(extractor, model16, images, queries)
         box_distance = max(float((a - b).abs().max()) for a, b in zip(boxes32, boxes16))
@@ -94,11 +99,11 @@ def time_family(name: str, rows: list[dict], args: argparse.Namespace) -> dict:
             start = time.perf_counter()
             runner(images, words=words)
             passes[key] = (time.perf_counter() - start) / len(images)
-        if round_index:
-            for key, value in passes.items():
-                timings[key].append(value)
-        print(f"  {name} round {round_index}{' (warm-up)' if not round_index else ''}: "
-              + ", ".join(f"{key} {value:.2f} s" for key, value in passes.items()), flush=True)  # fmt: skip
+        for key, value in passes.items():
+            timings[key].append(value)
+        print(
+            f"  {name} round {round_index + 1}: " + ", ".join(f"{key} {value:.2f} s" for key, value in passes.items())
+        )
     result = {key: round(median(values), 3) for key, values in timings.items()}
     inputs = [extractor.adapter.inputs([image], [image_queries]) for image, image_queries in zip(images, queries)]
     result.update(
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data_dir", default=None, help="Twitter-2015 folder (default: the shared data).")
     parser.add_argument("--families", nargs="+", default=list(DETECTORS), choices=list(DETECTORS))
     parser.add_argument("--images", type=int, default=3, help="Sample images per pass.")
-    parser.add_argument("--repeats", type=int, default=1, help="Timed passes after the warm-up pass.")
+    parser.add_argument("--repeats", type=int, default=1, help="Timed passes after a warm-up image.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--input_size", type=int, nargs=2, default=None, help="The extractor's input_size (smoke runs: small)."
@@ -132,9 +137,13 @@ def main(argv: list[str] | None = None) -> dict:
     rows = sample_posts(args.data_dir or str(default_data_dir("twitter2015")), args.images)
     print(f"images (width x height): {[row['picture'].size for row in rows]}; load before: {load_average()}")
     results = {}
+    report = {"machine": machine, "args": {**vars(args), "data_dir": "twitter2015"}, "results": results}
+    report["images"] = [list(row["picture"].size) for row in rows]
     for name in args.families:
         results[name] = time_family(name, rows, args)
         print(name, results[name], flush=True)
+        if args.output_json:
+            Path(args.output_json).write_text(json.dumps(report, indent=2))
     headers = ["detector", "params M", "input (h x w)", "bare fp32", "bare bf16", "extractor", "ext / best bare"]
     print("| " + " | ".join(headers) + " |")
     print("|" + "---|" * len(headers))
@@ -146,10 +155,6 @@ def main(argv: list[str] | None = None) -> dict:
         )
     print(f"s / image, {args.threads} threads; load average before/after: {machine['load_average_1_5_15min']} / "
           f"{load_average()}")  # fmt: skip
-    report = {"machine": machine, "args": {**vars(args), "data_dir": "twitter2015"}, "results": results}
-    report["images"] = [list(row["picture"].size) for row in rows]
-    if args.output_json:
-        Path(args.output_json).write_text(json.dumps(report, indent=2))
     return report
 
 
