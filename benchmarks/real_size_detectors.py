@@ -52,12 +52,39 @@ from transformers import (
 
 from bench_common import minilm_path
 
+# The image processors' resize of the tiny DETR (`size="tiny"`, smoke runs of `bench_prediction_objects.py`).
+TINY_IMAGE_SIZE = {"shortest_edge": 48, "longest_edge": 64}
+
+
+def detr_config(size: str = "real") -> DetrConfig:
+    """DETR with a ResNet-50 backbone (`size="tiny"`: a tiny ResNet and a one-layer transformer)."""
+    if size == "real":
+        backbone = ResNetConfig(out_features=["stage4"])
+        return DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone)
+    backbone = ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=["stage4"]
+    )
+    return DetrConfig(
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        backbone_config=backbone,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=6,
+    )
+
+
+def detr_image_processor(size: str = "real") -> DetrImageProcessor:
+    return DetrImageProcessor() if size == "real" else DetrImageProcessor(size=TINY_IMAGE_SIZE)
+
 
 def detr_resnet50() -> tuple[torch.nn.Module, Any]:
-    config = DetrConfig(
-        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=ResNetConfig(out_features=["stage4"])
-    )
-    return DetrForObjectDetection(config), DetrImageProcessor()
+    return DetrForObjectDetection(detr_config()), detr_image_processor()
 
 
 def grounding_dino_tiny() -> tuple[torch.nn.Module, Any]:

@@ -14,6 +14,7 @@ from PIL import Image
 from test_object_extraction import hand_box, noise_image, save_detr
 
 from conftest import accelerate_cpu_launcher
+from detector_folders import hand_box, noise_image, save_detr
 from mmib.cli import main
 from mmib.data import load_mnre, load_twitter_ner
 from mmib.post_files import read_posts
