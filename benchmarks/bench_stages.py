@@ -62,17 +62,24 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float
     return 2 * size**3 / median(timings) / 1e9
 
 
-def measure(run: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """`(seconds, FLOPs)` of `run`: median of `repeats` timed calls after a warm-up; FLOPs of one more call."""
-    run()
+def measure(run: Callable[[], object], repeats: int, count: bool = True) -> tuple[float, float]:
+    """
+    `(seconds, FLOPs)` of `run`: median of `repeats` timed calls after a warm-up; FLOPs counted in the warm-up call
+    (`count=False`: 0, for a run whose FLOPs another row counts).
+    """
+    flops = 0.0
+    if count:
+        with FlopCounterMode(display=False) as counter:
+            run()
+        flops = float(counter.get_total_flops())
+    else:
+        run()
     timings = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         timings.append(time.perf_counter() - start)
-    with FlopCounterMode(display=False) as counter:
-        run()
-    return median(timings), float(counter.get_total_flops())
+    return median(timings), flops
 
 
 def build_mmib(towers: str) -> tuple[MMIBForTokenClassification, MMIBProcessor]:
@@ -124,11 +131,11 @@ def detection_rows(name: str, post: dict, peaks: dict[str, float], args: argpars
         extractor.cache.clear()
         return extractor([picture], words=[words])
 
+    seconds, flops = measure(extract, args.repeats)
     rows = []
     for label, model in (("float32", model32), ("bfloat16", model16)):
-        seconds, flops = measure(lambda model=model: bare_forward(extractor, model, [picture], queries), args.repeats)
-        rows.append(stage_row(f"detection {name}: bare forward", label, seconds, flops, peaks, f"input {size}"))
-    seconds, flops = measure(extract, args.repeats)
+        bare, _ = measure(lambda model=model: bare_forward(extractor, model, [picture], queries), args.repeats, False)
+        rows.append(stage_row(f"detection {name}: bare forward", label, bare, flops, peaks, f"input {size}"))
     fastest = min(row["seconds"] for row in rows)
     note = f"input {size}; {seconds / fastest:.2f}x the fastest bare forward"
     rows.append(stage_row(f"detection {name}: extractor (defaults)", dtype, seconds, flops, peaks, note))
