@@ -114,6 +114,7 @@ def d_fine_s() -> tuple[torch.nn.Module, Any]:
         stage_in_channels=[16, 64, 256, 512],
         stage_mid_channels=[16, 32, 64, 128],
         stage_out_channels=[64, 256, 512, 1024],
+        hidden_sizes=[64, 256, 512, 1024],
         stage_num_blocks=[1, 1, 2, 1],
         stage_numb_of_layers=[3, 3, 3, 3],
         stage_kernel_size=[3, 3, 5, 5],
