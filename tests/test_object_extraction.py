@@ -35,7 +35,7 @@ from transformers import (
     SwinConfig,
 )
 
-from detector_folders import count_calls, detr_score, exif_rotated_jpeg, hand_box, noise_image, save_detr
+from detector_folders import BOX, count_calls, detr_score, exif_rotated_jpeg, hand_box, noise_image, save_detr
 from mmib.crop_extraction import extract_objects
 from mmib.data import load_jsonl, load_twitter_ner
 from mmib.image_loading_mmib import UnreadableImageError
@@ -303,6 +303,15 @@ def test_bfloat16_boxes_are_within_a_pixel_of_float32(family, gdino_dir, tmp_pat
         assert nearest_box_distance([o.box for o in full], [o.box for o in half]) <= 1
         assert nearest_box_distance([o.box for o in half], [o.box for o in full]) <= 1
         assert len({o.box for o in full}) > 2, "the boxes depend on the pixels"
+
+
+def test_a_bfloat16_detector_is_post_processed_in_float32(detr_dir):
+    """On a 6001-pixel side, bf16 arithmetic after the detector would move the box by tens of pixels (bf16 holds
+    6001 as 6016); in fp32 the box is the hand box of the detector's own bf16 prediction."""
+    huge = noise_image((6001, 4001), seed=1)
+    (objects,) = MMIBObjectExtractor.from_pretrained(detr_dir, dtype="bfloat16")([huge])
+    predicted = tuple(torch.tensor(BOX).logit().bfloat16().sigmoid().double().tolist())
+    assert max(abs(a - b) for a, b in zip(objects[0].box, hand_box(huge.size, predicted))) <= 1
 
 
 def test_auto_dtype_is_bfloat16_where_it_is_native(detr_dir, monkeypatch):
