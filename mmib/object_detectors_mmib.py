@@ -258,7 +258,9 @@ class CaptionAdapter(QueryListAdapter):
 
     def boxes_and_labels(self, result, queries, categories):
         by_text = {_caption_part(query): query for query in queries}
-        names = [_caption_label(label, by_text) for label in result["text_labels"]]
+        # One label per box: the processor decodes an empty selection as one empty text.
+        labels = result["text_labels"][: len(result["scores"])]
+        names = [_caption_label(label, by_text) for label in labels]
         return _kept(result, names, list(range(len(names))))
 
 

@@ -390,6 +390,13 @@ def test_grounding_dino_same_crops_in_two_runs(gdino_dir):
             assert crop == image.crop(box).tobytes()
 
 
+def test_grounding_dino_without_a_box_above_the_threshold(gdino_dir):
+    # The processor labels an empty selection with one empty text: no box, no object, no error.
+    extractor = MMIBObjectExtractor.from_pretrained(gdino_dir, threshold=1.0)
+    assert extractor([noise_image((60, 60))], words=[["cat", "dog"]]) == [[]]
+    assert extractor.stats["without_objects"] == 1
+
+
 def test_grounding_dino_post_without_query_is_not_detected(gdino_dir):
     extractor = MMIBObjectExtractor.from_pretrained(gdino_dir)
     calls = count_calls(extractor)
