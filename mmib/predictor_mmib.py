@@ -205,7 +205,7 @@ class MMIBPredictor:
     @property
     def object_extractor(self) -> MMIBObjectExtractor | None:
         """The extractor of posts with an image and no crops, loaded at first use (`None`: no extraction)."""
-        return self.crop_filler.extractor(self.device)
+        return self.crop_filler.extractor(self.device, self.compute_dtype)
 
     def _autocast(self):
         enabled = self.compute_dtype in (torch.bfloat16, torch.float16)
@@ -221,7 +221,7 @@ class MMIBPredictor:
 
     def encode(self, posts: Sequence[PreparedPost]) -> BatchFeature:
         """Processor inputs for `posts` (all without error); posts with an image and no crops get objects first."""
-        self.crop_filler.add_objects(posts, self.device)
+        self.crop_filler.add_objects(posts, self.device, self.compute_dtype)
         kwargs = {}
         if self.task == "re":
             kwargs = {"head_spans": [post.head for post in posts], "tail_spans": [post.tail for post in posts]}
