@@ -40,10 +40,12 @@ from pathlib import Path
 import torch
 import transformers
 
-from bench_common import DEFAULT_DATA_DIR, REPO_ROOT, minilm_path, repo_relative, rotated
+from bench_common import REPO_ROOT, minilm_path, repo_relative, rotated
+from mmib.data.registry import default_data_dir
 from mmib.data.twitter import read_conll
 
 IMAGE_FOLDERS = [REPO_ROOT.parent / "shared" / "data", REPO_ROOT / "examples"]
+RELATION_LABELS = REPO_ROOT.parent / "shared" / "data" / "mnre" / "ours_rel2id.json"
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
 
 
@@ -145,20 +147,18 @@ def environment(threads: int, pythonpath: str) -> dict:
     return env
 
 
-def build_relation_checkpoint(ner_path: str, folder: Path) -> str:
+def build_relation_checkpoint(ner_path: str, folder: Path, relation_labels: Path) -> str:
     """
-    An RE checkpoint on the NER checkpoint's towers (its config with MNRE's relation labels, its text and vision
-    tower weights; the RE head and MMIB layers random): one feature cache serves both, and throughput does not
-    depend on trained weights.
+    An RE checkpoint on the NER checkpoint's towers (its config with the relation labels of the `relation_labels`
+    JSON file, its text and vision tower weights; the RE head and MMIB layers random): one feature cache serves
+    both, and throughput does not depend on trained weights.
     """
     from mmib import MMIBForRelationClassification, MMIBPredictor, MMIBProcessor
 
     ner = MMIBPredictor.from_pretrained(ner_path, dtype="float32", device="cpu")
-    labels = json.loads((REPO_ROOT.parent / "shared" / "data" / "mnre" / "ours_rel2id.json").read_text())
+    labels = json.loads(Path(relation_labels).read_text())
     id2label = {index: label for label, index in labels.items()}
-    config = type(ner.model.config).from_dict(
-        {**ner.model.config.to_dict(), "id2label": id2label, "label2id": labels}
-    )
+    config = type(ner.model.config).from_dict({**ner.model.config.to_dict(), "id2label": id2label, "label2id": labels})
     torch.manual_seed(0)
     model = MMIBForRelationClassification(config)
     model.mmib.text_model.load_state_dict(ner.model.mmib.text_model.state_dict())
@@ -250,7 +250,18 @@ def main() -> None:
         metavar="NAME=FLAGS",
         help="Further `mmib predict` sides in `text` with extra flags, e.g. 'int8=--dtype int8'.",
     )
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--data_dir", help="Twitter-2017 folder (default: the shared data folder).")
+    parser.add_argument(
+        "--image_dirs",
+        nargs="+",
+        default=[str(folder) for folder in IMAGE_FOLDERS],
+        help="Folders searched for the posts' *.jpg images (default: the shared data and examples/).",
+    )
+    parser.add_argument(
+        "--relation_labels",
+        default=str(RELATION_LABELS),
+        help="The `rel2id` JSON of the built RE checkpoint (default: MNRE's ours_rel2id.json in the shared data).",
+    )
     parser.add_argument("--posts", type=int, default=2000)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
@@ -269,12 +280,12 @@ def main() -> None:
         parser.error("the MMIB checkpoint is required")
     machine_before = machine_properties()
     print(f"machine: {json.dumps(machine_before)}", flush=True)
-    posts = read_conll(Path(args.data_dir) / "test.txt")
+    posts = read_conll(Path(args.data_dir or default_data_dir("twitter2017")) / "test.txt")
     texts = [" ".join(post.words) for post in posts]
     texts_with_entities = [
         " ".join(post.words) for post in posts if 3 <= sum(tag.startswith("B-") for tag in post.tags) <= 5
     ]
-    images = sorted(str(path) for folder in IMAGE_FOLDERS for path in folder.rglob("*.jpg"))
+    images = sorted(str(path) for folder in args.image_dirs for path in Path(folder).rglob("*.jpg"))
     extra = args.mmib_args.split()
     here = str(REPO_ROOT)
     results = []
@@ -286,7 +297,7 @@ def main() -> None:
         cache_dir = str(folder / "cache")
         relation_model = args.relation_model
         if "ner_re" in args.variants and relation_model is None:
-            relation_model = build_relation_checkpoint(args.model, folder)
+            relation_model = build_relation_checkpoint(args.model, folder, args.relation_labels)
         if {"image", "ner_re"} & set(args.variants):
             build_cache(args.model, images, cache_dir)
         out = folder / "out.jsonl"

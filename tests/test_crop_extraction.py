@@ -5,8 +5,8 @@ import json
 
 import pytest
 from PIL import Image
-from test_object_extraction import count_calls, hand_box, noise_image, save_detr
 
+from detector_folders import count_calls, hand_box, noise_image, save_detr
 from mmib.crop_extraction import extract_missing_crops
 from mmib.data import load_jsonl, missing_media_report
 from mmib.object_extraction_mmib import MMIBObjectExtractor
