@@ -17,6 +17,8 @@ so, with the dynamo error. Installed-only module (needs `onnx`, `onnxscript` and
 """
 
 import json
+import os
+import statistics
 import time
 import warnings
 from collections.abc import Sequence
@@ -116,6 +118,7 @@ def _export(module: _TextSide, example: dict, path: Path, dynamo: bool, task: st
             opset_version=OPSET,
             dynamo=True,
             external_data=False,
+            verbose=False,
         )
     else:
         # The tracer warns at every Python branch on a tensor (the input checks, transformers' mask helpers): those
@@ -236,12 +239,14 @@ def export_onnx(
 
 
 def measure_paths(
-    checkpoint: str | Path, onnx_dir: str | Path, posts: Sequence[dict], batch_size: int = 32
+    checkpoint: str | Path, onnx_dir: str | Path, posts: Sequence[dict], batch_size: int = 32, rounds: int = 3
 ) -> dict[str, Any]:
     """
     Posts per second of each path `--backend auto` chooses from, and the fraction of posts whose tags (NER) or
     labels (RE) equal torch fp32's: torch fp32, torch bf16 (where this CPU multiplies bf16 natively), onnxruntime
-    fp32 and, when exported, onnxruntime int8. Each path predicts the posts once to warm up, then once timed.
+    fp32 and, when exported, onnxruntime int8. Every path predicts the posts once to warm up; then `rounds` rounds
+    time each path once, in an order rotated each round (so that a change of the machine's load falls on all paths
+    alike), and the median is recorded.
     """
     from .predictor_mmib import MMIBPredictor
 
@@ -252,7 +257,7 @@ def measure_paths(
     paths.append(("onnxruntime", "float32"))
     if (Path(onnx_dir) / ONNX_FILES["int8"]).is_file():
         paths.append(("onnxruntime", "int8"))
-    rows, reference = [], None
+    predictors, agreement, reference = {}, {}, None
     for backend, dtype in paths:
         predictor = MMIBPredictor.from_pretrained(
             str(checkpoint),
@@ -263,23 +268,36 @@ def measure_paths(
             batch_size=batch_size,
             object_detector=False,
         )
-        predictor(list(posts))
-        start = time.perf_counter()
         results = predictor(list(posts))
-        seconds = time.perf_counter() - start
         failed = next((result for result in results if "error" in result), None)
         if failed is not None:
             raise ValueError(f"The measurement post {failed['id']!r} cannot be predicted: {failed['error']}")
         outputs = [result.get("tags", result.get("label")) for result in results]
         reference = outputs if reference is None else reference
-        agreement = sum(a == b for a, b in zip(outputs, reference)) / len(outputs)
-        rows.append(
-            {"backend": backend, "dtype": dtype, "posts_per_s": round(len(posts) / seconds, 2), "agreement": agreement}
-        )
+        agreement[backend, dtype] = sum(a == b for a, b in zip(outputs, reference)) / len(outputs)
+        predictors[backend, dtype] = predictor
+    seconds = {path: [] for path in paths}
+    for round_index in range(rounds):
+        shift = round_index % len(paths)
+        for path in paths[shift:] + paths[:shift]:
+            start = time.perf_counter()
+            predictors[path](list(posts))
+            seconds[path].append(time.perf_counter() - start)
+    rows = [
+        {
+            "backend": backend,
+            "dtype": dtype,
+            "posts_per_s": round(len(posts) / statistics.median(seconds[backend, dtype]), 2),
+            "agreement": agreement[backend, dtype],
+        }
+        for backend, dtype in paths
+    ]
     return {
         "cpu_kernel_flags": cpu_kernel_flags(),
         "threads": torch.get_num_threads(),
         "posts": len(posts),
         "batch_size": batch_size,
+        "rounds": rounds,
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "paths": rows,
     }
