@@ -52,7 +52,7 @@ ONNX_FILES = {"float32": "model.onnx", "int8": "model.int8.onnx"}
 # `--backend auto` keeps a path only if at least this fraction of posts got exactly the tags of torch fp32.
 AUTO_MIN_AGREEMENT = 0.98
 # CPU flags that decide which kernels run: a measurement made where they differ does not say what is fastest here.
-KERNEL_FLAGS = ("avx2", "avx512", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+KERNEL_FLAGS = ("avx2", "avx512_f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
 
 
 def default_onnx_dir(checkpoint: str | Path) -> Path:
