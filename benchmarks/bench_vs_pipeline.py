@@ -2,7 +2,8 @@
 
 python benchmarks/bench_vs_pipeline.py runs/full-text-twitter2017 --posts 2000 --rounds 2 --threads 1 2 \
     [--relation_model DIR] [--before NAME=DIR ...] [--mmib_variants 'int8=--dtype int8' ...] \
-    [--variants text image ner_re memory] [--output_json FILE]
+    [--variants text image ner_re memory] [--pipeline_dtypes float32 bfloat16] [--backend onnxruntime ...] \
+    [--output_json FILE]
 
 Posts: the raw Twitter-2017 test posts (`--data_dir`, words joined by spaces), repeated to `--posts`. Every
 measurement is a fresh process timed from its start to its end (imports and model loading included), its peak memory
@@ -24,6 +25,12 @@ Variants (side B over side A):
 - with `--before NAME=DIR` (a folder holding an older `mmib` package, e.g. `git archive <commit> mmib | tar -x -C
   DIR`), `text` and `ner_re` also run that package's `mmib predict` as further sides, so before/after ratios come
   from the same run; `--mmib_variants NAME=FLAGS` adds `mmib predict` sides with other flags (e.g. `--dtype int8`).
+- `--pipeline_dtypes float32 bfloat16`: one pipeline side per weight dtype (`pipeline bfloat16` loads the tower in
+  bf16); the `text` summary gives every side's ratio to each of them.
+- `--backend NAME ...` adds `text` sides `mmib predict --backend NAME`. For `onnxruntime` the checkpoint is first
+  exported (untimed, `mmib export-onnx MODEL --output TMP --int8`) and two sides run: `mmib onnxruntime float32` and
+  `mmib onnxruntime int8`; the share of posts whose tags equal those of `mmib predict --dtype float32 --backend
+  torch` is printed for every `mmib` side of `text` (the `--backend auto` rule keeps a path at >= 98%).
 """
 
 import argparse
@@ -82,12 +89,15 @@ def write_posts(path: Path, texts: list[str], size: int, images: list[str] | Non
             output.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def pipeline_worker(input_path: str, output_path: str, batch_size: int, labels: list[str]) -> None:
-    """What a user of transformers runs: a token-classification pipeline over the MiniLM tower, JSON lines out."""
+def pipeline_worker(input_path: str, output_path: str, batch_size: int, labels: list[str], dtype: str) -> None:
+    """What a user of transformers runs: a token-classification pipeline over the MiniLM tower (weights in `dtype`),
+    JSON lines out."""
     from transformers import AutoTokenizer, BertForTokenClassification, pipeline
 
     transformers.utils.logging.set_verbosity_error()
-    model = BertForTokenClassification.from_pretrained(minilm_path(), id2label=dict(enumerate(labels)))
+    model = BertForTokenClassification.from_pretrained(
+        minilm_path(), id2label=dict(enumerate(labels)), dtype=getattr(torch, dtype)
+    )
     tagger = pipeline(
         "token-classification",
         model=model.eval(),
@@ -232,6 +242,42 @@ def summarise(results: list[dict], name: str, threads: int, baseline: str) -> li
     return lines
 
 
+def pipeline_side(dtype: str) -> str:
+    return "pipeline" if dtype == "float32" else f"pipeline {dtype}"
+
+
+def backend_flags(model: str, backends: list[str], folder: Path, env: dict) -> dict[str, str]:
+    """`mmib predict` flags of the `--backend` sides by name; exports the checkpoint (untimed) for onnxruntime."""
+    sides = {}
+    for backend in backends:
+        if backend != "onnxruntime":
+            sides[backend] = f"--backend {backend}"
+            continue
+        onnx_dir = folder / "onnx"
+        command = [sys.executable, "-m", "mmib.cli", "export-onnx", model, "--output", str(onnx_dir), "--int8"]
+        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for dtype in ("float32", "int8"):
+            sides[f"onnxruntime {dtype}"] = f"--backend onnxruntime --dtype {dtype} --onnx_dir {onnx_dir}"
+    return sides
+
+
+def agreement_lines(sides: dict, model: str, folder: Path, env: dict, batch_size: int, threads: int) -> list[str]:
+    """The share of posts each `mmib` side of `text` tagged exactly as `mmib predict --dtype float32` (torch)."""
+    reference = folder / "reference.jsonl"
+    command = mmib_command(model, folder / "text.jsonl", reference, batch_size, "--dtype", "float32")
+    subprocess.run([*command, "--backend", "torch"], env=env, check=True, stdout=subprocess.DEVNULL)
+    expected = [json.loads(line)["tags"] for line in open(reference, encoding="utf-8")]
+    lines = []
+    for side, (command, _, _) in sides.items():
+        if not side.startswith("mmib"):
+            continue
+        output = Path(command[command.index("--output") + 1])
+        tags = [json.loads(line)["tags"] for line in open(output, encoding="utf-8")]
+        same = sum(a == b for a, b in zip(tags, expected)) / len(expected)
+        lines.append(f"text    {threads} thr  {side:28s} posts tagged as torch fp32: {same:.1%}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", help="An MMIB NER checkpoint on the MiniLM text tower.")
@@ -270,11 +316,26 @@ def main() -> None:
     parser.add_argument("--memory_posts", type=int, nargs="+", default=[500, 4000])
     parser.add_argument("--mmib_args", default="", help="Extra flags for every `mmib predict` (e.g. '--dtype int8').")
     parser.add_argument("--output_json")
+    parser.add_argument(
+        "--pipeline_dtypes",
+        nargs="+",
+        default=["float32"],
+        choices=["float32", "bfloat16"],
+        help="Pipeline sides in `text`, one per weight dtype (default float32).",
+    )
+    parser.add_argument(
+        "--backend",
+        nargs="+",
+        default=[],
+        choices=["torch", "onnxruntime", "auto"],
+        help="Further `text` sides `mmib predict --backend NAME` (onnxruntime: float32 and int8, exported first).",
+    )
     parser.add_argument("--pipeline_worker", nargs=2, metavar=("INPUT", "OUTPUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--pipeline_dtype", default="float32", help=argparse.SUPPRESS)
     args = parser.parse_args()
     labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
     if args.pipeline_worker:
-        pipeline_worker(*args.pipeline_worker, args.batch_size, labels)
+        pipeline_worker(*args.pipeline_worker, args.batch_size, labels, args.pipeline_dtype)
         return
     if args.model is None:
         parser.error("the MMIB checkpoint is required")
@@ -304,14 +365,19 @@ def main() -> None:
         cached = ["--image_feature_cache", cache_dir]
         pipeline = [sys.executable, __file__, "--pipeline_worker", str(folder / "text.jsonl"), str(out)]
         pipeline += ["--batch_size", str(args.batch_size)]
+        own_output = folder / "out-mmib.jsonl"  # read again for the agreement: no other side writes it
+        backend_sides = backend_flags(args.model, args.backend, folder, environment(max(args.threads), here))
         summary = []
         for threads in args.threads:
             env = environment(threads, here)
             variants = {
                 "text": {
-                    "pipeline": (pipeline, env, args.posts),
+                    **{
+                        pipeline_side(dtype): ([*pipeline, "--pipeline_dtype", dtype], env, args.posts)
+                        for dtype in args.pipeline_dtypes
+                    },
                     "mmib": (
-                        mmib_command(args.model, folder / "text.jsonl", out, args.batch_size, *extra),
+                        mmib_command(args.model, folder / "text.jsonl", own_output, args.batch_size, *extra),
                         env,
                         args.posts,
                     ),
@@ -356,13 +422,24 @@ def main() -> None:
                 variants["text"][f"mmib {name}"] = (command, before_env, args.posts)
                 command = [*variants["ner_re"]["mmib NER->RE"][0]]
                 variants["ner_re"][f"mmib NER->RE {name}"] = (command, before_env, args.posts)
-            for name, flags in (item.split("=", 1) for item in args.mmib_variants):
-                command = mmib_command(args.model, folder / "text.jsonl", out, args.batch_size, *flags.split())
+            named_flags = [item.split("=", 1) for item in args.mmib_variants]
+            for name, flags in [*named_flags, *backend_sides.items()]:
+                outputs = folder / f"out-{len(variants['text'])}.jsonl"
+                command = mmib_command(args.model, folder / "text.jsonl", outputs, args.batch_size, *flags.split())
                 variants["text"][f"mmib {name}"] = (command, env, args.posts)
-            for name, baseline in (("text", "pipeline"), ("image", "mmib text"), ("ner_re", "mmib NER")):
+            for name, baseline in (
+                ("text", pipeline_side(args.pipeline_dtypes[0])),
+                ("image", "mmib text"),
+                ("ner_re", "mmib NER"),
+            ):
                 if name in args.variants:
                     run_variant(name, variants[name], args.rounds, results)
                     summary += summarise(results, name, threads, baseline)
+                if name == "text" and name in args.variants:
+                    for dtype in args.pipeline_dtypes[1:]:
+                        summary += summarise(results, "text", threads, pipeline_side(dtype))
+                    if backend_sides:
+                        summary += agreement_lines(variants["text"], args.model, folder, env, args.batch_size, threads)
             if "ner_re" in args.variants:
                 pairs = mean_entities(folder / "relations.jsonl")
                 summary.append(f"ner_re  {threads} thr  predicted entities per post: {pairs:.2f}")
