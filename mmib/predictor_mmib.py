@@ -61,14 +61,18 @@ class MMIBPredictor:
     Args:
         model ([`PreTrainedModel`]): an MMIB NER (`MMIBForTokenClassification`) or RE model, in eval mode.
         processor ([`ProcessorMixin`]): its processor (`processor.task` says which).
-        relation_model ([`PreTrainedModel`], *optional*): an RE model to run on every ordered pair of the entities
-            the NER model finds.
+        relation_model ([`PreTrainedModel`], *optional*): an RE model to run on the ordered pairs of the entities
+            the NER model finds: the pairs whose predicted types match a (head type, tail type) signature its config
+            records (`relation_type_signatures`, written by the training run), or every pair if it records none.
         relation_processor ([`ProcessorMixin`], *optional*): the RE model's processor.
         batch_size (`int`, *optional*, defaults to 32): posts (and relation pairs) per forward pass.
         max_pairs_per_post (`int`, *optional*, defaults to 240): entity pairs classified per post (16 entities);
             further pairs are counted in the result's `pairs_left_out`.
         keep_none (`bool`, *optional*, defaults to `False`): keep relations labelled `none_label`.
         none_label (`str`, *optional*, defaults to `"None"`): the no-relation label.
+        all_pairs (`bool`, *optional*, defaults to `False`): classify every ordered pair of entities, also those
+            whose types match none of the relation model's type signatures (by default they get the no-relation
+            label without a forward pass and are counted in the result's `pairs_skipped_by_type`).
         compute_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): `torch.bfloat16` runs the models
             under bf16 autocast (matrix products in bf16, normalisations, softmax and the CRF in fp32), which keeps
             the entities of fp32 far more often than casting the weights to bf16. `torch.qint8` means the models'
@@ -95,6 +99,7 @@ class MMIBPredictor:
         max_pairs_per_post: int = 240,
         keep_none: bool = False,
         none_label: str = "None",
+        all_pairs: bool = False,
         compute_dtype: torch.dtype = torch.float32,
         image_feature_lookup: Callable[[str], torch.Tensor | None] | None = None,
         object_detector: str | bool | None = None,
@@ -123,6 +128,10 @@ class MMIBPredictor:
                 max_pairs_per_post,
                 keep_none,
                 none_label,
+                None if all_pairs else getattr(self.relation_model.config, "relation_type_signatures", None),
+            )
+            self.relations.warn_unknown_types(
+                {label.split("-", 1)[1] for label in model.config.id2label.values() if "-" in label}
             )
         self.crop_filler = CropFiller(
             processor.num_crops,
@@ -155,7 +164,7 @@ class MMIBPredictor:
             image_feature_cache (`str`, *optional*): an `ImageFeatureStore` folder built with these checkpoints'
                 vision tower and image processor (a cache of another tower is refused); needs `mmib` installed.
             kwargs: further [`MMIBPredictor`] arguments (`batch_size`, `max_pairs_per_post`, `keep_none`,
-                `object_detector`, `detector_trust_remote_code`).
+                `all_pairs`, `object_detector`, `detector_trust_remote_code`).
         """
         device = resolve_device(device)
         dtype, reason = resolve_dtype(dtype, device)
