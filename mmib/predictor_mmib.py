@@ -228,6 +228,20 @@ class MMIBPredictor:
             post, default_id, base_dir, self.task == "re", self.processor.num_crops, self.image_feature_lookup
         )
 
+    def length_order(self, posts: Sequence[PreparedPost]) -> list[int]:
+        """
+        Indexes of `posts` in order of their sub-word count (posts with an error first; ties in input order):
+        batches of posts taken in this order pad little. One tokenizer call over the posts' words.
+        """
+        good = [index for index, post in enumerate(posts) if post.error is None and post.words]
+        if not good:
+            return list(range(len(posts)))
+        encoding = self.processor.tokenizer(
+            [posts[index].words for index in good], is_split_into_words=True, add_special_tokens=False
+        )
+        counts = dict(zip(good, map(len, encoding["input_ids"])))
+        return sorted(range(len(posts)), key=lambda index: counts.get(index, -1))
+
     def encode(self, posts: Sequence[PreparedPost]) -> BatchFeature:
         """Processor inputs for `posts` (all without error); posts with an image and no crops get objects first."""
         self.crop_filler.add_objects(posts, self.device)
