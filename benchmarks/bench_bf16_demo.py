@@ -41,6 +41,12 @@ def main() -> None:
     """Alternates the two variants, prints throughput ratio and F1 difference."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=1, help="Runs per variant (alternating).")
+    parser.add_argument("--config", default="configs/demo_twitter2017.yaml", help="The train_mmib.py config to run.")
+    parser.add_argument(
+        "--train_args",
+        default="",
+        help="Further train_mmib.py flags, after the script's own (e.g. '--max_steps 2' for a smoke run).",
+    )
     parser.add_argument("--output_json")
     args = parser.parse_args()
     machine_before = machine_note()
@@ -50,9 +56,9 @@ def main() -> None:
         for round_index in range(args.rounds):
             for name, flags in VARIANTS.items():
                 output_dir = Path(work) / f"{name.replace(' ', '_')}_{round_index}"
-                command = [sys.executable, "train_mmib.py", "configs/demo_twitter2017.yaml"]
+                command = [sys.executable, "train_mmib.py", args.config]
                 command += ["--text_model_name_or_path", minilm_path(), "--output_dir", str(output_dir), *flags]
-                command += ["--disable_tqdm", "true", "--report_to", "none"]
+                command += ["--disable_tqdm", "true", "--report_to", "none", *args.train_args.split()]
                 subprocess.run(command, cwd=REPO_ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
                 metrics = json.loads((output_dir / "all_results.json").read_text())
                 results[name].append(

@@ -97,6 +97,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", help="Twitter-2017 folder (default: the shared data folder).")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--words", type=int, nargs="+", default=list(WORDS), help="Words per post of the first curve.")
+    parser.add_argument("--crops", type=int, nargs="+", default=list(CROPS), help="Crops per post of the second.")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=list(BATCHES), help="Batch sizes of the third.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output_json")
     parser.add_argument("--output_png")
@@ -112,7 +115,7 @@ def main() -> None:
     }
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=3e-5, fused=True) for name, model in models.items()}
     points = []
-    axes_values = {"words": WORDS, "crops": CROPS, "batch": BATCHES}
+    axes_values = {"words": args.words, "crops": args.crops, "batch": args.batch_sizes}
     for axis, values in axes_values.items():
         for value in values:
             words = value if axis == "words" else 32

@@ -1,5 +1,6 @@
 """
-Cost of the forward input checks (`mmib.modeling_mmib.check_inputs`) relative to a forward pass.
+Cost of the forward input checks (`mmib.modeling_mmib.check_inputs` and `check_task_inputs`) relative to a forward
+pass.
 
 The cheapest realistic forward is measured, so that the ratio is an upper bound: the MiniLM-L6 text tower (the
 offline one), cached `image_features` of ResNet-50 width (no vision tower run), a batch of 16 posts of 64 tokens with
@@ -46,10 +47,10 @@ def main() -> None:
         "image_mask": torch.ones(batch, 5, dtype=torch.bool),
         "labels": torch.randint(0, config.num_labels, (batch, words)),
     }
-    real_check = modeling_mmib.check_inputs
+    real_checks = (modeling_mmib.check_inputs, modeling_mmib.check_task_inputs)
 
-    def forward_seconds(check) -> float:
-        modeling_mmib.check_inputs = check
+    def forward_seconds(checks) -> float:
+        modeling_mmib.check_inputs, modeling_mmib.check_task_inputs = checks
         start = time.perf_counter()
         with torch.no_grad():
             model(**inputs)
@@ -57,22 +58,25 @@ def main() -> None:
 
     def checks_seconds() -> float:
         start = time.perf_counter()
-        real_check(
+        real_checks[0](
             config,
             **{k: v for k, v in inputs.items() if k not in ("word_index", "labels")},
             vocab_size=config.text_config.vocab_size,
         )
-        real_check(config, **inputs, task="ner")
+        real_checks[1](config, "ner", inputs["input_ids"], word_index=inputs["word_index"], labels=inputs["labels"])
         return time.perf_counter() - start
 
+    def skipped(*_args, **_kwargs) -> None:
+        return None
+
     for _ in range(3):
-        forward_seconds(real_check)
+        forward_seconds(real_checks)
     with_checks, without_checks, alone = [], [], []
     for _ in range(args.repeats):
-        with_checks.append(forward_seconds(real_check))
-        without_checks.append(forward_seconds(lambda *a, **k: None))
+        with_checks.append(forward_seconds(real_checks))
+        without_checks.append(forward_seconds((skipped, skipped)))
         alone.append(checks_seconds())
-    modeling_mmib.check_inputs = real_check
+    modeling_mmib.check_inputs, modeling_mmib.check_task_inputs = real_checks
     on, off, cost = (statistics.median(x) for x in (with_checks, without_checks, alone))
     print(f"machine: {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads, torch {torch.__version__}")
     print(f"forward with checks    {on * 1e3:8.2f} ms (median of {args.repeats})")

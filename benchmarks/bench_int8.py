@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 import torch
-
-from bench_common import DEFAULT_DATA_DIR, repo_relative, rotated
 from bench_vs_pipeline import machine_properties
+
+from bench_common import repo_relative, rotated
 from mmib import MMIBPredictor
+from mmib.data.registry import default_data_dir
 from mmib.data.twitter import read_conll
 from mmib.training.metrics import ner_scores
 
@@ -33,7 +34,7 @@ def entities(result: dict) -> list[tuple[int, int, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--data_dir", help="Twitter-2017 folder (default: the shared data folder).")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "int8", "bfloat16"])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -41,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     machine = machine_properties()
     print(f"machine: {json.dumps(machine)}, torch threads {torch.get_num_threads()}", flush=True)
-    posts = read_conll(Path(args.data_dir) / "test.txt")
+    posts = read_conll(Path(args.data_dir or default_data_dir("twitter2017")) / "test.txt")
     inputs = [{"words": post.words} for post in posts]
     gold = [post.tags for post in posts]
     predictors = {

@@ -10,6 +10,8 @@ have the real architectures and so the real FLOPs:
 Both use their default image processors (shortest edge 800, longest 1333). Images are the Twitter-2015 sample
 images of `../shared/data`, each with its post's words. The score threshold is 0 so that post-processing, NMS and
 cropping run on every box (the worst case). Random weights put the boxes anywhere; only the time is meaningful.
+`--detector_size tiny` builds tiny random detectors of the same two families instead (small images, a few layers):
+a smoke run of the script, whose times mean nothing.
 
     python benchmarks/bench_object_extraction.py --images 3 --output_json benchmarks/object_extraction.json
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoTokenizer,
+    BertConfig,
     DetrConfig,
     DetrForObjectDetection,
     DetrImageProcessor,
@@ -30,11 +33,16 @@ from transformers import (
     GroundingDinoImageProcessor,
     GroundingDinoProcessor,
     ResNetConfig,
+    SwinConfig,
 )
 
-from bench_common import DEFAULT_DATA_DIR, load_posts, machine_note, median, minilm_path, quiet_logging
+from bench_common import load_posts, machine_note, median, minilm_path, quiet_logging
+from mmib.data.registry import default_data_dir
 from mmib.image_loading_mmib import load_image
 from mmib.object_extraction_mmib import MMIBObjectExtractor
+
+# The image processors' resize of the tiny detectors (the real ones keep their defaults: 800 / 1333).
+TINY_IMAGE_SIZE = {"shortest_edge": 48, "longest_edge": 64}
 
 
 def cpu_flags() -> dict[str, bool]:
@@ -48,25 +56,77 @@ def cpu_flags() -> dict[str, bool]:
     return {name: name in flags for name in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")}
 
 
-def grounding_dino_tiny() -> MMIBObjectExtractor:
+def grounding_dino_tiny(size: str = "real") -> MMIBObjectExtractor:
+    """Grounding DINO tiny with random weights (`size="tiny"`: a few-layer one of the same family)."""
     torch.manual_seed(0)
-    model = GroundingDinoForObjectDetection(GroundingDinoConfig())
-    processor = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(), tokenizer=AutoTokenizer.from_pretrained(minilm_path())
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    if size == "real":
+        config, image_processor = GroundingDinoConfig(), GroundingDinoImageProcessor()
+    else:
+        config = GroundingDinoConfig(
+            backbone_config=SwinConfig(
+                image_size=64,
+                patch_size=4,
+                embed_dim=8,
+                depths=[1, 1, 1, 1],
+                num_heads=[1, 1, 1, 1],
+                window_size=2,
+                out_features=["stage2", "stage3", "stage4"],
+            ),
+            text_config=BertConfig(
+                vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2
+            ),
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=2,  # the box heads of layers 1.. are tied to layer 0's: one layer has none to tie
+            encoder_ffn_dim=16,
+            decoder_ffn_dim=16,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            num_queries=20,
+            num_feature_levels=3,
+            encoder_n_points=2,
+            decoder_n_points=2,
+        )
+        image_processor = GroundingDinoImageProcessor(size=TINY_IMAGE_SIZE)
+    model = GroundingDinoForObjectDetection(config)
+    processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    name = f"random {'tiny ' if size == 'tiny' else ''}GroundingDinoConfig"
+    return MMIBObjectExtractor(model, processor, detector=name, threshold=0.0, min_size=1)
+
+
+def detr_config(size: str = "real") -> DetrConfig:
+    """DETR with a ResNet-50 backbone (`size="tiny"`: a tiny ResNet and a one-layer transformer)."""
+    if size == "real":
+        backbone = ResNetConfig(out_features=["stage4"])
+        return DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone)
+    backbone = ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=["stage4"]
     )
-    return MMIBObjectExtractor(model, processor, detector="random GroundingDinoConfig()", threshold=0.0, min_size=1)
-
-
-def detr_resnet50() -> MMIBObjectExtractor:
-    torch.manual_seed(0)
-    config = DetrConfig(
+    return DetrConfig(
         use_timm_backbone=False,
         use_pretrained_backbone=False,
-        backbone_config=ResNetConfig(out_features=["stage4"]),
+        backbone_config=backbone,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=6,
     )
-    model = DetrForObjectDetection(config)
-    processor = DetrImageProcessor()
-    return MMIBObjectExtractor(model, processor, detector="random DETR-R50 config", threshold=0.0, min_size=1)
+
+
+def detr_image_processor(size: str = "real") -> DetrImageProcessor:
+    return DetrImageProcessor() if size == "real" else DetrImageProcessor(size=TINY_IMAGE_SIZE)
+
+
+def detr_resnet50(size: str = "real") -> MMIBObjectExtractor:
+    torch.manual_seed(0)
+    model = DetrForObjectDetection(detr_config(size))
+    name = f"random {'tiny DETR' if size == 'tiny' else 'DETR-R50'} config"
+    return MMIBObjectExtractor(model, detr_image_processor(size), detector=name, threshold=0.0, min_size=1)
 
 
 def time_extractor(extractor: MMIBObjectExtractor, rows: list[dict], repeats: int) -> dict:
@@ -76,7 +136,7 @@ def time_extractor(extractor: MMIBObjectExtractor, rows: list[dict], repeats: in
     extractor(images[:1], words=words[:1])  # warm-up: first-call allocations and oneDNN kernel selection
     passes = []
     for _ in range(repeats):
-        extractor._cache.clear()
+        extractor.cache.clear()
         start = time.perf_counter()
         extractor(images, words=words)
         passes.append((time.perf_counter() - start) / len(images))
@@ -94,11 +154,18 @@ def time_extractor(extractor: MMIBObjectExtractor, rows: list[dict], repeats: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Twitter-2015's sample folder holds images (Twitter-2017's holds none).
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR.parent / "twitter2015"))
+    parser.add_argument("--data_dir", help="Twitter-2015 folder (default: the shared data folder).")
     parser.add_argument("--images", type=int, default=4, help="Sample images per pass.")
     parser.add_argument("--repeats", type=int, default=2, help="Timed passes per detector.")
+    parser.add_argument(
+        "--detector_size",
+        choices=["real", "tiny"],
+        default="real",
+        help="`tiny`: tiny random detectors of the same families, a smoke run (times mean nothing).",
+    )
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args()
+    args.data_dir = str(args.data_dir or default_data_dir("twitter2015"))
     quiet_logging()
     machine_before = {**machine_note(), **cpu_flags()}
     rows = []
@@ -110,7 +177,7 @@ def main() -> None:
     results = {}
     for name, build in (("detr-resnet-50", detr_resnet50), ("grounding-dino-tiny", grounding_dino_tiny)):
         print(f"{name}: building and timing on {len(rows)} images", flush=True)
-        extractor = build()
+        extractor = build(args.detector_size)
         results[name] = time_extractor(extractor, rows, args.repeats)
         del extractor
         print(name, results[name], flush=True)

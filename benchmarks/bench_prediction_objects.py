@@ -9,7 +9,8 @@ the loading of the checkpoint and the detector. Variants:
 - `no extraction`: `--no_object_detector` (the whole image only, crop slots empty);
 - `tiny DETR`: the tests' tiny random DETR (the cost of the extraction step itself: opening, hashing, cropping and
   four more images through the vision tower);
-- `DETR-R50`: a random DETR with ResNet-50 (real size and FLOPs, default image processor, shortest edge 800).
+- `DETR-R50`: a random DETR with ResNet-50 (real size and FLOPs, default image processor, shortest edge 800);
+  `--detector_size tiny` makes it a tiny one of the same family (a smoke run of the script: times mean nothing).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_prediction_objects.py --posts 3 \
         --output_json benchmarks/prediction_objects.json
@@ -24,35 +25,40 @@ import time
 from pathlib import Path
 
 import torch
-from bench_object_extraction import cpu_flags
-from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
+from bench_object_extraction import cpu_flags, detr_config, detr_image_processor
+from transformers import DetrForObjectDetection
 
-from bench_common import DEFAULT_DATA_DIR, build_model, build_processor, load_posts, machine_note, quiet_logging
+from bench_common import build_model, build_processor, load_posts, machine_note, quiet_logging
 from mmib import MMIBPredictor
 from mmib.batch_prediction import predict_file
 from mmib.crop_filling_mmib import CropFiller
+from mmib.data.registry import default_data_dir
 from mmib.object_extraction_mmib import MMIBObjectExtractor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_object_extraction import save_detr  # noqa: E402
+from detector_folders import save_detr  # noqa: E402
 
 
-def save_detr_r50(folder: Path) -> str:
+def save_detr_r50(folder: Path, size: str = "real") -> str:
     torch.manual_seed(0)
-    config = DetrConfig(
-        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=ResNetConfig(out_features=["stage4"])
-    )
-    DetrForObjectDetection(config).save_pretrained(folder)
-    DetrImageProcessor().save_pretrained(folder)
+    DetrForObjectDetection(detr_config(size)).save_pretrained(folder)
+    detr_image_processor(size).save_pretrained(folder)
     return str(folder)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA_DIR.parent / "twitter2015"))
+    parser.add_argument("--data_dir", help="Twitter-2015 folder (default: the shared data folder).")
     parser.add_argument("--posts", type=int, default=3)
+    parser.add_argument(
+        "--detector_size",
+        choices=["real", "tiny"],
+        default="real",
+        help="`tiny`: the DETR-R50 variant becomes a tiny DETR, a smoke run (times mean nothing).",
+    )
     parser.add_argument("--output_json", default=None)
     args = parser.parse_args()
+    args.data_dir = str(args.data_dir or default_data_dir("twitter2015"))
     quiet_logging()
     machine_before = {**machine_note(), **cpu_flags(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
     rows = []
@@ -71,7 +77,8 @@ def main() -> None:
         )
         processor = build_processor()
         model = build_model(["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"], seed=0)
-        detectors = {"tiny DETR": save_detr(scratch / "tiny"), "DETR-R50": save_detr_r50(scratch / "r50")}
+        r50 = "DETR-R50" if args.detector_size == "real" else "DETR-R50 (tiny)"
+        detectors = {"tiny DETR": save_detr(scratch / "tiny"), r50: save_detr_r50(scratch / "r50", args.detector_size)}
         checkpoint = scratch / "mmib"
         model.save_pretrained(checkpoint)
         processor.save_pretrained(checkpoint)

@@ -147,6 +147,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="Timed interleaved rounds.")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed rounds first.")
     parser.add_argument("--num_batches", type=int, default=4, help="Distinct batches, cycled through the rounds.")
+    parser.add_argument("--train_batch_size", type=int, default=8, help="Posts per training step.")
+    parser.add_argument("--eval_batch_size", type=int, default=32, help="Posts per eval pass.")
     parser.add_argument("--pixel_posts", type=int, default=4, help="Posts per vision-tower pass (x5 images).")
     parser.add_argument("--no_bf16", action="store_true", help="Leave out the bf16 variants.")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads.")
@@ -154,7 +156,9 @@ def main() -> None:
     args = parser.parse_args()
     machine_before, bf16_ratio = preamble(args.threads)
     precisions = ["fp32"] if args.no_bf16 else ["fp32", "bf16"]
-    train_batches, eval_batches, label_names = make_batches(8, 32, args.num_batches, args.data_dir)
+    train_batches, eval_batches, label_names = make_batches(
+        args.train_batch_size, args.eval_batch_size, args.num_batches, args.data_dir
+    )
     models = {
         "mmib": build_model(label_names, seed=0),
         "plain": BertForTokenClassification.from_pretrained(minilm_path(), num_labels=len(label_names)),

@@ -78,10 +78,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="Profiled steps / passes per workload.")
     parser.add_argument("--rows", type=int, default=25, help="Rows per table.")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads.")
+    parser.add_argument("--data_dir", help="Twitter-2017 folder (default: the shared data folder).")
+    parser.add_argument("--train_batch_size", type=int, default=8, help="Posts per training step.")
+    parser.add_argument("--eval_batch_size", type=int, default=32, help="Posts per eval pass.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     quiet_logging()
-    train_batches, eval_batches, label_names = make_batches(8, 32, 2)
+    train_batches, eval_batches, label_names = make_batches(
+        args.train_batch_size, args.eval_batch_size, 2, args.data_dir
+    )
     mmib = build_model(label_names, seed=0)
     plain = BertForTokenClassification.from_pretrained(minilm_path(), num_labels=len(label_names))
     tag_modules(mmib, MMIB_MODULES)
@@ -94,7 +99,7 @@ def main() -> None:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for step in range(args.steps):
                 _train_step(name, model, optimizer, train_batches[step % len(train_batches)])
-        print(f"\n### {name}: training step, batch 8 (cached features), {args.steps} steps\n")
+        print(f"\n### {name}: training step, batch {args.train_batch_size} (cached features), {args.steps} steps\n")
         print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=args.rows))
         print(ranges_table(prof, args.steps))
         model.eval()
@@ -103,7 +108,7 @@ def main() -> None:
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for step in range(args.steps):
                     _eval_pass(name, model, eval_batches[step % len(eval_batches)])
-        print(f"\n### {name}: eval inference, batch 32 with decoding, {args.steps} passes\n")
+        print(f"\n### {name}: eval inference, batch {args.eval_batch_size} with decoding, {args.steps} passes\n")
         print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=args.rows))
         print(ranges_table(prof, args.steps))
 

@@ -5,7 +5,8 @@ beta_vision * KL_vision + alignment_weight * alignment loss, see `mmib.mmib_tota
 trains the information bottleneck by calling `outputs.loss.backward()`. The loop below makes the same choices as
 `MMIBTrainer` with its defaults: fused AdamW, weight decay on every weight except biases and LayerNorm weights,
 linear learning-rate decay to 0 over `max_steps` without warm-up, gradient clipping to norm 1, one seed set before
-training. `tests/examples/test_train_with_accelerate.py` checks that it reaches the same per-step losses as `MMIBTrainer`.
+training. `tests/examples/test_train_with_accelerate.py` checks that it reaches the same per-step losses as
+`MMIBTrainer`.
 
     # from a saved MMIB checkpoint (model + processor, e.g. a train_mmib.py output folder):
     python examples/train_with_accelerate.py --model_name_or_path runs/t17 \

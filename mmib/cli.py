@@ -7,6 +7,7 @@ mmib predict runs/demo-twitter2017 --text "Kawhi Leonard wins the fan vote in To
 mmib predict runs/demo-twitter2017 --input posts.jsonl --output predictions.jsonl [--relation_model runs/mnre]
 mmib predict runs/mnre --words Messi joins PSG --head 0 1 --tail 2 3 --image post.jpg --crops a.png b.png
 accelerate launch --multi_gpu --num_processes 2 -m mmib.cli predict MODEL --input posts.jsonl --output out.jsonl
+mmib predict-ray runs/demo-twitter2017 --input posts/ --output out/ --concurrency 2 [--detection_stage]
 mmib ablate configs/image_decides_ner.yaml --seeds 1 2 3 --output_dir runs/ablation [mmib train flags]
 mmib sweep configs/image_decides_ner.yaml --beta_text 0 0.1 1 --beta_vision 0 0.1 1 --output_dir runs/sweep
 mmib explain runs/model --input posts.jsonl --output_dir runs/explain
@@ -21,6 +22,8 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .integrations import ray_command
 
 TRAINING_EPILOG = "Other arguments are passed to every `mmib train` run (e.g. --text_model_name_or_path DIR)."
 
@@ -298,6 +301,11 @@ COMMANDS: dict[str, Command] = {
     "train": Command("Train and evaluate a model (see `mmib train --help`).", _train),
     "predict": Command(
         "Tag posts (NER, optionally NER -> RE) or classify relations (RE); writes JSON.", _predict, _predict_arguments
+    ),
+    "predict-ray": Command(
+        "`mmib predict` on Ray Data (docs/scale.md): .jsonl / .parquet posts in, a folder of rows out.",
+        ray_command.run,
+        ray_command.add_arguments,
     ),
     "ablate": Command(
         "Train the full model and every ablation with the same seeds; write ablation.csv and ablation.md.",

@@ -347,26 +347,22 @@ def check_inputs(
     pixel_values: torch.Tensor | None = None,
     image_features: torch.Tensor | None = None,
     image_mask: torch.Tensor | None = None,
-    word_index: torch.Tensor | None = None,
-    entity_positions: torch.Tensor | None = None,
-    labels: torch.Tensor | None = None,
-    task: str | None = None,
     vocab_size: int | None = None,
     image_feature_mask: torch.Tensor | None = None,
 ) -> None:
     """
-    Validates the inputs of an MMIB `forward`, so that what a user can get wrong ends in a `ValueError` naming the
-    argument and what was expected, not in an index error deep inside the towers or in silently wrong numbers.
+    Validates the inputs of [`MMIBModel.forward`] (which the heads run through), so that what a user can get wrong
+    ends in a `ValueError` naming the argument and what was expected, not in an index error deep inside the towers or
+    in silently wrong numbers. The heads' own inputs are checked by [`check_task_inputs`].
 
-    Shapes and dtypes are always checked (they are static under `torch.compile`). Value checks (ids and positions
-    in range, finite image features) read the data, so they are skipped while `torch.compile` traces the model.
-    Their cost is measured by `benchmarks/bench_input_checks.py` (< 2% of a forward pass).
+    Shapes and dtypes are always checked (they are static under `torch.compile`). Value checks (ids in range, finite
+    image features) read the data, so they are skipped while `torch.compile` traces the model. Their cost is
+    measured by `benchmarks/bench_input_checks.py` (< 2% of a forward pass).
 
     Args:
-        config ([`MMIBConfig`]): gives the vocabulary size, the feature width and the number of labels.
-        task (`str`, *optional*): `"ner"` or `"re"`: how `labels` are shaped.
+        config ([`MMIBConfig`]): gives the feature width and whether there is a vision pathway.
         vocab_size (`int`, *optional*): rows of the text tower's embeddings; `input_ids` are checked against it.
-        Other arguments: as in the models' `forward`.
+        Other arguments: as in [`MMIBModel.forward`].
 
     Raises:
         ValueError: an input of the wrong type, shape, dtype or range.
@@ -408,6 +404,39 @@ def check_inputs(
             raise ValueError(
                 f"image_features has {image_features.shape[1]} image slots but pixel_values has {num_slots}."
             )
+    if torch.compiler.is_compiling():
+        return
+    if vocab_size is not None:
+        _check_range("input_ids", input_ids, 0, vocab_size)
+    if not config.text_only and image_features is not None:
+        # Slots outside image_feature_mask are computed from pixels: whatever they hold is not used.
+        given = image_features if image_feature_mask is None else image_features[image_feature_mask.bool()]
+        if not torch.isfinite(given).all():
+            raise ValueError("image_features contains NaN or infinite values.")
+
+
+def check_task_inputs(
+    config: MMIBConfig,
+    task: str,
+    input_ids: torch.Tensor,
+    word_index: torch.Tensor | None = None,
+    entity_positions: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> None:
+    """
+    Validates the inputs that only a head takes (`word_index` or `entity_positions`, and `labels`), after
+    [`check_inputs`] has passed `input_ids`, as a `ValueError` naming the argument and what was expected. Value checks
+    (positions and labels in range) are skipped while `torch.compile` traces the model, as in [`check_inputs`].
+
+    Args:
+        config ([`MMIBConfig`]): gives the number of labels.
+        task (`str`): `"ner"` or `"re"`: how `labels` are shaped.
+        Other arguments: as in the heads' `forward`.
+
+    Raises:
+        ValueError: an input of the wrong type, shape, dtype or range.
+    """
+    batch_size, length = input_ids.shape
     if word_index is not None:
         _check_shape("word_index", word_index, (batch_size, None), "(batch_size, num_words)")
         _check_integer("word_index", word_index)
@@ -418,21 +447,14 @@ def check_inputs(
         if task == "ner":
             words = None if word_index is None else word_index.shape[1]
             _check_shape("labels", labels, (batch_size, words), "(batch_size, num_words) like word_index")
-        elif task == "re":
+        else:
             _check_shape("labels", labels, (batch_size,), "(batch_size,)")
         _check_integer("labels", labels)
     if torch.compiler.is_compiling():
         return
-    if vocab_size is not None:
-        _check_range("input_ids", input_ids, 0, vocab_size)
     _check_range("word_index", word_index, 0, length, allowed=-1)
     _check_range("entity_positions", entity_positions, 0, length)
     _check_range("labels", labels, 0, config.num_labels, allowed=-100 if task == "ner" else None)
-    if not config.text_only and image_features is not None:
-        # Slots outside image_feature_mask are computed from pixels: whatever they hold is not used.
-        given = image_features if image_feature_mask is None else image_features[image_feature_mask.bool()]
-        if not torch.isfinite(given).all():
-            raise ValueError("image_features contains NaN or infinite values.")
 
 
 def _present(*tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
@@ -498,28 +520,16 @@ class MMIBPreTrainedModel(PreTrainedModel):
         kwargs: dict,
         **task_input: torch.LongTensor | None,
     ) -> MMIBModelOutput:
-        """The heads' shared prologue: the task input (`word_index` or `entity_positions`) is required, every input
-        is checked, and the encoder runs (its regularizers only when there are labels to train on)."""
+        """The heads' shared prologue: the task input (`word_index` or `entity_positions`) is required, the encoder
+        runs (checking its inputs; its regularizers only when there are labels to train on), then the head's own
+        inputs are checked: each input is checked once per forward."""
         ((name, value),) = task_input.items()
         if value is None:
             raise ValueError(
                 f"{name} is required (from MMIBProcessor). The call order is input_ids, attention_mask, "
                 f"token_type_ids, {name}, ...: pass {name} by keyword."
             )
-        check_inputs(
-            self.config,
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            pixel_values,
-            image_features,
-            image_mask,
-            labels=labels,
-            task=task,
-            image_feature_mask=image_feature_mask,
-            **task_input,
-        )
-        return self.mmib(
+        outputs = self.mmib(
             input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
@@ -533,6 +543,8 @@ class MMIBPreTrainedModel(PreTrainedModel):
             image_feature_mask=image_feature_mask,
             **kwargs,
         )
+        check_task_inputs(self.config, task, input_ids, labels=labels, **task_input)
+        return outputs
 
     @property
     def _text_model(self) -> PreTrainedModel:
@@ -1114,6 +1126,7 @@ __all__ = [
     "LOGVAR_MAX",
     "LOGVAR_MIN",
     "check_inputs",
+    "check_task_inputs",
     "mmib_total_loss",
     "MMIBPreTrainedModel",
     "MMIBModel",

@@ -1,5 +1,6 @@
 """Tiny offline building blocks shared by the tests: random towers, a word-level vocabulary, small images."""
 
+import importlib.util
 import itertools
 import json
 import os
@@ -92,6 +93,34 @@ def save_tiny_towers(root: Path, tokenizer, shortest_edge: int) -> tuple[str, st
     preprocessor["size"] = {"shortest_edge": shortest_edge}
     (root / "vision" / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     return str(root / "text"), str(root / "vision")
+
+
+# APEnc sizes that fit the tiny towers (hidden size 32), for `build_model_and_processor`.
+SMALL = {"apenc_num_attention_heads": 4, "apenc_intermediate_size": 48}
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory) -> dict[str, str]:
+    """A tiny BERT with its tokenizer, and a tiny ResNet with and without an image processor of its own."""
+    root = tmp_path_factory.mktemp("towers")
+    torch.manual_seed(0)
+    tokenizer = make_tokenizer()
+    BertModel(tiny_text_config(vocab_size=len(tokenizer))).save_pretrained(root / "text")
+    tokenizer.save_pretrained(root / "text")
+    vision = ResNetModel(tiny_vision_config())
+    vision.save_pretrained(root / "vision")
+    vision.save_pretrained(root / "vision_with_processor")
+    make_image_processor().save_pretrained(root / "vision_with_processor")
+    return {name: str(root / name) for name in ("text", "vision", "vision_with_processor")}
+
+
+def load_app():
+    """app.py sits at the repository root, outside the package."""
+    pytest.importorskip("gradio")
+    spec = importlib.util.spec_from_file_location("mmib_app", REPO / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def accelerate_cpu_launcher(num_processes: int = 2) -> list[str]:

@@ -1,6 +1,5 @@
 """The Gradio demo (app.py) driven in a real headless Chromium: its highlighted entities equal the Python API's."""
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image
+from conftest import load_app, make_image
 from mmib import MMIBPredictor
 from prediction_checkpoints import save_ner_checkpoint
 
@@ -29,15 +28,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def load_app():
-    """app.py sits at the repository root, outside the package."""
-    pytest.importorskip("gradio")
-    spec = importlib.util.spec_from_file_location("mmib_app", REPO / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_entity_labels_and_highlight_pieces_cover_the_text():

@@ -1,8 +1,9 @@
 """app.py draws the extracted objects' boxes on the post's image (unit level, no browser)."""
 
 from PIL import Image
-from test_app import load_app
-from test_object_extraction import exif_rotated_jpeg
+
+from conftest import load_app
+from detector_folders import exif_rotated_jpeg
 
 WHITE = (255, 255, 255)
 

@@ -7,7 +7,7 @@ import torch
 import transformers.utils.hub
 from transformers import AutoTokenizer, BertModel, ConvNextImageProcessor, ResNetModel
 
-from conftest import IMAGE_SIZE, make_image, make_image_processor, make_tokenizer, tiny_text_config, tiny_vision_config
+from conftest import IMAGE_SIZE, SMALL, make_image, make_tokenizer
 from mmib import (
     MMIBForRelationClassification,
     MMIBForTokenClassification,
@@ -19,23 +19,6 @@ from mmib.building import looks_local
 REPO = Path(__file__).resolve().parents[1]
 
 RELATIONS = ["None", "/per/loc/place_of_residence"]
-
-SMALL = {"apenc_num_attention_heads": 4, "apenc_intermediate_size": 48}
-
-
-@pytest.fixture(scope="module")
-def towers(tmp_path_factory) -> dict[str, str]:
-    """A tiny BERT with its tokenizer, and a tiny ResNet with and without an image processor of its own."""
-    root = tmp_path_factory.mktemp("towers")
-    torch.manual_seed(0)
-    tokenizer = make_tokenizer()
-    BertModel(tiny_text_config(vocab_size=len(tokenizer))).save_pretrained(root / "text")
-    tokenizer.save_pretrained(root / "text")
-    vision = ResNetModel(tiny_vision_config())
-    vision.save_pretrained(root / "vision")
-    vision.save_pretrained(root / "vision_with_processor")
-    make_image_processor().save_pretrained(root / "vision_with_processor")
-    return {name: str(root / name) for name in ("text", "vision", "vision_with_processor")}
 
 
 def re_inputs(processor):

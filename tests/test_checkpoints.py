@@ -8,7 +8,6 @@ import torch
 import transformers
 import transformers.utils.hub
 from safetensors.torch import load_file
-from test_building import SMALL, towers  # noqa: F401 (the fixture)
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -19,6 +18,7 @@ from transformers import (
 
 from conftest import (
     REPO,
+    SMALL,
     ner_inputs,
     re_inputs,
 )
@@ -147,14 +147,14 @@ def approx_floats(value):
     ("tower", "found"),
     [("text", "'bert' checkpoint \\(BertModel\\)"), ("vision", "'resnet' checkpoint \\(ResNetModel\\)")],
 )
-def test_from_pretrained_on_another_model_type_says_what_it_found_and_what_to_do(towers, model_class, tower, found):  # noqa: F811
+def test_from_pretrained_on_another_model_type_says_what_it_found_and_what_to_do(towers, model_class, tower, found):
     with pytest.raises(ValueError, match=rf"{found}, not an MMIB one .*build_model_and_processor.*from_text_vision"):
         model_class.from_pretrained(towers[tower])
     with pytest.raises(ValueError, match="not an MMIB one"):
         MMIBConfig.from_pretrained(towers[tower])
 
 
-def test_a_saved_mmib_checkpoint_still_loads(towers, tmp_path):  # noqa: F811
+def test_a_saved_mmib_checkpoint_still_loads(towers, tmp_path):
     model, processor = build_model_and_processor("ner", towers["text"], towers["vision"], ["O", "B-PER"], **SMALL)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
@@ -162,7 +162,7 @@ def test_a_saved_mmib_checkpoint_still_loads(towers, tmp_path):  # noqa: F811
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
 
 
-def test_a_tokenizer_larger_than_the_embeddings_is_refused_at_load(towers, tmp_path):  # noqa: F811
+def test_a_tokenizer_larger_than_the_embeddings_is_refused_at_load(towers, tmp_path):
     model, processor = build_model_and_processor("ner", towers["text"], towers["vision"], ["O", "B-PER"], **SMALL)
     processor.tokenizer.add_tokens(["brandnewword", "anotherone"])
     model.save_pretrained(tmp_path)
@@ -177,7 +177,7 @@ def test_a_tokenizer_larger_than_the_embeddings_is_refused_at_load(towers, tmp_p
     assert loaded.get_input_embeddings().num_embeddings == rows + 2
 
 
-def test_load_round_trip_and_refusals(towers, tmp_path):  # noqa: F811
+def test_load_round_trip_and_refusals(towers, tmp_path):
     torch.manual_seed(2)
     model, processor = build_model_and_processor(
         "re", towers["text"], towers["vision"], id2label=RELATIONS, num_crops=2, max_length=40, **SMALL

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from conftest import accelerate_cpu_launcher
+from detector_folders import hand_box, noise_image, save_detr
 from mmib.cli import main
 from mmib.data import load_mnre, load_twitter_ner
 from mmib.post_files import read_posts
-from test_object_extraction import hand_box, noise_image, save_detr
 
 IDS = {"train.txt": ["10", "11", "12"], "valid.txt": ["20"], "test.txt": ["30", "31", "32", "33"]}
 

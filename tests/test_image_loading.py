@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_building import SMALL
 from transformers import BertModel, ResNetModel
 
 from conftest import (
+    SMALL,
     make_image,
     make_image_processor,
     make_tokenizer,

@@ -23,9 +23,6 @@ from transformers import (
     BertConfig,
     BertTokenizer,
     CLIPTokenizer,
-    DetrConfig,
-    DetrForObjectDetection,
-    DetrImageProcessor,
     GroundingDinoConfig,
     GroundingDinoForObjectDetection,
     GroundingDinoImageProcessor,
@@ -34,13 +31,12 @@ from transformers import (
     Owlv2ForObjectDetection,
     Owlv2ImageProcessor,
     Owlv2Processor,
-    ResNetConfig,
     SwinConfig,
 )
 
+from detector_folders import count_calls, detr_score, exif_rotated_jpeg, hand_box, noise_image, save_detr
 from mmib.crop_extraction import extract_objects
 from mmib.data import load_jsonl, load_twitter_ner
-from mmib.crop_extraction import extract_objects
 from mmib.image_loading_mmib import UnreadableImageError
 from mmib.object_boxes_mmib import DetectedObject, box_iou, select_objects
 from mmib.object_detectors_mmib import load_detector
@@ -51,52 +47,6 @@ from mmib.object_settings_mmib import DETECTION_FIELDS, ObjectExtractionSettings
 FIELDS = [item.name for item in dataclasses.fields(ObjectExtractionSettings)]
 
 WORDS = ["cat", "dog", "man", "ball", "kevin", "durant", "messi", "paris", "car", "tree", "psg", "joins"]
-# DETR's constant prediction: (cx, cy, w, h) relative to the image; the box leaves the image at the bottom.
-BOX = (0.5, 0.8, 0.3, 0.6)
-CLASSES = {0: "cat", 1: "dog", 2: "person"}
-
-
-def save_detr(path: Path, box=BOX, class_logits=(2.0, 0.0, 0.0, 0.0)) -> str:
-    """A tiny DETR whose every query predicts `box` with softmax(`class_logits`) (last logit: no object)."""
-    torch.manual_seed(0)
-    config = DetrConfig(
-        use_timm_backbone=False,
-        use_pretrained_backbone=False,
-        backbone_config=ResNetConfig(
-            embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=["stage4"]
-        ),
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_ffn_dim=16,
-        decoder_ffn_dim=16,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        num_queries=6,
-        id2label=CLASSES,
-    )
-    model = DetrForObjectDetection(config)
-    with torch.no_grad():
-        last = model.bbox_predictor.layers[-1]
-        last.weight.zero_()
-        last.bias.copy_(torch.logit(torch.tensor(box)))
-        model.class_labels_classifier.weight.zero_()
-        model.class_labels_classifier.bias.copy_(torch.tensor(class_logits))
-    model.save_pretrained(path)
-    DetrImageProcessor(size={"shortest_edge": 48, "longest_edge": 64}).save_pretrained(path)
-    return str(path)
-
-
-def detr_score(class_logits=(2.0, 0.0, 0.0, 0.0)) -> float:
-    return max(torch.softmax(torch.tensor(class_logits), 0)[:-1].tolist())
-
-
-def hand_box(size: tuple[int, int], box=BOX) -> tuple[int, int, int, int]:
-    """The module's rule written out: corners, floor/ceil outwards, clipped to the image."""
-    width, height = size
-    cx, cy, w, h = box
-    x0, y0, x1, y1 = (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height
-    return max(0, math.floor(x0)), max(0, math.floor(y0)), min(width, math.ceil(x1)), min(height, math.ceil(y1))
 
 
 @pytest.fixture(scope="module")
@@ -187,26 +137,6 @@ def owlv2_dir(tmp_path_factory) -> str:
     return str(path)
 
 
-def noise_image(size: tuple[int, int], seed: int = 0, mode: str = "RGB") -> Image.Image:
-    generator = torch.Generator().manual_seed(seed)
-    channels = len(mode)
-    pixels = torch.randint(0, 256, (size[1], size[0], channels), generator=generator, dtype=torch.uint8)
-    return Image.frombytes(mode, size, pixels.numpy().tobytes())
-
-
-def count_calls(extractor: MMIBObjectExtractor) -> list[int]:
-    """Counts the detector's forward calls (a list so the caller sees the updates)."""
-    calls = [0]
-    forward = extractor.model.forward
-
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return forward(*args, **kwargs)
-
-    extractor.model.forward = counted
-    return calls
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Queries
 
@@ -266,7 +196,10 @@ def test_selection_matches_brute_force(seed):
     scores = [rng.choice([0.2, 0.3, 0.5, 0.7, 0.9]) for _ in range(count)]
     queries = [rng.choice(["a", "b", "c"]) for _ in range(count)]
     settings = dict(
-        threshold=0.3, nms_iou=rng.choice([0.3, 0.5, 0.7]), min_size=rng.choice([1, 8]), num_crops=rng.choice([1, 4, 50])
+        threshold=0.3,
+        nms_iou=rng.choice([0.3, 0.5, 0.7]),
+        min_size=rng.choice([1, 8]),
+        num_crops=rng.choice([1, 4, 50]),
     )
     selected = select_objects(
         torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(scores), queries, size, **settings
@@ -310,13 +243,6 @@ def test_threshold_and_no_box(tmp_path):
     assert below.stats["without_objects"] == 1 and below.stats["detected_images"] == 1
     above = MMIBObjectExtractor.from_pretrained(detector, threshold=score - 1e-3)
     assert len(above([noise_image((64, 64))])[0]) == 1
-
-
-def exif_rotated_jpeg(path: Path, size: tuple[int, int]) -> Path:
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
-    noise_image(size, seed=3).save(path, format="JPEG", exif=exif, quality=95)
-    return path
 
 
 def test_exif_rotated_jpeg(detr_dir, tmp_path):
@@ -398,6 +324,7 @@ def test_cache_detects_a_renamed_copy_once(detr_dir, tmp_path):
     first = extractor([original])
     second = extractor([renamed])
     assert calls[0] == 1 and extractor.stats["cache_hits"] == 1
+
     def seen(objects):
         return [(o.box, o.score, o.crop.tobytes()) for o in objects]
 
@@ -420,8 +347,14 @@ def test_cache_detects_a_renamed_copy_once(detr_dir, tmp_path):
 
 def test_settings_round_trip(gdino_dir, detr_dir):
     extractor = MMIBObjectExtractor.from_pretrained(
-        gdino_dir, query_rule="categories", categories=["cat", "dog"], threshold=0.05, nms_iou=0.4, min_size=3,
-        num_crops=2, text_threshold=0.2,
+        gdino_dir,
+        query_rule="categories",
+        categories=["cat", "dog"],
+        threshold=0.05,
+        nms_iou=0.4,
+        min_size=3,
+        num_crops=2,
+        text_threshold=0.2,
     )
     settings = json.loads(json.dumps(extractor.to_dict()))
     assert settings == {

@@ -12,14 +12,21 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageOps
-from test_object_extraction import count_calls, detr_score, exif_rotated_jpeg, hand_box, save_detr
 
 from conftest import make_image, run_without_mmib
+from detector_folders import (
+    count_calls,
+    detr_score,
+    exif_rotated_jpeg,
+    hand_box,
+    save_detr,
+    save_extracting_checkpoint,
+)
 from mmib import MMIBPredictor, MMIBProcessor
 from mmib.cli import main as cli_main
 from mmib.image_loading_mmib import load_image
 from mmib.object_extraction_mmib import MMIBObjectExtractor
-from prediction_checkpoints import ner_model_and_processor, save_ner_model, save_re_checkpoint
+from prediction_checkpoints import save_re_checkpoint
 
 TEXT = "John Smith visits London with his cat"
 SIZE = (40, 30)
@@ -30,23 +37,17 @@ def detr_dir(tmp_path_factory) -> str:
     return save_detr(tmp_path_factory.mktemp("detr"))
 
 
-def save_checkpoint(folder: Path, object_extraction: dict | None) -> str:
-    model, processor = ner_model_and_processor()
-    processor.object_extraction = object_extraction
-    return save_ner_model(model, processor, folder)
-
-
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory, detr_dir) -> tuple[str, dict]:
     """An NER checkpoint (2 crop slots) whose processor records the DETR extractor."""
     settings = MMIBObjectExtractor.from_pretrained(detr_dir, num_crops=2).to_dict()
-    return save_checkpoint(tmp_path_factory.mktemp("recorded"), settings), settings
+    return save_extracting_checkpoint(tmp_path_factory.mktemp("recorded"), settings), settings
 
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory) -> str:
     """The same NER checkpoint without a recorded extractor (trained on a dataset's crops)."""
-    return save_checkpoint(tmp_path_factory.mktemp("plain"), None)
+    return save_extracting_checkpoint(tmp_path_factory.mktemp("plain"), None)
 
 
 @pytest.fixture

@@ -306,13 +306,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m mmib.training.run
             model_args, data_args, training_args, task, data, model, media, validation_metrics, test_output, command
         )
     # Every process takes part in saving; the main one writes the model, processor, remote code and card, and
-    # pushes them with --push_to_hub. An NER checkpoint also carries the `mmib-ner` pipeline's code, put in the
-    # folder first so that the push uploads it.
-    if task == "ner" and trainer.is_world_process_zero():
+    # pushes them with --push_to_hub. An NER checkpoint also carries the `mmib-ner` pipeline's code, and every
+    # checkpoint the Inference Endpoints handler, put in the folder first so that the push uploads them.
+    if trainer.is_world_process_zero():
         # Imported here: training does not depend on the prediction stack, it only ships its code.
+        from ..integrations.endpoints import save_endpoint_handler
         from ..pipeline_mmib import save_pipeline_code
 
-        save_pipeline_code(model, training_args.output_dir)
+        if task == "ner":
+            save_pipeline_code(model, training_args.output_dir)
+        save_endpoint_handler(training_args.output_dir)
     trainer.save_model()
     trainer.create_model_card()
     if trainer.is_world_process_zero():

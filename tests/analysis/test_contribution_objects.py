@@ -4,15 +4,31 @@ import json
 
 import pytest
 from PIL import Image
-from test_object_extraction import hand_box
-from test_predictor_objects import SIZE, TEXT, detr_dir, plain, recorded  # noqa: F401  (fixtures)
 
 from conftest import make_image
+from detector_folders import hand_box, save_detr, save_extracting_checkpoint
 from mmib.analysis import plotting
 from mmib.analysis.contribution import explain_posts
+from mmib.object_extraction_mmib import MMIBObjectExtractor
+
+TEXT = "John Smith visits London with his cat"
+SIZE = (40, 30)
 
 
-def test_explain_scores_and_draws_the_extracted_objects(recorded, plain, tmp_path, monkeypatch):  # noqa: F811
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> tuple[str, dict]:
+    """An NER checkpoint whose processor records the tiny DETR extractor (2 crops)."""
+    detector = save_detr(tmp_path_factory.mktemp("detr"))
+    settings = MMIBObjectExtractor.from_pretrained(detector, num_crops=2).to_dict()
+    return save_extracting_checkpoint(tmp_path_factory.mktemp("recorded"), settings), settings
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> str:
+    return save_extracting_checkpoint(tmp_path_factory.mktemp("plain"), None)
+
+
+def test_explain_scores_and_draws_the_extracted_objects(recorded, plain, tmp_path, monkeypatch):
     folder, _ = recorded
     make_image(5, SIZE).save(tmp_path / "post.png")
     crop = Image.open(tmp_path / "post.png").convert("RGB").crop(hand_box(SIZE))

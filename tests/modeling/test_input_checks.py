@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import IMAGE_SIZE, tiny_config
-from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBModel
+from mmib import MMIBForRelationClassification, MMIBForTokenClassification, MMIBModel, modeling_mmib
 
 B, L, W, N = 3, 8, 4, 3  # posts, tokens, words, image slots (num_crops=2)
 
@@ -196,6 +196,36 @@ def test_base_model_refuses_bad_inputs(models, name, change, message):
         models["base"](**encoder(ner_batch()))
         with pytest.raises(ValueError, match=message):
             models["base"](**encoder(change(ner_batch())))
+
+
+@pytest.mark.parametrize(
+    ("model_name", "expected"),
+    [("ner", {"check_inputs": 1, "check_task_inputs": 1}), ("re", {"check_inputs": 1, "check_task_inputs": 1})]
+    + [("base", {"check_inputs": 1, "check_task_inputs": 0})],
+)
+def test_each_check_runs_once_per_forward(models, monkeypatch, model_name, expected):
+    """A head runs through the bare model: the checks are split between them, not repeated (issue 22)."""
+    calls = {"check_inputs": 0, "check_task_inputs": 0}
+    for function in calls:
+        real = getattr(modeling_mmib, function)
+
+        def counted(*args, real=real, function=function, **kwargs):
+            calls[function] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(modeling_mmib, function, counted)
+    batch = re_batch() if model_name == "re" else ner_batch()
+    if model_name == "base":
+        batch = {key: value for key, value in batch.items() if key not in ("word_index", "labels")}
+    with torch.no_grad():
+        models[model_name](**batch)
+    assert calls == expected
+    models[model_name].train()
+    try:
+        models[model_name](**batch)  # training mode (labels, regularizers) runs the same checks
+    finally:
+        models[model_name].eval()
+    assert calls == {function: 2 * count for function, count in expected.items()}
 
 
 def test_text_only_model_ignores_image_inputs_but_checks_text():

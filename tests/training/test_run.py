@@ -84,6 +84,7 @@ def test_ner_end_to_end(towers, tmp_path):
     files = {path.name for path in output_dir.iterdir()}
     assert {"model.safetensors", "modeling_mmib.py", "processing_mmib.py", "training_args.json"} <= files
     assert {"pipeline_mmib.py", "predictor_mmib.py", "posts_mmib.py", "word_splitting_mmib.py"} <= files
+    assert "handler.py" in files, "the Inference Endpoints handler travels with every checkpoint"
     assert "training_args.bin" not in files
     model = AutoModelForTokenClassification.from_pretrained(output_dir)
     assert model.config.id2label[0] == "O"
@@ -181,6 +182,7 @@ def test_relation_extraction_end_to_end_on_mnre_with_nested_spans(towers, tmp_pa
         ["per", "per"],
     ]
     assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_mmib.MMIBForRelationClassification"
+    assert {"handler.py", "predictor_mmib.py"} <= {path.name for path in output_dir.iterdir()}
 
 
 def test_resume_from_checkpoint(towers, tmp_path):

@@ -13,8 +13,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from conftest import save_tiny_towers
+from detector_folders import save_detr
 from mmib.processing_mmib import MMIBProcessor
-from test_object_extraction import save_detr
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "twitter2017-sample"
