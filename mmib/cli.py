@@ -68,7 +68,16 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crops", nargs="*", default=[], help="One post: object crop files of the image.")
     parser.add_argument("--head", nargs=2, type=int, metavar=("START", "END"), help="One post, RE: head word span.")
     parser.add_argument("--tail", nargs=2, type=int, metavar=("START", "END"), help="One post, RE: tail word span.")
-    parser.add_argument("--relation_model", help="RE checkpoint run on every ordered pair of predicted entities.")
+    parser.add_argument(
+        "--relation_model",
+        help="RE checkpoint run on the ordered pairs of predicted entities whose types match a type signature it "
+        "records (every pair if it records none).",
+    )
+    parser.add_argument(
+        "--all_pairs",
+        action="store_true",
+        help="NER -> RE: classify every ordered pair, also those of types no relation signature allows.",
+    )
     parser.add_argument("--max_pairs_per_post", type=int, default=240, help="Entity pairs classified per post.")
     parser.add_argument("--keep_none", action="store_true", help="Keep relations labelled None.")
     parser.add_argument("--batch_size", type=int, default=32, help="Posts per forward pass.")
@@ -151,6 +160,7 @@ def _predict(args: argparse.Namespace, _: list[str]) -> None:
         batch_size=args.batch_size,
         max_pairs_per_post=args.max_pairs_per_post,
         keep_none=args.keep_none,
+        all_pairs=args.all_pairs,
         image_feature_cache=args.image_feature_cache,
         object_detector=_object_detector(args),
         detector_trust_remote_code=args.detector_trust_remote_code,

@@ -82,6 +82,12 @@ class MMIBConfig(PreTrainedConfig):
             Relation head only. `"start"`: the fused states at the `<s>` and `<o>` entity start markers.
             `"span_mean"`: the mean of the fused states strictly between each entity's markers, leaving out the
             other entity's markers (which nested or identical spans put there).
+        relation_type_signatures (`list[list[str]]`, *optional*):
+            Relation head only: the `[head type, tail type]` pairs (lower case, see
+            `re_encoding_mmib.normalize_entity_type`) that carry a relation other than the no-relation label in
+            the training data, recorded by the training run. NER -> RE classifies only the entity pairs whose
+            predicted types match one of them (the others are counted as skipped); `None` (checkpoints that do not
+            record them) classifies every pair. Relation classification of given spans never consults them.
         layer_norm_eps (`float`, *optional*, defaults to 1e-12):
             Epsilon of the APEnc layer norms.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -121,6 +127,7 @@ class MMIBConfig(PreTrainedConfig):
     text_only: bool = False
     freeze_vision_encoder: bool = True
     entity_pooling: Literal["start", "span_mean"] = "start"
+    relation_type_signatures: list[list[str]] | None = None
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
 
