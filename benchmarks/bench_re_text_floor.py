@@ -248,6 +248,8 @@ def train_plain(settings: RunSettings, data: datasets.DatasetDict, seed: int, ou
     return {
         "dev": {name: dev[f"eval_{name}"] for name in ("precision", "recall", "f1")},
         "test": {name: test[f"test_{name}"] for name in ("precision", "recall", "f1")},
+        "train_steps": trainer.state.global_step,
+        "test_rows": len(encoded["test"]),
         "seconds": time.perf_counter() - start,
     }
 
@@ -285,6 +287,12 @@ def train_mmib(command: list[str], output_dir: Path) -> dict[str, Any]:
     return {
         "dev": {name: results[f"eval_{name}"] for name in ("precision", "recall", "f1")},
         "test": {name: results[f"test_{name}"] for name in ("precision", "recall", "f1")},
+        # The posts each split was cut to are not in all_results.json: the steps and the test predictions say.
+        "train_steps": max(
+            json.loads(state.read_text(encoding="utf-8"))["global_step"]
+            for state in output_dir.glob("checkpoint-*/trainer_state.json")
+        ),
+        "test_rows": len((output_dir / "test_predictions.jsonl").read_text(encoding="utf-8").splitlines()),
         "seconds": time.perf_counter() - start,
     }
 
