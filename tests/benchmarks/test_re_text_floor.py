@@ -68,8 +68,10 @@ def test_markers_and_entity_starts(tokenizer, words, head, tail, expected):
 
 def test_truncation_keeps_the_entity_stretch(tokenizer):
     words = ["a", "b", "c", "d", "e", "f"]
-    # 2 special tokens + 4 markers + 6 words = 12 tokens; 9 leaves 3 words: first the right end goes (f, e), then
-    # the left (a), never b..d.
+    # 2 special tokens + 4 markers + 6 words = 12 tokens; 10 leaves 4 words: the right end goes first (f, e)
+    encoded = floor.encode_post(tokenizer, words, (1, 2), (3, 4), max_length=10)
+    assert " ".join(_tokens(tokenizer, encoded)) == "[CLS] a <s> b </s> c <o> d </o> [SEP]"
+    # 9 leaves 3 words: then the left end (a), never b..d
     encoded = floor.encode_post(tokenizer, words, (1, 2), (3, 4), max_length=9)
     assert " ".join(_tokens(tokenizer, encoded)) == "[CLS] <s> b </s> c <o> d </o> [SEP]"
     with pytest.raises(ValueError, match=r"need 9 tokens, more than 8"):
