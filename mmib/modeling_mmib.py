@@ -266,6 +266,10 @@ class MMIBAttentivePropagationEncoder(GradientCheckpointingLayer):
         return self.output_layer_norm(hidden + self.dropout(self.feed_forward(hidden))), weights
 
 
+class MMIBLogVarLayerNorm(nn.LayerNorm):
+    """The output LayerNorm of a log-variance APEnc: it starts at `config.latent_logvar_init` (see `_init_weights`)."""
+
+
 class MMIBVariationalEncoder(nn.Module):
     """Gaussian latent of one modality: separate APEnc layers for the mean and the log-variance (paper eq. 6-9)."""
 
@@ -273,7 +277,10 @@ class MMIBVariationalEncoder(nn.Module):
         super().__init__()
         self.mean_encoder = MMIBAttentivePropagationEncoder(config)
         # Without the refinement regularizer the latent is deterministic: there is no variance to learn.
-        self.logvar_encoder = MMIBAttentivePropagationEncoder(config) if config.use_refinement_regularizer else None
+        self.logvar_encoder = None
+        if config.use_refinement_regularizer:
+            self.logvar_encoder = MMIBAttentivePropagationEncoder(config)
+            self.logvar_encoder.output_layer_norm = MMIBLogVarLayerNorm(config.latent_size, eps=config.layer_norm_eps)
 
     def forward(
         self, states: torch.Tensor, mask: torch.Tensor, with_logvar: bool = True, **kwargs
@@ -563,6 +570,10 @@ class MMIBPreTrainedModel(PreTrainedModel):
             init.uniform_(module.start_transitions, -0.1, 0.1)
             init.uniform_(module.end_transitions, -0.1, 0.1)
             init.uniform_(module.transitions, -0.1, 0.1)
+        if isinstance(module, MMIBLogVarLayerNorm) and self.config.latent_logvar_init is not None:
+            # A near-deterministic start: a default LayerNorm starts the latent with noise as large as its signal.
+            init.zeros_(module.weight)
+            init.constant_(module.bias, self.config.latent_logvar_init)
 
     @classmethod
     def from_text_vision_pretrained(
