@@ -165,6 +165,7 @@ def script_files() -> set[str]:
 # Scripts whose smoke run checks more than a report (ratios, both models' sizes) have a test file of their own.
 OWN_SMOKE_TESTS = {
     "benchmarks/bench_ray.py": "tests/benchmarks/test_bench_ray.py",
+    "benchmarks/bench_re_text_floor.py": "tests/benchmarks/test_re_text_floor.py",
 }
 
 
