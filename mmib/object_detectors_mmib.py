@@ -50,6 +50,7 @@ __all__ = [
     "DetectorAdapter",
     "QueryListAdapter",
     "adapter_for",
+    "bf16_safe",
     "detector_dtype",
     "detector_kind",
     "load_detector",
@@ -86,15 +87,29 @@ def detector_kind(config: Any, name: str | None = None) -> str:
     )
 
 
-def detector_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+def bf16_safe(model: torch.nn.Module) -> bool:
+    """
+    Whether `model` may run with bf16 weights: not when it has deformable attention (Deformable DETR, RT-DETR,
+    D-FINE, Grounding DINO), which samples its feature maps with `grid_sample` at bf16 positions: on the CPU that
+    returned NaN for a Grounding DINO tiny forward (torch 2.14, AVX512-BF16), and bf16 positions are off by up to
+    2^-8 of a feature map's side.
+    """
+    return not any(type(module).__name__.lower().endswith("deformableattention") for module in model.modules())
+
+
+def detector_dtype(
+    dtype: torch.dtype | str | None, device: torch.device, model: torch.nn.Module | None = None
+) -> torch.dtype:
     """
     The detector's weights for a `dtype` setting: `"auto"` (or `None`) is bfloat16 where `device` multiplies it
-    natively ([`native_bf16`]: the fastest precision there), else float32; other names are taken as they are.
+    natively ([`native_bf16`]: the fastest precision there) and `model` is [`bf16_safe`], else float32; other names
+    are taken as they are.
     """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
-        return torch.bfloat16 if native_bf16(device) else torch.float32
+        safe = model is None or bf16_safe(model)
+        return torch.bfloat16 if native_bf16(device) and safe else torch.float32
     return getattr(torch, dtype)
 
 
@@ -129,8 +144,9 @@ def load_detector(
     processor_class = AutoProcessor if kind == ZERO_SHOT else AutoImageProcessor
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model_class.from_pretrained(detector, dtype=detector_dtype(dtype, torch.device(device)), **loading)
-    model.to(device)
+    loaded_dtype = torch.float32 if dtype in (None, "auto") else detector_dtype(dtype, torch.device(device))
+    model = model_class.from_pretrained(detector, dtype=loaded_dtype, **loading)
+    model.to(device, detector_dtype(dtype, torch.device(device), model))
     processor = processor_class.from_pretrained(detector, **loading)
     return model.eval(), processor
 

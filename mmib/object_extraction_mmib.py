@@ -20,7 +20,8 @@ post-processing turns the detector's outputs into boxes in those pixels (target 
 scores above `threshold`; `select_objects` keeps at most `num_crops` of them.
 
 Speed: the detector runs in bfloat16 where the device multiplies it natively (`dtype="auto"`, the
-`checkpoints_mmib.native_bf16` rule; float32 elsewhere), its outputs are post-processed in float32, and a detector
+`checkpoints_mmib.native_bf16` rule; float32 elsewhere, and for detectors with deformable attention, see
+`object_detectors_mmib.bf16_safe`), its outputs are post-processed in float32, and a detector
 call batches only images of one size, so that no image is padded to another's shape (padding a 600x800 picture to
 a batch's 800x600 one nearly doubles its pixels). `input_size` sets the edges the processor resizes to.
 
@@ -87,7 +88,7 @@ class MMIBObjectExtractor:
         if settings.detector is None:
             raise ValueError("settings.detector must name the detector (Hub id or folder) the model was loaded from.")
         device = next(model.parameters()).device
-        dtype = detector_dtype(settings.dtype, device)
+        dtype = detector_dtype(settings.dtype, device, model)
         self.model = model.to(dtype).eval()
         self.processor = processor
         self.adapter = adapter_for(self.model, processor)

@@ -314,7 +314,7 @@ def test_a_bfloat16_detector_is_post_processed_in_float32(detr_dir):
     assert max(abs(a - b) for a, b in zip(objects[0].box, hand_box(huge.size, predicted))) <= 1
 
 
-def test_auto_dtype_is_bfloat16_where_it_is_native(detr_dir, monkeypatch):
+def test_auto_dtype_is_bfloat16_where_it_is_native(detr_dir, gdino_dir, monkeypatch):
     import mmib.object_detectors_mmib as detectors
 
     for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
@@ -327,6 +327,9 @@ def test_auto_dtype_is_bfloat16_where_it_is_native(detr_dir, monkeypatch):
         ):
             assert extractor.dtype == expected and extractor.settings.dtype == str(expected).removeprefix("torch.")
             assert extractor([noise_image((50, 40))])[0][0].query == "cat"
+        # Deformable attention samples at bf16 positions (NaN on the CPU): float32 under auto, bf16 when asked.
+        assert MMIBObjectExtractor.from_pretrained(gdino_dir).dtype == torch.float32
+        assert MMIBObjectExtractor.from_pretrained(gdino_dir, dtype="bfloat16").dtype == torch.bfloat16
 
 
 def test_only_images_of_one_size_share_a_detector_call(detr_dir):
