@@ -415,6 +415,10 @@ def main() -> None:
                 if name in args.variants:
                     run_variant(name, variants[name], args.rounds, results)
                     summary += summarise(results, name, threads, baseline)
+            # Every side of `text` over each further pipeline precision too (e.g. mmib over the bf16 pipeline).
+            if "text" in args.variants:
+                for baseline in list(pipelines)[1:]:
+                    summary += summarise(results, "text", threads, baseline)
             if "ner_re" in args.variants:
                 summary.append(f"ner_re  {threads} thr  typed: {mean_counts(folder / 'relations.jsonl')}")
             if "memory" in args.variants:
