@@ -129,6 +129,17 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def cpu_flags() -> dict[str, bool]:
+    """The matrix-instruction flags of /proc/cpuinfo that decide CPU inference speed."""
+    flags = set()
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    return {name: name in flags for name in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")}
+
+
 def machine_note() -> dict[str, Any]:
     """CPU, thread count, library versions and the load average (another job may share the machine)."""
     return {

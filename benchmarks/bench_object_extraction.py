@@ -1,195 +1,161 @@
-"""Seconds per image of object extraction (`MMIBObjectExtractor`) on this CPU, with detectors of the real sizes.
+"""Seconds per image of object extraction (`MMIBObjectExtractor`, defaults) beside the bare forward of its detector.
 
-No weights are downloaded: the detectors are built from their default config classes with random weights, which
-have the real architectures and so the real FLOPs:
+For each detector family (`real_size_detectors.py`: random weights of the real configs, nothing downloaded), on the
+Twitter-2015 sample images closest to 600 x 800 pixels, each with its post's words, side by side in one run:
 
-- Grounding DINO tiny (`GroundingDinoConfig()`: Swin-T backbone, BERT-base text encoder, 900 queries), queried
-  with the post's content words through the real BERT uncased vocabulary (the bundled MiniLM tokenizer);
-- DETR ResNet-50 (`DetrConfig` with transformers' `ResNetConfig()`, i.e. ResNet-50, 100 queries).
+- bare forward: the detector's own processor and forward on one image at a time, in fp32 and with bf16 weights
+  (no post-processing, no selection, no crops);
+- the extractor with its defaults (`dtype="auto"`: bf16 weights where the CPU multiplies bf16 natively; images of
+  one size batched, never padded to another's), on the same PIL images in one call, post-processing and crops
+  included; with `--one_per_forward`, also with `batch_size=1`.
 
-Both use their default image processors (shortest edge 800, longest 1333). Images are the Twitter-2015 sample
-images of `../shared/data`, each with its post's words. The score threshold is 0 so that post-processing, NMS and
-cropping run on every box (the worst case). Random weights put the boxes anywhere; only the time is meaningful.
-`--detector_size tiny` builds tiny random detectors of the same two families instead (small images, a few layers):
-a smoke run of the script, whose times mean nothing.
+The ratio extractor / fastest bare forward is the extractor's overhead (target: at most 1.2). The bf16 boxes' largest
+distance from the fp32 ones (raw `pred_boxes` in image pixels) is printed too; with random weights it says how far
+bf16 rounding moves a box, not how good the boxes are.
 
     python benchmarks/bench_object_extraction.py --images 3 --output_json benchmarks/object_extraction.json
 """
 
 import argparse
+import copy
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoTokenizer,
-    BertConfig,
-    DetrConfig,
-    DetrForObjectDetection,
-    DetrImageProcessor,
-    GroundingDinoConfig,
-    GroundingDinoForObjectDetection,
-    GroundingDinoImageProcessor,
-    GroundingDinoProcessor,
-    ResNetConfig,
-    SwinConfig,
-)
+from real_size_detectors import DETECTORS, build_detector
 
-from bench_common import load_posts, machine_note, median, minilm_path, quiet_logging
+from bench_common import machine_note, median, quiet_logging
+from mmib.checkpoints_mmib import native_bf16
+from mmib.data import load_twitter_ner
 from mmib.data.registry import default_data_dir
 from mmib.image_loading_mmib import load_image
 from mmib.object_extraction_mmib import MMIBObjectExtractor
-
-# The image processors' resize of the tiny detectors (the real ones keep their defaults: 800 / 1333).
-TINY_IMAGE_SIZE = {"shortest_edge": 48, "longest_edge": 64}
+from mmib.object_settings_mmib import ObjectExtractionSettings
 
 
-def cpu_flags() -> dict[str, bool]:
-    """The matrix-instruction flags of /proc/cpuinfo that decide CPU inference speed."""
-    flags = set()
-    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    return {name: name in flags for name in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")}
-
-
-def grounding_dino_tiny(size: str = "real") -> MMIBObjectExtractor:
-    """Grounding DINO tiny with random weights (`size="tiny"`: a few-layer one of the same family)."""
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    if size == "real":
-        config, image_processor = GroundingDinoConfig(), GroundingDinoImageProcessor()
-    else:
-        config = GroundingDinoConfig(
-            backbone_config=SwinConfig(
-                image_size=64,
-                patch_size=4,
-                embed_dim=8,
-                depths=[1, 1, 1, 1],
-                num_heads=[1, 1, 1, 1],
-                window_size=2,
-                out_features=["stage2", "stage3", "stage4"],
-            ),
-            text_config=BertConfig(
-                vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2
-            ),
-            d_model=32,
-            encoder_layers=1,
-            decoder_layers=2,  # the box heads of layers 1.. are tied to layer 0's: one layer has none to tie
-            encoder_ffn_dim=16,
-            decoder_ffn_dim=16,
-            encoder_attention_heads=2,
-            decoder_attention_heads=2,
-            num_queries=20,
-            num_feature_levels=3,
-            encoder_n_points=2,
-            decoder_n_points=2,
-        )
-        image_processor = GroundingDinoImageProcessor(size=TINY_IMAGE_SIZE)
-    model = GroundingDinoForObjectDetection(config)
-    processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    name = f"random {'tiny ' if size == 'tiny' else ''}GroundingDinoConfig"
-    return MMIBObjectExtractor(model, processor, detector=name, threshold=0.0, min_size=1)
-
-
-def detr_config(size: str = "real") -> DetrConfig:
-    """DETR with a ResNet-50 backbone (`size="tiny"`: a tiny ResNet and a one-layer transformer)."""
-    if size == "real":
-        backbone = ResNetConfig(out_features=["stage4"])
-        return DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone)
-    backbone = ResNetConfig(
-        embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=["stage4"]
-    )
-    return DetrConfig(
-        use_timm_backbone=False,
-        use_pretrained_backbone=False,
-        backbone_config=backbone,
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_ffn_dim=16,
-        decoder_ffn_dim=16,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        num_queries=6,
-    )
-
-
-def detr_image_processor(size: str = "real") -> DetrImageProcessor:
-    return DetrImageProcessor() if size == "real" else DetrImageProcessor(size=TINY_IMAGE_SIZE)
-
-
-def detr_resnet50(size: str = "real") -> MMIBObjectExtractor:
-    torch.manual_seed(0)
-    model = DetrForObjectDetection(detr_config(size))
-    name = f"random {'tiny DETR' if size == 'tiny' else 'DETR-R50'} config"
-    return MMIBObjectExtractor(model, detr_image_processor(size), detector=name, threshold=0.0, min_size=1)
-
-
-def time_extractor(extractor: MMIBObjectExtractor, rows: list[dict], repeats: int) -> dict:
-    """Seconds per image (median over `repeats` passes; the memory cache is cleared before each pass)."""
-    images = [load_image(row["image"], pad=False) for row in rows]
-    words = [row["words"] for row in rows]
-    extractor(images[:1], words=words[:1])  # warm-up: first-call allocations and oneDNN kernel selection
-    passes = []
-    for _ in range(repeats):
-        extractor.cache.clear()
-        start = time.perf_counter()
-        extractor(images, words=words)
-        passes.append((time.perf_counter() - start) / len(images))
-        print(f"  pass {len(passes)}: {passes[-1]:.2f} s / image", flush=True)
-    parameters = sum(parameter.numel() for parameter in extractor.model.parameters())
-    return {
-        "parameters_millions": round(parameters / 1e6, 1),
-        "seconds_per_image": round(median(passes), 3),
-        "passes": [round(value, 3) for value in passes],
-        "image_sizes": [image.size for image in images],
-        "queries_per_image": [len(extractor.queries_for(post)) for post in words],
-    }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # Twitter-2015's sample folder holds images (Twitter-2017's holds none).
-    parser.add_argument("--data_dir", help="Twitter-2015 folder (default: the shared data folder).")
-    parser.add_argument("--images", type=int, default=4, help="Sample images per pass.")
-    parser.add_argument("--repeats", type=int, default=2, help="Timed passes per detector.")
-    parser.add_argument(
-        "--detector_size",
-        choices=["real", "tiny"],
-        default="real",
-        help="`tiny`: tiny random detectors of the same families, a smoke run (times mean nothing).",
-    )
-    parser.add_argument("--output_json", default=None)
-    args = parser.parse_args()
-    args.data_dir = str(args.data_dir or default_data_dir("twitter2015"))
-    quiet_logging()
-    machine_before = {**machine_note(), **cpu_flags()}
-    rows = []
-    for split in ("train", "validation", "test"):
-        rows += [row for row in load_posts(args.data_dir, split)[0] if row["image"] is not None]
-    rows = rows[: args.images]
+def sample_posts(data_dir: str, count: int) -> list[dict]:
+    """The `count` posts whose images are closest to 600 x 800 pixels in area, with their opened images."""
+    data = load_twitter_ner(data_dir)
+    rows = [row for split in data.values() for row in split.to_list() if row["image"] is not None]
+    for row in rows:
+        row["picture"] = load_image(row["image"], pad=False)
+    rows.sort(key=lambda row: (abs(row["picture"].width * row["picture"].height - 600 * 800), row["image"]))
     if not rows:
-        raise SystemExit(f"No sample image found under {args.data_dir}.")
+        raise SystemExit(f"No sample image found under {data_dir}.")
+    return rows[:count]
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def bare_forward(extractor: MMIBObjectExtractor, model: torch.nn.Module, images, queries) -> tuple[float, list]:
+    """Seconds per image of the processor + forward, one image at a time; the raw boxes (fp32, image pixels)."""
+    boxes = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for image, image_queries in zip(images, queries):
+            inputs = extractor.adapter.inputs([image], [image_queries])
+            dtype = next(model.parameters()).dtype
+            inputs = {key: value.to(dtype) if value.is_floating_point() else value for key, value in inputs.items()}
+            outputs = model(**inputs)
+            scale = torch.tensor([image.width, image.height, image.width, image.height])
+            boxes.append(outputs.pred_boxes[0].float() * scale)
+    return (time.perf_counter() - start) / len(images), boxes
+
+
+def time_family(name: str, rows: list[dict], args: argparse.Namespace) -> dict:
+    model32, processor = build_detector(name)
+    model16 = copy.deepcopy(model32).to(torch.bfloat16)
+    settings = ObjectExtractionSettings(detector=f"random {name}", input_size=args.input_size)
+    extractor = MMIBObjectExtractor(copy.deepcopy(model32), processor, settings)
+    one_per_forward = None
+    if args.one_per_forward:
+        one_per_forward = MMIBObjectExtractor(extractor.model, processor, settings.replace(batch_size=1))
+    images = [row["picture"] for row in rows]
+    words = [row["words"] for row in rows]
+    queries = [extractor.queries_for(post) for post in words]
+    timings: dict[str, list[float]] = {"bare_fp32": [], "bare_bf16": [], "extractor": []}
+    if one_per_forward is not None:
+        timings["extractor_batch_size_1"] = []
+    # Warm-up on one image (first-call allocations, oneDNN kernel selection), not counted.
+    bare_forward(extractor, model32, images[:1], queries[:1])
+    bare_forward(extractor, model16, images[:1], queries[:1])
+    for runner in (extractor, one_per_forward):
+        if runner is not None:
+            runner(images[:1], words=words[:1])
+    box_distance = 0.0
+    for round_index in range(args.repeats):
+        seconds32, boxes32 = bare_forward(extractor, model32, images, queries)
+        seconds16, boxes16 = bare_forward(extractor, model16, images, queries)
+        box_distance = max(float((a - b).abs().max()) for a, b in zip(boxes32, boxes16))
+        passes = {"bare_fp32": seconds32, "bare_bf16": seconds16}
+        for key, runner in (("extractor", extractor), ("extractor_batch_size_1", one_per_forward)):
+            if runner is None:
+                continue
+            runner.cache.clear()
+            start = time.perf_counter()
+            runner(images, words=words)
+            passes[key] = (time.perf_counter() - start) / len(images)
+        for key, value in passes.items():
+            timings[key].append(value)
+        print(
+            f"  {name} round {round_index + 1}: " + ", ".join(f"{key} {value:.2f} s" for key, value in passes.items())
+        )
+    result = {key: round(median(values), 3) for key, values in timings.items()}
+    inputs = [extractor.adapter.inputs([image], [image_queries]) for image, image_queries in zip(images, queries)]
+    result.update(
+        parameters_millions=round(sum(p.numel() for p in model32.parameters()) / 1e6, 1),
+        extractor_dtype=str(extractor.dtype).removeprefix("torch."),
+        input_sizes=[list(item["pixel_values"].shape[-2:]) for item in inputs],
+        queries_per_image=[len(image_queries) for image_queries in queries],
+        extractor_over_fastest_bare=round(result["extractor"] / min(result["bare_fp32"], result["bare_bf16"]), 2),
+        bf16_box_distance_px=round(box_distance, 2),
+        load_average_after=load_average(),
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default=None, help="Twitter-2015 folder (default: the shared data).")
+    parser.add_argument("--families", nargs="+", default=list(DETECTORS), choices=list(DETECTORS))
+    parser.add_argument("--images", type=int, default=3, help="Sample images per pass.")
+    parser.add_argument("--repeats", type=int, default=1, help="Timed passes after a warm-up image.")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--input_size", type=int, nargs=2, default=None, help="The extractor's input_size (smoke runs: small)."
+    )
+    parser.add_argument("--one_per_forward", action="store_true", help="Also time the extractor at batch_size 1.")
+    parser.add_argument("--output_json", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    quiet_logging()
+    machine = {**machine_note(), "native_bf16": native_bf16(torch.device("cpu")), "threads": args.threads}
+    rows = sample_posts(args.data_dir or str(default_data_dir("twitter2015")), args.images)
+    print(f"images (width x height): {[row['picture'].size for row in rows]}; load before: {load_average()}")
     results = {}
-    for name, build in (("detr-resnet-50", detr_resnet50), ("grounding-dino-tiny", grounding_dino_tiny)):
-        print(f"{name}: building and timing on {len(rows)} images", flush=True)
-        extractor = build(args.detector_size)
-        results[name] = time_extractor(extractor, rows, args.repeats)
-        del extractor
+    report = {"machine": machine, "args": {**vars(args), "data_dir": "twitter2015"}, "results": results}
+    report["images"] = [list(row["picture"].size) for row in rows]
+    for name in args.families:
+        results[name] = time_family(name, rows, args)
         print(name, results[name], flush=True)
-    report = {"machine_before": machine_before, "machine_after": machine_note(), "args": vars(args), **results}
-    report["args"]["data_dir"] = Path(args.data_dir).name
-    print(f"{'detector':<22}{'params (M)':>12}{'s / image':>12}")
+        if args.output_json:
+            Path(args.output_json).write_text(json.dumps(report, indent=2))
+    headers = ["detector", "params M", "input (h x w)", "bare fp32", "bare bf16", "extractor", "ext / best bare"]
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "---|" * len(headers))
     for name, result in results.items():
-        print(f"{name:<22}{result['parameters_millions']:>12}{result['seconds_per_image']:>12}")
-    print(machine_before)
-    print("load average after:", report["machine_after"]["load_average_1_5_15min"])
-    if args.output_json:
-        Path(args.output_json).write_text(json.dumps(report, indent=2))
+        sizes = ", ".join(f"{h}x{w}" for h, w in result["input_sizes"])
+        print(
+            f"| {name} | {result['parameters_millions']} | {sizes} | {result['bare_fp32']} | {result['bare_bf16']} | "
+            f"{result['extractor']} ({result['extractor_dtype']}) | {result['extractor_over_fastest_bare']} |"
+        )
+    print(f"s / image, {args.threads} threads; load average before/after: {machine['load_average_1_5_15min']} / "
+          f"{load_average()}")  # fmt: skip
+    return report
 
 
 if __name__ == "__main__":

@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import torch
-from bench_object_extraction import cpu_flags, detr_config, detr_image_processor
+from real_size_detectors import detr_config, detr_image_processor
 from transformers import DetrForObjectDetection
 
-from bench_common import build_model, build_processor, load_posts, machine_note, quiet_logging
+from bench_common import build_model, build_processor, cpu_flags, load_posts, machine_note, quiet_logging
 from mmib import MMIBPredictor
 from mmib.batch_prediction import predict_file
 from mmib.crop_filling_mmib import CropFiller

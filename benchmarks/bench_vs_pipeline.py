@@ -2,7 +2,8 @@
 
 python benchmarks/bench_vs_pipeline.py runs/full-text-twitter2017 --posts 2000 --rounds 2 --threads 1 2 \
     [--relation_model DIR] [--before NAME=DIR ...] [--mmib_variants 'int8=--dtype int8' ...] \
-    [--variants text image ner_re memory] [--pipeline_dtypes float32 bfloat16] [--cpu_isa avx2] [--output_json FILE]
+    [--variants text image ner_re memory] [--pipeline_dtypes float32 bfloat16] [--backend onnxruntime ...] \
+    [--cpu_isa avx2] [--output_json FILE]
 
 Posts: the raw Twitter-2017 test posts (`--data_dir`, words joined by spaces), repeated to `--posts`. Every
 measurement is a fresh process timed from its start to its end (imports and model loading included), its peak memory
@@ -30,6 +31,12 @@ Variants (side B over side A):
 - with `--before NAME=DIR` (a folder holding an older `mmib` package, e.g. `git archive <commit> mmib | tar -x -C
   DIR`), `text` and `ner_re` also run that package's `mmib predict` as further sides, so before/after ratios come
   from the same run; `--mmib_variants NAME=FLAGS` adds `mmib predict` sides with other flags (e.g. `--dtype int8`).
+- `--pipeline_dtypes float32 bfloat16`: one pipeline side per weight dtype (`pipeline bfloat16` loads the tower in
+  bf16); the `text` summary gives every side's ratio to each of them.
+- `--backend NAME ...` adds `text` sides `mmib predict --backend NAME`. For `onnxruntime` the checkpoint is first
+  exported (untimed, `mmib export-onnx MODEL --output TMP --int8`) and two sides run: `mmib onnxruntime float32` and
+  `mmib onnxruntime int8`; the share of posts whose tags equal those of `mmib predict --dtype float32 --backend
+  torch` is printed for every `mmib` side of `text` (the `--backend auto` rule keeps a path at >= 98%).
 """
 
 import argparse
@@ -265,6 +272,42 @@ def summarise(results: list[dict], name: str, threads: int, baseline: str) -> li
     return lines
 
 
+def pipeline_side(dtype: str) -> str:
+    return "pipeline" if dtype == "float32" else f"pipeline {dtype}"
+
+
+def backend_flags(model: str, backends: list[str], folder: Path, env: dict) -> dict[str, str]:
+    """`mmib predict` flags of the `--backend` sides by name; exports the checkpoint (untimed) for onnxruntime."""
+    sides = {}
+    for backend in backends:
+        if backend != "onnxruntime":
+            sides[backend] = f"--backend {backend}"
+            continue
+        onnx_dir = folder / "onnx"
+        command = [sys.executable, "-m", "mmib.cli", "export-onnx", model, "--output", str(onnx_dir), "--int8"]
+        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for dtype in ("float32", "int8"):
+            sides[f"onnxruntime {dtype}"] = f"--backend onnxruntime --dtype {dtype} --onnx_dir {onnx_dir}"
+    return sides
+
+
+def agreement_lines(sides: dict, model: str, folder: Path, env: dict, batch_size: int, threads: int) -> list[str]:
+    """The share of posts each `mmib` side of `text` tagged exactly as `mmib predict --dtype float32` (torch)."""
+    reference = folder / "reference.jsonl"
+    command = mmib_command(model, folder / "text.jsonl", reference, batch_size, "--dtype", "float32")
+    subprocess.run([*command, "--backend", "torch"], env=env, check=True, stdout=subprocess.DEVNULL)
+    expected = [json.loads(line)["tags"] for line in open(reference, encoding="utf-8")]
+    lines = []
+    for side, (command, _, _) in sides.items():
+        if not side.startswith("mmib"):
+            continue
+        output = Path(command[command.index("--output") + 1])
+        tags = [json.loads(line)["tags"] for line in open(output, encoding="utf-8")]
+        same = sum(a == b for a, b in zip(tags, expected)) / len(expected)
+        lines.append(f"text    {threads} thr  {side:28s} posts tagged as torch fp32: {same:.1%}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", help="An MMIB NER checkpoint on the MiniLM text tower.")
@@ -302,20 +345,28 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["text", "image", "ner_re", "memory"])
     parser.add_argument("--memory_posts", type=int, nargs="+", default=[500, 4000])
     parser.add_argument("--mmib_args", default="", help="Extra flags for every `mmib predict` (e.g. '--dtype int8').")
+    parser.add_argument("--cpu_isa", default="native", choices=["native", "avx2"], help="avx2: AVX2 kernels forced.")
+    parser.add_argument("--output_json")
     parser.add_argument(
         "--pipeline_dtypes",
         nargs="+",
-        default=["float32", "bfloat16"],
+        default=["float32"],
         choices=["float32", "bfloat16"],
-        help="Pipeline sides of `text` (weights in that dtype); the first is the baseline of the ratios.",
+        help="Pipeline sides in `text`, one per weight dtype (default float32).",
     )
-    parser.add_argument("--cpu_isa", default="native", choices=["native", "avx2"], help="avx2: AVX2 kernels forced.")
-    parser.add_argument("--output_json")
-    parser.add_argument("--pipeline_worker", nargs=3, metavar=("INPUT", "OUTPUT", "DTYPE"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--backend",
+        nargs="+",
+        default=[],
+        choices=["torch", "onnxruntime", "auto"],
+        help="Further `text` sides `mmib predict --backend NAME` (onnxruntime: float32 and int8, exported first).",
+    )
+    parser.add_argument("--pipeline_worker", nargs=2, metavar=("INPUT", "OUTPUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--pipeline_dtype", default="float32", help=argparse.SUPPRESS)
     args = parser.parse_args()
     labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
     if args.pipeline_worker:
-        pipeline_worker(*args.pipeline_worker[:2], args.batch_size, labels, args.pipeline_worker[2])
+        pipeline_worker(*args.pipeline_worker, args.batch_size, labels, args.pipeline_dtype)
         return
     if args.model is None:
         parser.error("the MMIB checkpoint is required")
@@ -349,11 +400,9 @@ def main() -> None:
         out = folder / "out.jsonl"
         cached = ["--image_feature_cache", cache_dir]
         pipeline = [sys.executable, __file__, "--pipeline_worker", str(folder / "text.jsonl"), str(out)]
-        pipelines = {
-            f"pipeline {dtype}": [*pipeline, dtype, "--batch_size", str(args.batch_size)]
-            for dtype in args.pipeline_dtypes
-        }
-        baselines = {"text": next(iter(pipelines)), "image": "mmib text", "ner_re": "mmib NER"}
+        pipeline += ["--batch_size", str(args.batch_size)]
+        own_output = folder / "out-mmib.jsonl"  # read again for the agreement: no other side writes it
+        backend_sides = backend_flags(args.model, args.backend, folder, environment(max(args.threads), here))
         summary = [f"cpu_isa {args.cpu_isa}, batch {args.batch_size}, {args.posts} posts per run"]
         for threads in args.threads:
             env = environment(threads, here, args.cpu_isa)
@@ -369,9 +418,12 @@ def main() -> None:
             )
             variants = {
                 "text": {
-                    **{name: (command, env, args.posts) for name, command in pipelines.items()},
+                    **{
+                        pipeline_side(dtype): ([*pipeline, "--pipeline_dtype", dtype], env, args.posts)
+                        for dtype in args.pipeline_dtypes
+                    },
                     "mmib": (
-                        mmib_command(args.model, folder / "text.jsonl", out, args.batch_size, *extra),
+                        mmib_command(args.model, folder / "text.jsonl", own_output, args.batch_size, *extra),
                         env,
                         args.posts,
                     ),
@@ -408,17 +460,24 @@ def main() -> None:
                 variants["text"][f"mmib {name}"] = (command, before_env, args.posts)
                 command = [*variants["ner_re"]["mmib NER->RE"][0]]
                 variants["ner_re"][f"mmib NER->RE {name}"] = (command, before_env, args.posts)
-            for name, flags in (item.split("=", 1) for item in args.mmib_variants):
-                command = mmib_command(args.model, folder / "text.jsonl", out, args.batch_size, *flags.split())
+            named_flags = [item.split("=", 1) for item in args.mmib_variants]
+            for name, flags in [*named_flags, *backend_sides.items()]:
+                outputs = folder / f"out-{len(variants['text'])}.jsonl"
+                command = mmib_command(args.model, folder / "text.jsonl", outputs, args.batch_size, *flags.split())
                 variants["text"][f"mmib {name}"] = (command, env, args.posts)
-            for name, baseline in baselines.items():
+            for name, baseline in (
+                ("text", pipeline_side(args.pipeline_dtypes[0])),
+                ("image", "mmib text"),
+                ("ner_re", "mmib NER"),
+            ):
                 if name in args.variants:
                     run_variant(name, variants[name], args.rounds, results)
                     summary += summarise(results, name, threads, baseline)
-            # Every side of `text` over each further pipeline precision too (e.g. mmib over the bf16 pipeline).
-            if "text" in args.variants:
-                for baseline in list(pipelines)[1:]:
-                    summary += summarise(results, "text", threads, baseline)
+                if name == "text" and name in args.variants:
+                    for dtype in args.pipeline_dtypes[1:]:
+                        summary += summarise(results, "text", threads, pipeline_side(dtype))
+                    if backend_sides:
+                        summary += agreement_lines(variants["text"], args.model, folder, env, args.batch_size, threads)
             if "ner_re" in args.variants:
                 summary.append(f"ner_re  {threads} thr  typed: {mean_counts(folder / 'relations.jsonl')}")
             if "memory" in args.variants:

@@ -72,8 +72,12 @@ class CropFiller:
             settings["num_crops"] = min(settings.get("num_crops", self.num_crops), self.num_crops)
         return settings
 
-    def extractor(self, device: torch.device) -> MMIBObjectExtractor | None:
-        """The extractor for posts without crops, loaded on `device` at first use (`None`: no extraction)."""
+    def extractor(self, device: torch.device, dtype: torch.dtype | None = None) -> MMIBObjectExtractor | None:
+        """
+        The extractor for posts without crops, loaded on `device` at first use (`None`: no extraction), its detector
+        in the predictor's compute `dtype` (float32, bfloat16 or float16; otherwise, e.g. int8 text layers, or
+        `None`: the detector's own `"auto"` rule).
+        """
         if not self.resolved:
             self.resolved = True
             settings = self.settings()
@@ -85,12 +89,15 @@ class CropFiller:
                     " recorded by the checkpoint" if self.object_detector in (None, True) else "",
                     self.trust_remote_code,
                 )
-                self._extractor = MMIBObjectExtractor.from_dict(
-                    settings, trust_remote_code=self.trust_remote_code, device=device
-                )
+                runtime = {"trust_remote_code": self.trust_remote_code, "device": device}
+                if dtype in (torch.float32, torch.bfloat16, torch.float16):
+                    runtime["dtype"] = str(dtype).removeprefix("torch.")
+                self._extractor = MMIBObjectExtractor.from_dict(settings, **runtime)
         return self._extractor
 
-    def add_objects(self, posts: Sequence[PreparedPost], device: torch.device) -> None:
+    def add_objects(
+        self, posts: Sequence[PreparedPost], device: torch.device, dtype: torch.dtype | None = None
+    ) -> None:
         """
         Cuts the crops of posts (without error) that bring an image and no crops, and records them in
         `post.objects`; posts with their own crops, cached image features or extracted objects are left alone.
@@ -107,7 +114,7 @@ class CropFiller:
         ]
         if not todo or self.num_crops == 0:
             return
-        extractor = self.extractor(device)
+        extractor = self.extractor(device, dtype)
         if extractor is None:
             if self.object_detector is not False and not self._warned:
                 self._warned = True

@@ -9,10 +9,13 @@ adapter per family that knows how to query it, post-process its outputs and name
 - text-queried grounding with one lower-cased caption `"a. b. c."` per image (dots inside a query replaced by
   spaces): Grounding DINO, MM Grounding DINO: [`CaptionAdapter`].
 
-Each adapter also carries its family's defaults: the query rule (`"post"` for text-queried, `"all"` for closed-set
-detectors) and the score threshold (`DEFAULT_THRESHOLDS`, the values of the models' own examples).
+Each adapter passes the `input_size` setting to its image processor (`[shortest_edge, longest_edge]`, for
+processors that resize by their edges) and carries its family's defaults: the query rule (`"post"` for text-queried,
+`"all"` for closed-set detectors) and the score threshold (`DEFAULT_THRESHOLDS`, the values of the models' own
+examples).
 
-Travels with checkpoints as remote code: it imports only torch, transformers, PIL and the standard library.
+Travels with checkpoints as remote code: it imports only torch, transformers, PIL, the standard library and its
+`*_mmib.py` siblings.
 """
 
 import inspect
@@ -35,6 +38,8 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_ZERO_SHOT_OBJECT_DETECTION_MAPPING_NAMES,
 )
 
+from .checkpoints_mmib import native_bf16
+
 __all__ = [
     "CAPTION_MODEL_TYPES",
     "CLOSED_SET",
@@ -45,6 +50,7 @@ __all__ = [
     "DetectorAdapter",
     "QueryListAdapter",
     "adapter_for",
+    "detector_dtype",
     "detector_kind",
     "load_detector",
 ]
@@ -80,6 +86,18 @@ def detector_kind(config: Any, name: str | None = None) -> str:
     )
 
 
+def detector_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """
+    The detector's weights for a `dtype` setting: `"auto"` (or `None`) is bfloat16 where `device` multiplies it
+    natively ([`native_bf16`]: the fastest precision there), else float32; other names are taken as they are.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return getattr(torch, dtype)
+
+
 def load_detector(
     detector: str | os.PathLike,
     revision: str | None = None,
@@ -95,7 +113,7 @@ def load_detector(
         revision (`str`, *optional*): Hub revision (branch, tag or commit).
         trust_remote_code (`bool`, *optional*, defaults to `False`): only when the user asks for it.
         device (`str` or `torch.device`, *optional*): defaults to CUDA when available, else CPU.
-        dtype (`torch.dtype` or `str`, *optional*): defaults to `torch.float32`.
+        dtype (`torch.dtype` or `str`, *optional*): `"auto"` (the default): see [`detector_dtype`].
 
     Returns:
         `(model, processor)`, the model in eval mode on `device`.
@@ -109,11 +127,9 @@ def load_detector(
     kind = detector_kind(config, detector)
     model_class = AutoModelForZeroShotObjectDetection if kind == ZERO_SHOT else AutoModelForObjectDetection
     processor_class = AutoProcessor if kind == ZERO_SHOT else AutoImageProcessor
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    model = model_class.from_pretrained(detector, dtype=dtype or torch.float32, **loading)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model_class.from_pretrained(detector, dtype=detector_dtype(dtype, torch.device(device)), **loading)
     model.to(device)
     processor = processor_class.from_pretrained(detector, **loading)
     return model.eval(), processor
@@ -136,6 +152,36 @@ class DetectorAdapter:
         self.model = model
         self.processor = processor
         self.model_type = model.config.model_type
+        self.size: dict[str, int] | None = None
+
+    @property
+    def input_size(self) -> list[int] | None:
+        """`[shortest_edge, longest_edge]` the images are resized to; `None` for a processor of a fixed size."""
+        size = self.size or getattr(self.processor, "image_processor", self.processor).size
+        if "shortest_edge" in size and "longest_edge" in size:
+            return [size["shortest_edge"], size["longest_edge"]]
+        return None
+
+    def set_input_size(self, input_size: Sequence[int] | None) -> None:
+        """
+        Resizes images to `[shortest_edge, longest_edge]` (`None`: the processor's own size).
+
+        Raises:
+            ValueError: the processor resizes to a fixed size, not by its edges.
+        """
+        if input_size is None:
+            self.size = None
+            return
+        if self.input_size is None:
+            size = getattr(self.processor, "image_processor", self.processor).size
+            raise ValueError(
+                f"input_size sets the shortest and longest edge, but the {self.model_type} processor resizes to a "
+                f"fixed size ({dict(size)}): leave input_size unset for this detector."
+            )
+        self.size = {"shortest_edge": int(input_size[0]), "longest_edge": int(input_size[1])}
+
+    def _size_kwargs(self) -> dict[str, Any]:
+        return {} if self.size is None else {"size": self.size}
 
     @property
     def default_threshold(self) -> float:
@@ -144,7 +190,7 @@ class DetectorAdapter:
 
     def inputs(self, images: list[Image.Image], queries: list[list[str]]) -> Mapping[str, Any]:
         """The processor's tensors for `images`, each searched with its `queries`."""
-        return self.processor(images=images, return_tensors="pt")
+        return self.processor(images=images, return_tensors="pt", **self._size_kwargs())
 
     def post_process(
         self,
@@ -178,7 +224,10 @@ class QueryListAdapter(DetectorAdapter):
 
     def inputs(self, images: list[Image.Image], queries: list[list[str]]) -> Mapping[str, Any]:
         return self.processor(
-            images=images, text=[list(image_queries) for image_queries in queries], return_tensors="pt"
+            images=images,
+            text=[list(image_queries) for image_queries in queries],
+            return_tensors="pt",
+            **self._size_kwargs(),
         )
 
     def post_process(self, outputs, inputs, target_sizes, threshold, text_threshold):
@@ -205,11 +254,13 @@ class CaptionAdapter(QueryListAdapter):
 
     def inputs(self, images: list[Image.Image], queries: list[list[str]]) -> Mapping[str, Any]:
         text = [". ".join(_caption_part(query) for query in image_queries) + "." for image_queries in queries]
-        return self.processor(images=images, text=text, return_tensors="pt", padding=True)
+        return self.processor(images=images, text=text, return_tensors="pt", padding=True, **self._size_kwargs())
 
     def boxes_and_labels(self, result, queries, categories):
         by_text = {_caption_part(query): query for query in queries}
-        names = [_caption_label(label, by_text) for label in result["text_labels"]]
+        # One label per box: the processor decodes an empty selection as one empty text.
+        labels = result["text_labels"][: len(result["scores"])]
+        names = [_caption_label(label, by_text) for label in labels]
         return _kept(result, names, list(range(len(names))))
 
 

@@ -19,6 +19,11 @@ gives extreme aspect ratios, so that boxes and crops are in the picture's own pi
 post-processing turns the detector's outputs into boxes in those pixels (target size = the picture's size) with
 scores above `threshold`; `select_objects` keeps at most `num_crops` of them.
 
+Speed: the detector runs in bfloat16 where the device multiplies it natively (`dtype="auto"`, the
+`checkpoints_mmib.native_bf16` rule; float32 elsewhere), its outputs are post-processed in float32, and a detector
+call batches only images of one size, so that no image is padded to another's shape (padding a 600x800 picture to
+a batch's 800x600 one nearly doubles its pixels). `input_size` sets the edges the processor resizes to.
+
 This file travels with checkpoints as remote code: it imports only torch, transformers, PIL, the standard library
 and its `*_mmib.py` siblings.
 """
@@ -35,7 +40,7 @@ from PIL import Image
 from .detection_cache_mmib import DetectionCache, detection_key, image_sha256
 from .image_loading_mmib import UnreadableImageError, load_image, pad_extreme_aspect_ratio
 from .object_boxes_mmib import DetectedObject, select_objects, shift_boxes
-from .object_detectors_mmib import CLOSED_SET, ZERO_SHOT, adapter_for, load_detector
+from .object_detectors_mmib import CLOSED_SET, ZERO_SHOT, adapter_for, detector_dtype, load_detector
 from .object_queries_mmib import rule_queries
 from .object_settings_mmib import ObjectExtractionSettings
 
@@ -71,7 +76,8 @@ class MMIBObjectExtractor:
         model ([`PreTrainedModel`]): a zero-shot or closed-set object-detection model.
         processor (`ProcessorMixin` or `BaseImageProcessor`): its processor (zero-shot) or image processor.
         settings ([`ObjectExtractionSettings`]): `detector` names where the model was loaded from (recorded);
-            `query_rule` and `threshold` left at `None` take the detector family's defaults.
+            `query_rule`, `threshold` and `input_size` left at `None` take the detector family's or processor's
+            defaults; the model is cast to `dtype` (`"auto"`: see [`detector_dtype`]).
 
     Raises:
         ValueError: a query rule the detector cannot take, or categories that are not its classes.
@@ -80,12 +86,17 @@ class MMIBObjectExtractor:
     def __init__(self, model: torch.nn.Module, processor: Any, settings: ObjectExtractionSettings):
         if settings.detector is None:
             raise ValueError("settings.detector must name the detector (Hub id or folder) the model was loaded from.")
-        self.model = model.eval()
+        device = next(model.parameters()).device
+        dtype = detector_dtype(settings.dtype, device)
+        self.model = model.to(dtype).eval()
         self.processor = processor
         self.adapter = adapter_for(self.model, processor)
+        self.adapter.set_input_size(settings.input_size)
         self.settings = settings.replace(
             query_rule=settings.query_rule if settings.query_rule is not None else self.adapter.default_query_rule,
             threshold=settings.threshold if settings.threshold is not None else self.adapter.default_threshold,
+            input_size=self.adapter.input_size,
+            dtype=str(dtype).removeprefix("torch."),
         )
         self._check_query_rule()
         self.cache = DetectionCache(self.settings.cache_dir)
@@ -366,14 +377,18 @@ class MMIBObjectExtractor:
             else:
                 pending[key] = index
             results.append(cached)
-        todo = list(pending.values())
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start : start + self.batch_size]
-            detected = self._detect_or_isolate([opened[i][0] for i in batch], [queries[i] for i in batch])
-            for index, objects in zip(batch, detected):
-                if isinstance(objects, Exception):
-                    results[index] = objects
-                else:
+        # Images of one size have one processed shape: batched, none is padded to another's shape.
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index in pending.values():
+            by_size.setdefault(opened[index][0].size, []).append(index)
+        for todo in by_size.values():
+            for start in range(0, len(todo), self.batch_size):
+                batch = todo[start : start + self.batch_size]
+                detected = self._detect_or_isolate([opened[i][0] for i in batch], [queries[i] for i in batch])
+                for index, objects in zip(batch, detected):
+                    if isinstance(objects, Exception):
+                        results[index] = objects
+                        continue
                     self.cache.put(keys[index], opened[index][1], queries[index], objects)
         final = []
         for index, cached in enumerate(results):
@@ -441,7 +456,7 @@ class MMIBObjectExtractor:
             name: value.to(self.dtype) if torch.is_floating_point(value) else value for name, value in inputs.items()
         }
         outputs = self.model(**inputs)
-        # Half-precision boxes scaled to thousands of pixels would be off by many pixels.
+        # Post-processing in float32: half-precision boxes scaled to thousands of pixels would be off by pixels.
         for name, value in outputs.items():
             if isinstance(value, torch.Tensor) and torch.is_floating_point(value):
                 outputs[name] = value.float()

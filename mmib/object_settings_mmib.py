@@ -34,7 +34,7 @@ __all__ = [
     "arguments_dataclass",
 ]
 
-DETECTOR_DTYPES = ("float32", "bfloat16", "float16")
+DETECTOR_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -60,10 +60,15 @@ class ObjectExtractionSettings:
         text_threshold (`float`, *optional*, defaults to 0.25): Grounding DINO's label-text threshold.
         nms_iou (`float`, *optional*, defaults to 0.5): class-agnostic NMS IoU threshold.
         min_size (`int`, *optional*, defaults to 8): minimum crop width and height in pixels.
+        input_size (`list[int]`, *optional*): `[shortest_edge, longest_edge]` the detector's image processor resizes
+            each image to (fewer pixels: faster, smaller objects missed); defaults to the processor's own. Only for
+            detectors whose processor resizes by its edges (DETR, Grounding DINO, YOLOS, ...), not to a fixed size.
         num_crops (`int`, *optional*, defaults to 4): objects per image (the model's crop slots: NER 4, RE 3).
-        batch_size (`int`, *optional*, defaults to 8): images per detector call.
+        batch_size (`int`, *optional*, defaults to 8): images of one size per detector call (images of other sizes
+            are never padded to one another).
         device (`str`, *optional*): `cuda`, `cuda:1`, `cpu`, ...; defaults to this process's GPU when present.
-        dtype (`str`, *optional*, defaults to `"float32"`): the detector's weights.
+        dtype (`str`, *optional*, defaults to `"auto"`): the detector's weights; `"auto"`: bfloat16 where the device
+            multiplies it natively (`checkpoints_mmib.native_bf16`), else float32. Post-processing is in float32.
         cache_dir (`str`, *optional*): folder of the JSON detection cache; `None`: in memory only (the commands
             default to a `cache` folder beside their output).
 
@@ -83,10 +88,17 @@ class ObjectExtractionSettings:
     text_threshold: float = _setting(0.25, "Grounding DINO's label-text threshold.")
     nms_iou: float = _setting(0.5, "Class-agnostic NMS IoU threshold.")
     min_size: int = _setting(8, "Minimum crop width and height in pixels.")
+    input_size: list[int] | None = _setting(
+        None, "SHORTEST LONGEST: the detector's input edges in pixels (default: its image processor's)."
+    )
     num_crops: int = _setting(4, "Crops per image (the model's slots: NER 4, RE 3).")
-    batch_size: int = _setting(8, "Images per detector call.")
+    batch_size: int = _setting(8, "Images of one size per detector call.")
     device: str | None = _setting(None, "cuda, cuda:1, cpu, ... (default: this process's GPU when present).")
-    dtype: str = _setting("float32", "The detector's weights.", DETECTOR_DTYPES)
+    dtype: str = _setting(
+        "auto",
+        "The detector's weights (auto: bfloat16 where the device runs it natively, else float32).",
+        DETECTOR_DTYPES,
+    )
     cache_dir: str | None = _setting(
         None, "Detection cache by image content (default: a cache folder beside the command's output)."
     )
@@ -117,6 +129,15 @@ class ObjectExtractionSettings:
                 setattr(self, name, float(value))
         if not 0.0 <= self.nms_iou <= 1.0:
             raise ValueError(f"nms_iou must be in [0, 1], got {self.nms_iou!r}.")
+        if self.input_size is not None:
+            edges = list(self.input_size)
+            if len(edges) != 2 or not all(isinstance(edge, int) and not isinstance(edge, bool) for edge in edges):
+                raise ValueError(
+                    f"input_size must be [shortest_edge, longest_edge] in pixels, got {self.input_size!r}."
+                )
+            if not 0 < edges[0] <= edges[1]:
+                raise ValueError(f"input_size must be 0 < shortest_edge <= longest_edge, got {self.input_size!r}.")
+            self.input_size = edges
 
     def to_dict(self) -> dict[str, Any]:
         """
@@ -187,6 +208,7 @@ RECORDED_FIELDS = (
     "text_threshold",
     "nms_iou",
     "min_size",
+    "input_size",
     "num_crops",
 )
 # What decides the detections of an image, beyond the image, its queries and the weights: the detection cache's key.
@@ -200,6 +222,8 @@ def _argument_kwargs(item: dataclasses.Field) -> dict[str, Any]:
         kwargs["action"] = "store_true"
     elif item.type == list[str] | None:
         kwargs["nargs"] = "+"
+    elif item.type == list[int] | None:
+        kwargs.update(nargs=2, type=int, metavar=("SHORTEST", "LONGEST"))
     else:
         kwargs["type"] = {int: int, float: float, float | None: float}.get(item.type, str)
     return kwargs

@@ -47,6 +47,7 @@ from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 from .checkpoints_mmib import load_checkpoint, resolve_device, resolve_dtype
 from .crop_filling_mmib import CropFiller, with_objects
 from .object_extraction_mmib import MMIBObjectExtractor
+from .onnx_runtime_mmib import MMIBOnnxRuntimeModel, default_onnx_dir, has_export, resolve_backend
 from .posts_mmib import PreparedPost, error_row, prepare_post
 from .quantization_mmib import quantize_int8
 from .relation_stage_mmib import RelationStage, add_cached_features, on_device
@@ -117,6 +118,8 @@ class MMIBPredictor:
         self.batch_size = batch_size
         self.compute_dtype = compute_dtype
         self.dtype_reason = "as given"
+        self.backend = "onnxruntime" if isinstance(model, MMIBOnnxRuntimeModel) else "torch"
+        self.backend_reason = "as given"
         self.image_feature_lookup = image_feature_lookup
         self.relations = None
         if relation_model is not None:
@@ -150,6 +153,8 @@ class MMIBPredictor:
         device: str | torch.device | None = None,
         trust_remote_code: bool = False,
         image_feature_cache: str | None = None,
+        backend: str = "auto",
+        onnx_dir: str | None = None,
         **kwargs,
     ) -> "MMIBPredictor":
         """
@@ -163,22 +168,40 @@ class MMIBPredictor:
             trust_remote_code (`bool`): load the checkpoints' own code (not needed when `mmib` is installed).
             image_feature_cache (`str`, *optional*): an `ImageFeatureStore` folder built with these checkpoints'
                 vision tower and image processor (a cache of another tower is refused); needs `mmib` installed.
+            backend (`str`, *optional*, defaults to `"auto"`): `"torch"`, `"onnxruntime"` (the text side runs as
+                the graph `mmib export-onnx` wrote, see `onnx_runtime_mmib`) or `"auto"` (see [`resolve_backend`]:
+                the path measured fastest at export among those that keep the tags of fp32, else torch). A relation
+                checkpoint runs on the same backend (its own `onnx/` folder); under `"auto"` one without an
+                export runs in torch.
+            onnx_dir (`str`, *optional*): the main checkpoint's export folder (default: its `onnx/` folder).
             kwargs: further [`MMIBPredictor`] arguments (`batch_size`, `max_pairs_per_post`, `keep_none`,
                 `all_pairs`, `object_detector`, `detector_trust_remote_code`).
         """
         device = resolve_device(device)
-        dtype, reason = resolve_dtype(dtype, device)
+        onnx_dir = default_onnx_dir(model_name_or_path) if onnx_dir is None else onnx_dir
+        chosen_backend, dtype, backend_reason = resolve_backend(backend, dtype, device, onnx_dir)
+        if chosen_backend == "onnxruntime":
+            reason = backend_reason
+            graph_dtype, dtype = dtype, torch.qint8 if dtype == "int8" else torch.float32
+        else:
+            dtype, reason = resolve_dtype(dtype, device)
         models = []
-        for path in (model_name_or_path, relation_model):
+        for path, folder in ((model_name_or_path, onnx_dir), (relation_model, None)):
             if path is None:
                 continue
             model, processor = load_checkpoint(path, trust_remote_code=trust_remote_code, dtype=torch.float32)
             model = model.to(device).eval()
-            if dtype == torch.qint8:
+            folder = default_onnx_dir(path) if folder is None else folder
+            # Under `auto` a relation checkpoint without an export runs in torch, at the same dtype.
+            exported = backend != "auto" or has_export(folder)
+            if chosen_backend == "onnxruntime" and exported:
+                model = MMIBOnnxRuntimeModel(model, folder, checkpoint=path, dtype=graph_dtype)
+            elif dtype == torch.qint8:
                 model = quantize_int8(model)
             models += [model, processor]
         predictor = cls(*models, compute_dtype=dtype, **kwargs)
         predictor.dtype_reason = reason
+        predictor.backend, predictor.backend_reason = chosen_backend, backend_reason
         if image_feature_cache is not None:
             # The cache is part of the installed package, not of the remote code: imported by name at run time (so
             # transformers' remote-code import check does not require a pip package `mmib`), keeping the public
@@ -214,7 +237,7 @@ class MMIBPredictor:
     @property
     def object_extractor(self) -> MMIBObjectExtractor | None:
         """The extractor of posts with an image and no crops, loaded at first use (`None`: no extraction)."""
-        return self.crop_filler.extractor(self.device)
+        return self.crop_filler.extractor(self.device, self.compute_dtype)
 
     def _autocast(self):
         enabled = self.compute_dtype in (torch.bfloat16, torch.float16)
@@ -244,7 +267,7 @@ class MMIBPredictor:
 
     def encode(self, posts: Sequence[PreparedPost]) -> BatchFeature:
         """Processor inputs for `posts` (all without error); posts with an image and no crops get objects first."""
-        self.crop_filler.add_objects(posts, self.device)
+        self.crop_filler.add_objects(posts, self.device, self.compute_dtype)
         kwargs = {}
         if self.task == "re":
             kwargs = {"head_spans": [post.head for post in posts], "tail_spans": [post.tail for post in posts]}

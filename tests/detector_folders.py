@@ -18,7 +18,10 @@ CLASSES = {0: "cat", 1: "dog", 2: "person"}
 
 
 def save_detr(path: Path, box=BOX, class_logits=(2.0, 0.0, 0.0, 0.0)) -> str:
-    """A tiny DETR whose every query predicts `box` with softmax(`class_logits`) (last logit: no object)."""
+    """
+    A tiny DETR whose every query predicts `box` with softmax(`class_logits`) (last logit: no object); `box=None`
+    keeps random heads, widened so that the boxes depend on the pixels and differ between queries.
+    """
     torch.manual_seed(0)
     config = DetrConfig(
         use_timm_backbone=False,
@@ -38,11 +41,17 @@ def save_detr(path: Path, box=BOX, class_logits=(2.0, 0.0, 0.0, 0.0)) -> str:
     )
     model = DetrForObjectDetection(config)
     with torch.no_grad():
-        last = model.bbox_predictor.layers[-1]
-        last.weight.zero_()
-        last.bias.copy_(torch.logit(torch.tensor(box)))
-        model.class_labels_classifier.weight.zero_()
-        model.class_labels_classifier.bias.copy_(torch.tensor(class_logits))
+        if box is None:
+            # Initialised small, the random weights give every query nearly one box.
+            for parameter in model.parameters():
+                if parameter.dim() > 1:
+                    parameter.normal_(0.0, 0.5)
+        else:
+            last = model.bbox_predictor.layers[-1]
+            last.weight.zero_()
+            last.bias.copy_(torch.logit(torch.tensor(box)))
+            model.class_labels_classifier.weight.zero_()
+            model.class_labels_classifier.bias.copy_(torch.tensor(class_logits))
     model.save_pretrained(path)
     DetrImageProcessor(size={"shortest_edge": 48, "longest_edge": 64}).save_pretrained(path)
     return str(path)

@@ -48,7 +48,8 @@ def run_command(arguments: list[str], capsys) -> dict:
 def test_benchmark_folder_then_the_reader_reads_the_crops(detr_dir, tmp_path, capsys):
     data_dir = twitter_folder(tmp_path)
     out = tmp_path / "crops"
-    report = run_command([str(data_dir), "--detector", detr_dir, "--output_dir", str(out), "--num_crops", "2"], capsys)
+    flags = ["--detector", detr_dir, "--output_dir", str(out), "--num_crops", "2", "--dtype", "float32"]
+    report = run_command([str(data_dir), *flags], capsys)
     assert (report["posts"], report["with_objects"], report["no_image"], report["unreadable"]) == (8, 6, 1, 1)
     assert report["unreadable_files"] == [str(data_dir / "twitter2017_images" / "31.jpg")]
     assert report["settings"]["num_crops"] == 2 and report["settings"]["detector"] == detr_dir
@@ -87,7 +88,7 @@ def test_raw_text_posts_that_mmib_predict_reads(detr_dir, tmp_path, capsys):
     source = tmp_path / "posts.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     out = tmp_path / "out"
-    report = run_command([str(source), "--detector", detr_dir, "--output_dir", str(out)], capsys)
+    report = run_command([str(source), "--detector", detr_dir, "--output_dir", str(out), "--dtype", "float32"], capsys)
     assert (report["posts"], report["with_objects"], report["no_image"], report["objects"]) == (3, 2, 1, 2)
     written = [json.loads(line) for line in (out / "posts.jsonl").read_text(encoding="utf-8").splitlines()]
     assert written[0]["text"] == rows[0]["text"] and "words" not in written[0]

@@ -44,7 +44,7 @@ def data(tmp_path):
 
 
 def test_crops_filled_own_crops_kept_and_counted(detr_dir, data, tmp_path):
-    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, cache_dir=tmp_path / "cache")
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, cache_dir=tmp_path / "cache", dtype="float32")
     filled, reports = extract_missing_crops(data, extractor, tmp_path / "objects", show_progress=False)
     assert extractor.stats["detected_images"] == 2  # a.png (and its copy) and b.png, across both splits
     train = filled["train"]

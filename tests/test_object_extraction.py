@@ -1,7 +1,8 @@
 """Object extraction (paper §III-B2) on tiny random detectors saved to folders and loaded through `from_pretrained`.
 
 The DETR detectors have their last box and class layers set to constants, so every query predicts one known box
-with one known score: boxes, clipping, rounding and crops are checked against hand computations.
+with one known score: boxes, clipping, rounding and crops are checked against hand computations, in float32 (the
+default `dtype="auto"` is bfloat16 on a CPU with AVX512-BF16: its boxes are checked against float32's).
 """
 
 import dataclasses
@@ -34,7 +35,7 @@ from transformers import (
     SwinConfig,
 )
 
-from detector_folders import count_calls, detr_score, exif_rotated_jpeg, hand_box, noise_image, save_detr
+from detector_folders import BOX, count_calls, detr_score, exif_rotated_jpeg, hand_box, noise_image, save_detr
 from mmib.crop_extraction import extract_objects
 from mmib.data import load_jsonl, load_twitter_ner
 from mmib.image_loading_mmib import UnreadableImageError
@@ -222,7 +223,7 @@ def test_box_iou_by_hand():
 
 
 def test_detr_box_and_crop_by_hand(detr_dir):
-    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, threshold=0.5)
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, threshold=0.5, dtype="float32")
     image = noise_image((101, 57))
     (objects,) = extractor([image])
     expected = hand_box(image.size)
@@ -247,7 +248,7 @@ def test_threshold_and_no_box(tmp_path):
 
 def test_exif_rotated_jpeg(detr_dir, tmp_path):
     path = exif_rotated_jpeg(tmp_path / "rotated.jpg", (83, 41))
-    extractor = MMIBObjectExtractor.from_pretrained(detr_dir)
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, dtype="float32")
     (objects,) = extractor([path])
     with Image.open(path) as stored:
         upright = ImageOps.exif_transpose(stored).convert("RGB")
@@ -258,7 +259,8 @@ def test_exif_rotated_jpeg(detr_dir, tmp_path):
 
 
 def test_grayscale_rgba_huge_and_banner_images(detr_dir):
-    extractor = MMIBObjectExtractor.from_pretrained(detr_dir)
+    # float32: to the pixel on a 6001-pixel side (bfloat16 boxes are within 0.4% of the side, see below).
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, dtype="float32")
     gray = noise_image((101, 57), mode="L")
     rgba = noise_image((101, 57), mode="RGBA")
     rgba.putalpha(0)  # fully transparent: MMIB's rule composites on white
@@ -274,6 +276,98 @@ def test_grayscale_rgba_huge_and_banner_images(detr_dir):
     assert results[2][0].box == (2100, 2000, 3901, 4001)
     assert results[2][0].crop.tobytes() == huge.crop((2100, 2000, 3901, 4001)).tobytes()
     assert results[3][0].crop.tobytes() == banner.crop(hand_box(banner.size)).tobytes()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Precision, batching and input size
+
+
+def nearest_box_distance(boxes, others) -> float:
+    """The largest distance in pixels (max over coordinates) from a box of `boxes` to its nearest in `others`."""
+    return max(min(max(abs(a - b) for a, b in zip(box, other)) for other in others) for box in boxes)
+
+
+@pytest.mark.parametrize("family", ["detr", "grounding-dino"])
+def test_bfloat16_boxes_are_within_a_pixel_of_float32(family, gdino_dir, tmp_path):
+    detector = save_detr(tmp_path / "random-detr", box=None) if family == "detr" else gdino_dir
+    images = [noise_image((160, 120), seed=20), noise_image((97, 181), seed=21)]
+    words = [["cat", "dog", "ball"], ["Kevin", "Durant", "tree"]]
+    every_box = dict(threshold=0.0, min_size=0, nms_iou=1.0, num_crops=100)
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        extractor = MMIBObjectExtractor.from_pretrained(detector, dtype=dtype, **every_box)
+        assert extractor.dtype == getattr(torch, dtype) and extractor.settings.dtype == dtype
+        runs[dtype] = extractor(images, words=words)
+    for full, half in zip(runs["float32"], runs["bfloat16"]):
+        assert len(full) == len(half) > 2
+        assert nearest_box_distance([o.box for o in full], [o.box for o in half]) <= 1
+        assert nearest_box_distance([o.box for o in half], [o.box for o in full]) <= 1
+        assert len({o.box for o in full}) > 2, "the boxes depend on the pixels"
+
+
+def test_a_bfloat16_detector_is_post_processed_in_float32(detr_dir):
+    """On a 6001-pixel side, bf16 arithmetic after the detector would move the box by tens of pixels (bf16 holds
+    6001 as 6016); in fp32 the box is the hand box of the detector's own bf16 prediction."""
+    huge = noise_image((6001, 4001), seed=1)
+    (objects,) = MMIBObjectExtractor.from_pretrained(detr_dir, dtype="bfloat16")([huge])
+    predicted = tuple(torch.tensor(BOX).logit().bfloat16().sigmoid().double().tolist())
+    assert max(abs(a - b) for a, b in zip(objects[0].box, hand_box(huge.size, predicted))) <= 1
+
+
+def test_auto_dtype_is_bfloat16_where_it_is_native(detr_dir, monkeypatch):
+    import mmib.object_detectors_mmib as detectors
+
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(detectors, "native_bf16", lambda device, native=native: native)
+        for extractor in (
+            MMIBObjectExtractor.from_pretrained(detr_dir),
+            MMIBObjectExtractor(
+                *load_detector(detr_dir, dtype="float32"), ObjectExtractionSettings(detector=detr_dir)
+            ),
+        ):
+            assert extractor.dtype == expected and extractor.settings.dtype == str(expected).removeprefix("torch.")
+            assert extractor([noise_image((50, 40))])[0][0].query == "cat"
+
+
+def test_only_images_of_one_size_share_a_detector_call(detr_dir):
+    images = [noise_image((90, 70), seed=30), noise_image((50, 120), seed=31), noise_image((90, 70), seed=32)]
+    images += [noise_image((50, 120), seed=33), noise_image((90, 70), seed=34)]
+    random_detector = save_detr(Path(detr_dir).parent / "random-batching", box=None)
+    one_by_one = MMIBObjectExtractor.from_pretrained(random_detector, batch_size=1, dtype="float32", min_size=1)
+    alone = one_by_one(images)
+    extractor = MMIBObjectExtractor.from_pretrained(random_detector, batch_size=2, dtype="float32", min_size=1)
+    shapes = []
+    forward = extractor.model.forward
+
+    def recorded(**inputs):
+        shapes.append((tuple(inputs["pixel_values"].shape), bool(inputs["pixel_mask"].all())))
+        return forward(**inputs)
+
+    extractor.model.forward = recorded
+    batched = extractor(images)
+    # (90, 70) -> 48 x 61 pixels, (50, 120) -> 27 x 64: never padded to each other (the mask is all ones).
+    assert shapes == [((2, 3, 48, 61), True), ((1, 3, 48, 61), True), ((2, 3, 64, 27), True)]
+    assert [[(o.box, o.query) for o in objects] for objects in batched] == [
+        [(o.box, o.query) for o in objects] for objects in alone
+    ]
+    assert [o.score for objects in batched for o in objects] == pytest.approx(
+        [o.score for objects in alone for o in objects], abs=1e-5
+    )
+
+
+def test_input_size_sets_the_processors_edges_and_is_recorded(detr_dir, owlv2_dir):
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, input_size=[24, 40])
+    shapes = []
+    forward = extractor.model.forward
+    extractor.model.forward = lambda **inputs: shapes.append(tuple(inputs["pixel_values"].shape)) or forward(**inputs)
+    extractor([noise_image((101, 57)), noise_image((30, 60))])
+    # 101 x 57: short edge 24 would make the long one 42 > 40: the long edge is 40, the short 57 * 40 / 101 -> 23.
+    assert sorted(shapes) == [(1, 3, 23, 40), (1, 3, 40, 20)]
+    assert extractor.to_dict()["input_size"] == [24, 40]
+    assert MMIBObjectExtractor.from_dict(extractor.to_dict()).adapter.size == {"shortest_edge": 24, "longest_edge": 40}
+    assert MMIBObjectExtractor.from_pretrained(owlv2_dir).to_dict()["input_size"] is None
+    with pytest.raises(ValueError, match="fixed size"):
+        MMIBObjectExtractor.from_pretrained(owlv2_dir, input_size=[24, 40])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -294,6 +388,13 @@ def test_grounding_dino_same_crops_in_two_runs(gdino_dir):
         for box, _, _, crop in objects:
             assert 0 <= box[0] < box[2] <= image.width and 0 <= box[1] < box[3] <= image.height
             assert crop == image.crop(box).tobytes()
+
+
+def test_grounding_dino_without_a_box_above_the_threshold(gdino_dir):
+    # The processor labels an empty selection with one empty text: no box, no object, no error.
+    extractor = MMIBObjectExtractor.from_pretrained(gdino_dir, threshold=1.0)
+    assert extractor([noise_image((60, 60))], words=[["cat", "dog"]]) == [[]]
+    assert extractor.stats["without_objects"] == 1
 
 
 def test_grounding_dino_post_without_query_is_not_detected(gdino_dir):
@@ -360,7 +461,7 @@ def test_settings_round_trip(gdino_dir, detr_dir):
     assert settings == {
         "detector": gdino_dir, "revision": None, "kind": "zero-shot", "model_type": "grounding-dino",
         "query_rule": "categories", "categories": ["cat", "dog"], "max_queries": 16, "threshold": 0.05,
-        "text_threshold": 0.2, "nms_iou": 0.4, "min_size": 3, "num_crops": 2,
+        "text_threshold": 0.2, "nms_iou": 0.4, "min_size": 3, "input_size": [48, 64], "num_crops": 2,
     }  # fmt: skip
     restored = MMIBObjectExtractor.from_dict(settings)
     assert restored.to_dict() == settings
@@ -381,14 +482,16 @@ def test_a_record_of_the_previous_layout_loads(detr_dir):
         "categories": None, "max_queries": 16, "threshold": 0.5, "text_threshold": 0.25, "nms_iou": 0.5,
         "min_size": 8, "num_crops": 4,
     }  # fmt: skip
-    assert MMIBObjectExtractor.from_pretrained(detr_dir).to_dict() == record
-    assert MMIBObjectExtractor.from_dict(json.loads(json.dumps(record))).to_dict() == record
+    # It loads; today's record adds the input size the processor resized to.
+    current = {**record, "input_size": [48, 64]}
+    assert MMIBObjectExtractor.from_pretrained(detr_dir).to_dict() == current
+    assert MMIBObjectExtractor.from_dict(json.loads(json.dumps(record))).to_dict() == current
 
 
 def test_cache_key_changes_with_each_setting_that_changes_detections(detr_dir, tmp_path):
     model, processor = load_detector(detr_dir)
     copy = shutil.copytree(detr_dir, tmp_path / "copy")
-    base = ObjectExtractionSettings(detector=detr_dir)
+    base = ObjectExtractionSettings(detector=detr_dir, dtype="float32")
     changed = {
         "detector": str(copy),
         "revision": "v2",
@@ -399,6 +502,7 @@ def test_cache_key_changes_with_each_setting_that_changes_detections(detr_dir, t
         "text_threshold": 0.5,
         "nms_iou": 0.75,
         "min_size": 2,
+        "input_size": [40, 60],
         "num_crops": 2,
         "dtype": "bfloat16",
     }
@@ -476,7 +580,7 @@ def write_posts(folder: Path) -> Path:
 
 def test_extract_objects_jsonl(detr_dir, tmp_path):
     source = write_posts(tmp_path / "data")
-    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, batch_size=2)
+    extractor = MMIBObjectExtractor.from_pretrained(detr_dir, batch_size=2, dtype="float32")
     report = extract_objects(extractor, source, tmp_path / "out", show_progress=False)
     counts = {key: getattr(report, key) for key in ("posts", "own_crops", "no_image", "unreadable", "with_objects")}
     assert counts == {"posts": 6, "own_crops": 1, "no_image": 1, "unreadable": 1, "with_objects": 3}

@@ -24,6 +24,7 @@ CHANGED = {
     "text_threshold": (0.5, ["0.5"]),
     "nms_iou": (0.25, ["0.25"]),
     "min_size": (3, ["3"]),
+    "input_size": ([300, 500], ["300", "500"]),
     "num_crops": (2, ["2"]),
     "batch_size": (3, ["3"]),
     "device": ("cpu", ["cpu"]),
@@ -128,6 +129,10 @@ def test_recorded_settings_round_trip_and_old_records_load():
         ({"nms_iou": 1.5}, "nms_iou"),
         ({"dtype": "int8"}, "dtype"),
         ({"categories": "cat"}, "categories"),
+        ({"input_size": [800]}, "input_size"),
+        ({"input_size": [800, 600]}, "input_size"),
+        ({"input_size": [0, 600]}, "input_size"),
+        ({"input_size": [600.5, 800]}, "input_size"),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(changes, message):

@@ -100,7 +100,8 @@ def test_post_with_its_own_crops_keeps_them(recorded, image_path):
 
 def test_flags_override_and_turn_off(recorded, plain, detr_dir, image_path, capsys):
     folder, _ = recorded
-    cli_main(["predict", plain, "--text", TEXT, "--image", str(image_path), "--object_detector", detr_dir, "--quiet"])
+    flags = ["--object_detector", detr_dir, "--dtype", "float32", "--quiet"]
+    cli_main(["predict", plain, "--text", TEXT, "--image", str(image_path), *flags])
     assert json.loads(capsys.readouterr().out)["objects"] == expected_objects()
     cli_main(["predict", folder, "--text", TEXT, "--image", str(image_path), "--no_object_detector", "--quiet"])
     assert "objects" not in json.loads(capsys.readouterr().out)

@@ -19,7 +19,7 @@ from conftest import REPO, make_tokenizer, save_tiny_towers
 from prediction_checkpoints import save_ner_checkpoint
 
 # Not runnable on its own: the shared set-up that the benchmark scripts import.
-HELPER_MODULES = {"benchmarks/bench_common.py"}
+HELPER_MODULES = {"benchmarks/bench_common.py", "benchmarks/real_size_detectors.py"}
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "O", "B-ORG", "O", "B-MISC", "I-MISC"]
 WORDS = "john smith visits london with acme and the blackburn festival of voice today rt @ paris".split()
@@ -109,7 +109,8 @@ SCRIPTS: dict[str, tuple[str, bool]] = {
         False,
     ),
     "benchmarks/bench_object_extraction.py": (
-        "--data_dir {twitter2015} --images 1 --repeats 1 --detector_size tiny --output_json {json}",
+        "--data_dir {twitter2015} --families detr-resnet-50 yolos-tiny --input_size 64 96 --images 2 --repeats 1 "
+        "--threads 1 --one_per_forward --output_json {json}",
         False,
     ),
     "benchmarks/bench_prediction.py": (
@@ -119,6 +120,11 @@ SCRIPTS: dict[str, tuple[str, bool]] = {
     "benchmarks/bench_prediction_objects.py": (
         "--data_dir {twitter2015} --posts 1 --detector_size tiny --output_json {json}",
         False,
+    ),
+    "benchmarks/bench_stages.py": (
+        "--data_dir {twitter2015} --towers tiny --detectors detr-resnet-50 --detector_input_size 64 96 --posts 2 "
+        "--repeats 1 --threads 1 --output_json {json}",
+        True,
     ),
     "benchmarks/bench_training_step.py": (
         "--data_dir {twitter2017} --batch_size 2 --num_batches 1 --warmup_steps 0 --steps 1 --memory_steps 1 "
@@ -133,7 +139,7 @@ SCRIPTS: dict[str, tuple[str, bool]] = {
     "benchmarks/bench_vs_pipeline.py": (
         "{checkpoint} --data_dir {twitter2017} --image_dirs {twitter2017} --relation_labels {data}/mnre_rel2id.json "
         "--posts 3 --batch_size 2 --rounds 1 --threads 1 --memory_posts 2 3 --pipeline_dtypes float32 bfloat16 "
-        "--cpu_isa avx2 --output_json {json}",
+        "--backend onnxruntime --cpu_isa avx2 --output_json {json}",
         True,
     ),
     "benchmarks/bench_vs_plain.py": (
@@ -156,9 +162,20 @@ def script_files() -> set[str]:
     return {str(path.relative_to(REPO)) for path in paths} - HELPER_MODULES
 
 
+# Scripts whose smoke run checks more than a report (ratios, both models' sizes) have a test file of their own.
+OWN_SMOKE_TESTS = {
+    "benchmarks/bench_ray.py": "tests/benchmarks/test_bench_ray.py",
+}
+
+
 def test_every_script_has_a_smoke_run():
-    assert script_files() - SCRIPTS.keys() == set(), "add the new script's smoke arguments to SCRIPTS"
-    assert SCRIPTS.keys() - script_files() == set(), "SCRIPTS names a script that no longer exists"
+    covered = SCRIPTS.keys() | OWN_SMOKE_TESTS.keys()
+    assert script_files() - covered == set(), "add the new script's smoke arguments to SCRIPTS"
+    assert covered - script_files() == set(), "SCRIPTS or OWN_SMOKE_TESTS names a script that no longer exists"
+    for script, test_file in OWN_SMOKE_TESTS.items():
+        assert Path(script).name in (REPO / test_file).read_text(encoding="utf-8"), (
+            f"{test_file} does not run {script}"
+        )
 
 
 @pytest.mark.parametrize(
