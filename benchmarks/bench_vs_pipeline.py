@@ -3,7 +3,7 @@
 python benchmarks/bench_vs_pipeline.py runs/full-text-twitter2017 --posts 2000 --rounds 2 --threads 1 2 \
     [--relation_model DIR] [--before NAME=DIR ...] [--mmib_variants 'int8=--dtype int8' ...] \
     [--variants text image ner_re memory] [--pipeline_dtypes float32 bfloat16] [--backend onnxruntime ...] \
-    [--cpu_isa avx2]     [--output_json FILE]
+    [--cpu_isa avx2] [--output_json FILE]
 
 Posts: the raw Twitter-2017 test posts (`--data_dir`, words joined by spaces), repeated to `--posts`. Every
 measurement is a fresh process timed from its start to its end (imports and model loading included), its peak memory

@@ -139,7 +139,7 @@ SCRIPTS: dict[str, tuple[str, bool]] = {
     "benchmarks/bench_vs_pipeline.py": (
         "{checkpoint} --data_dir {twitter2017} --image_dirs {twitter2017} --relation_labels {data}/mnre_rel2id.json "
         "--posts 3 --batch_size 2 --rounds 1 --threads 1 --memory_posts 2 3 --pipeline_dtypes float32 bfloat16 "
-        "--backend onnxruntime --output_json {json}",
+        "--backend onnxruntime --cpu_isa avx2 --output_json {json}",
         True,
     ),
     "benchmarks/bench_vs_plain.py": (
