@@ -173,8 +173,9 @@ class DetectorAdapter:
     @property
     def input_size(self) -> list[int] | None:
         """`[shortest_edge, longest_edge]` the images are resized to; `None` for a processor of a fixed size."""
-        size = self.size or getattr(self.processor, "image_processor", self.processor).size
-        if "shortest_edge" in size and "longest_edge" in size:
+        # A processor of a family without edge sizes (a remote-code detector's own) has no `size` at all.
+        size = self.size or getattr(getattr(self.processor, "image_processor", self.processor), "size", None)
+        if size and "shortest_edge" in size and "longest_edge" in size:
             return [size["shortest_edge"], size["longest_edge"]]
         return None
 
@@ -189,7 +190,7 @@ class DetectorAdapter:
             self.size = None
             return
         if self.input_size is None:
-            size = getattr(self.processor, "image_processor", self.processor).size
+            size = getattr(getattr(self.processor, "image_processor", self.processor), "size", None) or {}
             raise ValueError(
                 f"input_size sets the shortest and longest edge, but the {self.model_type} processor resizes to a "
                 f"fixed size ({dict(size)}): leave input_size unset for this detector."
