@@ -37,6 +37,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+# oneDNN's ISA caps below AVX512_CORE_BF16 (the values `ONEDNN_MAX_CPU_ISA` takes): bf16 products are emulated.
+ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
 def native_bf16(device: torch.device) -> bool:
     """
     Whether `device` multiplies bf16 natively, where bf16 autocast is faster than fp32 rather than emulated and
@@ -45,13 +49,17 @@ def native_bf16(device: torch.device) -> bool:
     emulates it, although oneDNN reports bf16 support there). Other devices count as not native.
 
     The CUDA answer is that of `device` itself, not of the current device; the CPU flags come from
-    `torch.cpu.get_capabilities()` (cpuinfo), which every platform torch runs on answers.
+    `torch.cpu.get_capabilities()` (cpuinfo), which every platform torch runs on answers. Kernels capped below
+    AVX-512 (`ONEDNN_MAX_CPU_ISA=AVX2`, `ATEN_CPU_CAPABILITY=avx2`, as to reproduce a CPU without AVX-512) emulate
+    bf16 on any CPU: not native.
     """
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
         flags = torch.cpu.get_capabilities()
-        return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+        capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_ISAS_WITHOUT_BF16
+        capped |= torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2", "VSX", "ZVECTOR")
+        return bool(flags.get("avx512_bf16") or flags.get("amx_bf16")) and not capped
     return False
 
 

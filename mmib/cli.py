@@ -10,6 +10,7 @@ accelerate launch --multi_gpu --num_processes 2 -m mmib.cli predict MODEL --inpu
 mmib predict-ray runs/demo-twitter2017 --input posts/ --output out/ --concurrency 2 [--detection_stage]
 mmib ablate configs/image_decides_ner.yaml --seeds 1 2 3 --output_dir runs/ablation [mmib train flags]
 mmib sweep configs/image_decides_ner.yaml --beta_text 0 0.1 1 --beta_vision 0 0.1 1 --output_dir runs/sweep
+mmib export-onnx runs/demo-twitter2017 [--int8] [--measure_posts posts.jsonl]   # then predict --backend onnxruntime
 mmib explain runs/model --input posts.jsonl --output_dir runs/explain
 mmib extract-objects ../shared/data/twitter2017 --detector IDEA-Research/grounding-dino-tiny --output_dir crops/t17
 mmib modality-gap runs/no_ar runs/full --data configs/image_decides_ner.yaml --split test --output_dir runs/gap
@@ -67,7 +68,16 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crops", nargs="*", default=[], help="One post: object crop files of the image.")
     parser.add_argument("--head", nargs=2, type=int, metavar=("START", "END"), help="One post, RE: head word span.")
     parser.add_argument("--tail", nargs=2, type=int, metavar=("START", "END"), help="One post, RE: tail word span.")
-    parser.add_argument("--relation_model", help="RE checkpoint run on every ordered pair of predicted entities.")
+    parser.add_argument(
+        "--relation_model",
+        help="RE checkpoint run on the ordered pairs of predicted entities whose types match a type signature it "
+        "records (every pair if it records none).",
+    )
+    parser.add_argument(
+        "--all_pairs",
+        action="store_true",
+        help="NER -> RE: classify every ordered pair, also those of types no relation signature allows.",
+    )
     parser.add_argument("--max_pairs_per_post", type=int, default=240, help="Entity pairs classified per post.")
     parser.add_argument("--keep_none", action="store_true", help="Keep relations labelled None.")
     parser.add_argument("--batch_size", type=int, default=32, help="Posts per forward pass.")
@@ -85,6 +95,14 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         "int8 text and fusion layers (CPU only, opt-in: its cost in F1 is in docs/prediction.md).",
     )
     parser.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when present).")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime"],
+        help="onnxruntime = the text side as exported by `mmib export-onnx` (CPU; float32 or int8); auto = the path "
+        "the export measured fastest among those keeping >= 98%% of posts as fp32, else torch (docs/prediction.md).",
+    )
+    parser.add_argument("--onnx_dir", metavar="DIR", help="The export of MODEL (default: MODEL/onnx).")
     parser.add_argument("--quiet", action="store_true", help="No progress bar and no dtype/summary lines.")
     parser.add_argument("--strict", action="store_true", help="Exit non-zero at the first row with an error.")
     parser.add_argument(
@@ -142,16 +160,22 @@ def _predict(args: argparse.Namespace, _: list[str]) -> None:
         batch_size=args.batch_size,
         max_pairs_per_post=args.max_pairs_per_post,
         keep_none=args.keep_none,
+        all_pairs=args.all_pairs,
         image_feature_cache=args.image_feature_cache,
         object_detector=_object_detector(args),
         detector_trust_remote_code=args.detector_trust_remote_code,
+        backend=args.backend,
+        onnx_dir=args.onnx_dir,
     )
     num_workers = args.num_workers
     # Loaded before the data loader forks, so that its workers share the detector; a CUDA detector cannot run in
     # forked workers.
     if predictor.object_extractor is not None and predictor.device.type == "cuda":
         num_workers = 0
-    log(f"device {predictor.device}, dtype {str(predictor.dtype).removeprefix('torch.')} ({predictor.dtype_reason})")
+    log(
+        f"device {predictor.device}, dtype {str(predictor.dtype).removeprefix('torch.')} ({predictor.dtype_reason}), "
+        f"backend {predictor.backend} ({predictor.backend_reason})"
+    )
     if args.input is None:
         result = predictor(_single_post(args))
         print(json.dumps(result, ensure_ascii=False))
@@ -166,6 +190,34 @@ def _predict(args: argparse.Namespace, _: list[str]) -> None:
         print(f"mmib: {error}", file=sys.stderr)
         raise SystemExit(1) from error
     log(str(summary))
+
+
+def _export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="A local MMIB checkpoint folder (NER or RE).")
+    parser.add_argument("--output", metavar="DIR", help="The export folder (default: MODEL/onnx).")
+    parser.add_argument("--int8", action="store_true", help="Also write the dynamic int8 graph (--dtype int8).")
+    parser.add_argument(
+        "--measure_posts",
+        metavar="FILE",
+        help="JSON-lines posts: time every path --backend auto chooses from and compare its tags with fp32 here; "
+        "the result is recorded in the export (without it, auto keeps torch).",
+    )
+    parser.add_argument("--batch_size", type=int, default=32, help="Posts per forward in the measurement.")
+
+
+def _export_onnx(args: argparse.Namespace, _: list[str]) -> None:
+    from .onnx_export import export_onnx
+    from .post_files import read_posts
+
+    posts = None
+    if args.measure_posts is not None:
+        posts = [
+            {"id": post.id, "words": post.words, "image": post.image, "crops": post.crops}
+            | ({"head": post.head, "tail": post.tail} if post.head is not None else {})
+            for post in read_posts(args.measure_posts, decode_images=False)
+        ]
+    manifest = export_onnx(args.model, args.output, int8=args.int8, measure_posts=posts, batch_size=args.batch_size)
+    print(json.dumps(manifest, indent=2))
 
 
 def _ablate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -296,6 +348,11 @@ COMMANDS: dict[str, Command] = {
         "`mmib predict` on Ray Data (docs/scale.md): .jsonl / .parquet posts in, a folder of rows out.",
         ray_command.run,
         ray_command.add_arguments,
+    ),
+    "export-onnx": Command(
+        "Write the text side of a checkpoint as an ONNX graph for `mmib predict --backend onnxruntime`.",
+        _export_onnx,
+        _export_onnx_arguments,
     ),
     "ablate": Command(
         "Train the full model and every ablation with the same seeds; write ablation.csv and ablation.md.",

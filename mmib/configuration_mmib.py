@@ -63,6 +63,13 @@ class MMIBConfig(PreTrainedConfig):
             In-batch negatives per post for the alignment regularizer: among the posts that have an image, post i
             is paired with the images of posts i-1, ..., i-k (the batch rolled by 1..k). Capped at that number
             minus one, so a batch with a single image has no negative term.
+        latent_logvar_init (`float`, *optional*, defaults to -6.0):
+            Log-variance with which every latent starts: the output LayerNorm of each log-variance APEnc starts with
+            weight 0 and this bias, so a fresh model samples Z = mean + exp(-3) * eps and the variance grows only as
+            far as the objective asks (as Alemi et al.'s deep VIB starts its sigma at softplus(-5)). `None`: that
+            LayerNorm starts as every other (weight 1, bias 0); on a BERT-like tower's states the log-variance then
+            starts as large as the signal (median noise variance 1) and near 15 in outlier dimensions, which costs a
+            text-only MNRE run 1-3 F1 points in its first epoch (docs/paper.md). Loaded checkpoints keep their weights.
         use_refinement_regularizer (`bool`, *optional*, defaults to `True`):
             Ablation switch for the refinement regularizer L_rr (the two KL terms). `False`: the variational encoders
             have no log-variance APEnc layer, Z = mean in training too, and `kl_text` / `kl_vision` are `None` and
@@ -82,6 +89,12 @@ class MMIBConfig(PreTrainedConfig):
             Relation head only. `"start"`: the fused states at the `<s>` and `<o>` entity start markers.
             `"span_mean"`: the mean of the fused states strictly between each entity's markers, leaving out the
             other entity's markers (which nested or identical spans put there).
+        relation_type_signatures (`list[list[str]]`, *optional*):
+            Relation head only: the `[head type, tail type]` pairs (lower case, see
+            `re_encoding_mmib.normalize_entity_type`) that carry a relation other than the no-relation label in
+            the training data, recorded by the training run. NER -> RE classifies only the entity pairs whose
+            predicted types match one of them (the others are counted as skipped); `None` (checkpoints that do not
+            record them) classifies every pair. Relation classification of given spans never consults them.
         layer_norm_eps (`float`, *optional*, defaults to 1e-12):
             Epsilon of the APEnc layer norms.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -116,11 +129,13 @@ class MMIBConfig(PreTrainedConfig):
     kl_reduction: Literal["mean", "sum"] = "mean"
     alignment_pooling: Literal["mean", "first"] = "mean"
     num_negatives: int = 1
+    latent_logvar_init: float | None = -6.0
     use_refinement_regularizer: bool = True
     use_alignment_regularizer: bool = True
     text_only: bool = False
     freeze_vision_encoder: bool = True
     entity_pooling: Literal["start", "span_mean"] = "start"
+    relation_type_signatures: list[list[str]] | None = None
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
 

@@ -19,11 +19,16 @@ JSON-lines crops are named by record index. The dictionaries are read back with
 `load_twitter_ner(data_dir, crop_dir=output_dir, crop_dicts=report.crop_dicts)` (or `load_mnre`); the JSON-lines
 file with `load_jsonl`.
 
-A post that brings its own crops (JSON lines) is left alone; a post without an image file gets no crops. An image
-that cannot be decoded is counted and recorded, and the run goes on. Each post's crops are written first and its
-record last, both atomically (temporary file, then rename): a killed run resumes where it stopped and never redoes
-a recorded post. Under `accelerate launch` the posts are split across processes
-(`PartialState().split_between_processes`); the main process writes the dictionaries and the report.
+A post that brings its own crops (JSON lines) is left alone; a post without an image file gets no crops. No image stops
+a run: an image that cannot be decoded, or that the detector fails on even alone, is counted, listed with its reason in
+the report and recorded (no crops; its row is written all the same), and the run goes on. Each post's crops are written
+first and its record last, both atomically (temporary file, then rename): a killed run resumes where it stopped and
+never redoes a recorded post. Before a batch is detected, each of its posts notes an attempt
+(`.records/<split>/<key>.attempts`); a resumed run detects a post that was being detected when a run died alone, and
+records a post that was being detected when `MAX_ATTEMPTS` runs died as failed instead of trying it again, so that an
+image that kills the process (e.g. out of memory) never stops a data set from finishing. Under `accelerate launch` the
+posts are split across processes (`PartialState().split_between_processes`); the main process writes the dictionaries
+and the report.
 
 [`extract_missing_crops`] does the same for the rows of a `DatasetDict` already read (`train_mmib.py
 --object_detector`): each split's rows are written as JSON lines named by their content
@@ -50,7 +55,7 @@ from .atomic_files_mmib import atomic_write, atomic_write_text
 from .data.media import SPLIT_FOLDERS, MissingMediaReport, missing_media_report
 from .data.mnre import MNRE_SPLITS, load_mnre
 from .data.twitter import TWITTER_SPLITS, load_twitter_ner
-from .object_extraction_mmib import ZERO_SHOT, MMIBObjectExtractor
+from .object_extraction_mmib import ZERO_SHOT, DetectionError, MMIBObjectExtractor
 from .post_files import read_posts
 from .posts_mmib import PreparedPost
 
@@ -58,8 +63,10 @@ logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 DATASETS = ("jsonl", "twitter2015", "twitter2017", "mnre")
-# How many unreadable files the report lists by name (all are counted).
+# How many unreadable or failed files the report lists by name with the reason (all are counted).
 LISTED_FILES = 20
+# Runs that may die while detecting a post before the post is recorded as failed.
+MAX_ATTEMPTS = 2
 
 
 @dataclass
@@ -72,6 +79,9 @@ class ExtractionReport:
         no_image: posts without an image or whose image file does not exist.
         unreadable: image files that could not be decoded (their posts get no crops).
         unreadable_files: the first `LISTED_FILES` of them.
+        failed: images the detector failed on even alone, or that were being detected when `MAX_ATTEMPTS` runs died
+            (their posts get no crops).
+        failures: the first `LISTED_FILES` unreadable or failed images, `{"file", "status", "reason"}`.
         no_query: posts without any query (text-queried detectors; no crops).
         with_objects: posts that got at least one crop.
         without_objects: posts whose image had no box passing the selection.
@@ -90,6 +100,8 @@ class ExtractionReport:
     no_image: int = 0
     unreadable: int = 0
     unreadable_files: list[str] = field(default_factory=list)
+    failed: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
     no_query: int = 0
     with_objects: int = 0
     without_objects: int = 0
@@ -152,6 +164,35 @@ def _record_path(output_dir: Path, item: _Item) -> Path:
     return output_dir / ".records" / item.split / f"{item.key}.json"
 
 
+def _attempts_path(output_dir: Path, item: _Item) -> Path:
+    return output_dir / ".records" / item.split / f"{item.key}.attempts"
+
+
+def _attempts(output_dir: Path, item: _Item) -> int:
+    """Runs that started detecting this post and did not record it (see the module docstring)."""
+    path = _attempts_path(output_dir, item)
+    try:
+        return int(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _note_attempt(output_dir: Path, item: _Item, attempts: int) -> None:
+    path = _attempts_path(output_dir, item)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, str(attempts + 1))
+
+
+def _record_given_up(output_dir: Path, item: _Item, attempts: int) -> None:
+    """Records a post whose detection was under way when `attempts` runs died: failed, never tried again."""
+    reason = f"the process died while detecting this image in {attempts} runs; not tried again"
+    logger.warning("No objects for %s: %s", item.post.image, reason)
+    record = {"status": "failed", "reason": reason, "image": item.post.image, "crops": [], "objects": []}
+    path = _record_path(output_dir, item)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(path, record)
+
+
 def _crop_name(item: _Item, index: int) -> str:
     return f"{Path(item.key).stem if item.key.endswith('.jpg') else item.key}_crop_{index}.png"
 
@@ -159,16 +200,19 @@ def _crop_name(item: _Item, index: int) -> str:
 def _process(extractor: MMIBObjectExtractor, items: Sequence[_Item], output_dir: Path) -> None:
     """Detects, writes the crops and then the record of each post (atomically)."""
     posts = [item.post for item in items]
+    errors: list[Exception | None] = []
     results = extractor(
         [post.image for post in posts],
         words=[post.words for post in posts],
         head_spans=[post.head for post in posts],
         tail_spans=[post.tail for post in posts],
         on_unreadable="mask",
+        errors=errors,
     )
-    for item, post, objects in zip(items, posts, results):
+    for item, post, objects, error in zip(items, posts, results, errors):
         if objects is None:
-            record = {"status": "unreadable", "image": post.image, "crops": [], "objects": []}
+            status = "failed" if isinstance(error, DetectionError) else "unreadable"
+            record = {"status": status, "reason": str(error), "image": post.image, "crops": [], "objects": []}
         else:
             crop_folder = output_dir / item.split / "crops"
             crop_folder.mkdir(parents=True, exist_ok=True)
@@ -249,9 +293,22 @@ def extract_objects(
     with state.split_between_processes(work) as mine:
         shown = show_progress and state.is_local_main_process
         progress = tqdm(total=len(mine), desc="object extraction", unit="post", disable=not shown)
-        for start in range(0, len(mine), extractor.batch_size):
-            batch = mine[start : start + extractor.batch_size]
-            _process(extractor, batch, output_dir)
+        attempts = {id(item): _attempts(output_dir, item) for item in mine}
+        # Posts a dead run was detecting go first and alone: one of them may be what killed it.
+        retried = [[item] for item in mine if attempts[id(item)]]
+        fresh = [item for item in mine if not attempts[id(item)]]
+        batches = retried + [
+            fresh[start : start + extractor.batch_size] for start in range(0, len(fresh), extractor.batch_size)
+        ]
+        for batch in batches:
+            if attempts[id(batch[0])] >= MAX_ATTEMPTS:
+                _record_given_up(output_dir, batch[0], attempts[id(batch[0])])
+            else:
+                for item in batch:
+                    _note_attempt(output_dir, item, attempts[id(item)])
+                _process(extractor, batch, output_dir)
+            for item in batch:
+                _attempts_path(output_dir, item).unlink(missing_ok=True)
             progress.update(len(batch))
         progress.close()
     state.wait_for_everyone()
@@ -293,10 +350,17 @@ def _summarise(
         if record is None:
             continue
         status = record["status"]
-        if status == "unreadable":
-            report.unreadable += 1
-            if len(report.unreadable_files) < LISTED_FILES:
-                report.unreadable_files.append(post.image)
+        if status in ("unreadable", "failed"):
+            if status == "unreadable":
+                report.unreadable += 1
+                if len(report.unreadable_files) < LISTED_FILES:
+                    report.unreadable_files.append(post.image)
+            else:
+                report.failed += 1
+            if len(report.failures) < LISTED_FILES:
+                # Records of earlier versions give no reason.
+                reason = record.get("reason", "")
+                report.failures.append({"file": post.image, "status": status, "reason": reason})
         elif status == "no_query":
             report.no_query += 1
         elif status == "none":

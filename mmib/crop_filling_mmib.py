@@ -120,11 +120,14 @@ class CropFiller:
                 self._warned = True
                 logger.warning(missing_crops_message(self.num_crops))
             return
+        # The detector failing on an image (it already decoded) must not cost the post its row: the post keeps its
+        # whole image and gets no crops; the extractor warns naming the image and counts it (`stats["failed"]`).
         found = extractor(
             [post.image for post in todo],
             words=[post.words for post in todo],
             head_spans=[post.head for post in todo],
             tail_spans=[post.tail for post in todo],
+            on_unreadable="mask",
         )
         for post, objects in zip(todo, found):
             objects = (objects or [])[: self.num_crops]

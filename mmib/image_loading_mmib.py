@@ -80,17 +80,28 @@ def to_rgb(image: Image.Image, pad: bool = True) -> Image.Image:
         background = Image.new("RGBA", rgba.size, _WHITE + (255,))
         image = Image.alpha_composite(background, rgba)
     image = image.convert("RGB")
-    if not pad:
-        return image
+    return pad_extreme_aspect_ratio(image)[0] if pad else image
+
+
+def pad_extreme_aspect_ratio(image: Image.Image) -> tuple[Image.Image, tuple[int, int]]:
+    """
+    Pads an RGB image whose aspect ratio exceeds `MAX_ASPECT_RATIO` with white on its short side, centred, to that
+    ratio; any other image is returned as it is.
+
+    Returns:
+        `(image, (left, top))`: the padded image and where the original's top-left pixel lies in it, so that a box
+        found in the padded image is mapped back by subtracting `(left, top, left, top)`.
+    """
     width, height = image.size
     short, long = min(width, height), max(width, height)
-    if short * MAX_ASPECT_RATIO < long:
-        padded_short = -(-long // MAX_ASPECT_RATIO)
-        size = (padded_short, height) if width < height else (width, padded_short)
-        canvas = Image.new("RGB", size, _WHITE)
-        canvas.paste(image, ((size[0] - width) // 2, (size[1] - height) // 2))
-        image = canvas
-    return image
+    if short * MAX_ASPECT_RATIO >= long:
+        return image, (0, 0)
+    padded_short = -(-long // MAX_ASPECT_RATIO)
+    size = (padded_short, height) if width < height else (width, padded_short)
+    offset = ((size[0] - width) // 2, (size[1] - height) // 2)
+    canvas = Image.new("RGB", size, _WHITE)
+    canvas.paste(image, offset)
+    return canvas, offset
 
 
 class UnreadableImageError(ValueError):
@@ -242,5 +253,6 @@ __all__ = [
     "UnreadableImageError",
     "encode_post_images",
     "load_image",
+    "pad_extreme_aspect_ratio",
     "to_rgb",
 ]

@@ -266,6 +266,10 @@ class MMIBAttentivePropagationEncoder(GradientCheckpointingLayer):
         return self.output_layer_norm(hidden + self.dropout(self.feed_forward(hidden))), weights
 
 
+class MMIBLogVarLayerNorm(nn.LayerNorm):
+    """The output LayerNorm of a log-variance APEnc: it starts at `config.latent_logvar_init` (see `_init_weights`)."""
+
+
 class MMIBVariationalEncoder(nn.Module):
     """Gaussian latent of one modality: separate APEnc layers for the mean and the log-variance (paper eq. 6-9)."""
 
@@ -273,7 +277,10 @@ class MMIBVariationalEncoder(nn.Module):
         super().__init__()
         self.mean_encoder = MMIBAttentivePropagationEncoder(config)
         # Without the refinement regularizer the latent is deterministic: there is no variance to learn.
-        self.logvar_encoder = MMIBAttentivePropagationEncoder(config) if config.use_refinement_regularizer else None
+        self.logvar_encoder = None
+        if config.use_refinement_regularizer:
+            self.logvar_encoder = MMIBAttentivePropagationEncoder(config)
+            self.logvar_encoder.output_layer_norm = MMIBLogVarLayerNorm(config.latent_size, eps=config.layer_norm_eps)
 
     def forward(
         self, states: torch.Tensor, mask: torch.Tensor, with_logvar: bool = True, **kwargs
@@ -563,6 +570,10 @@ class MMIBPreTrainedModel(PreTrainedModel):
             init.uniform_(module.start_transitions, -0.1, 0.1)
             init.uniform_(module.end_transitions, -0.1, 0.1)
             init.uniform_(module.transitions, -0.1, 0.1)
+        if isinstance(module, MMIBLogVarLayerNorm) and self.config.latent_logvar_init is not None:
+            # A near-deterministic start: a default LayerNorm starts the latent with noise as large as its signal.
+            init.zeros_(module.weight)
+            init.constant_(module.bias, self.config.latent_logvar_init)
 
     @classmethod
     def from_text_vision_pretrained(
@@ -969,6 +980,23 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
         """
         return self.crf.decode(logits.float(), word_index >= 0)
 
+    def head_logits(self, last_hidden_state: torch.Tensor, word_index: torch.LongTensor) -> torch.Tensor:
+        """
+        The CRF emissions of the fused states: the head's part of `forward` after the encoder (the exported ONNX
+        graph ends here; the CRF runs outside it).
+
+        Args:
+            last_hidden_state (`torch.Tensor` of shape `(B, L, d)`): [`MMIBModel`]'s output.
+            word_index (`torch.LongTensor` of shape `(B, W)`): as given to `forward`.
+
+        Returns:
+            `torch.Tensor` of shape `(B, W, K)`.
+        """
+        word_states = last_hidden_state.gather(
+            1, word_index.clamp(min=0)[:, :, None].expand(-1, -1, last_hidden_state.shape[-1])
+        )
+        return self.classifier(self.dropout(word_states))
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -1016,10 +1044,7 @@ class MMIBForTokenClassification(MMIBPreTrainedModel):
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
         word_mask = word_index >= 0
-        word_states = outputs.last_hidden_state.gather(
-            1, word_index.clamp(min=0)[:, :, None].expand(-1, -1, outputs.last_hidden_state.shape[-1])
-        )
-        logits = self.classifier(self.dropout(word_states))
+        logits = self.head_logits(outputs.last_hidden_state, word_index)
         task_loss = None
         if labels is not None:
             if (word_mask & (labels < 0)).any():
@@ -1059,6 +1084,20 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
             inside = ((positions > start[:, None]) & (positions < end[:, None]) & ~is_other_marker).to(states.dtype)
             vectors.append((states * inside[:, :, None]).sum(1) / inside.sum(1, keepdim=True).clamp(min=1.0))
         return torch.cat(vectors, dim=-1)
+
+    def head_logits(self, last_hidden_state: torch.Tensor, entity_positions: torch.LongTensor) -> torch.Tensor:
+        """
+        The relation logits of the fused states: the head's part of `forward` after the encoder (the exported ONNX
+        graph ends here).
+
+        Args:
+            last_hidden_state (`torch.Tensor` of shape `(B, L, d)`): [`MMIBModel`]'s output.
+            entity_positions (`torch.LongTensor` of shape `(B, 2, 2)`): as given to `forward`.
+
+        Returns:
+            `torch.Tensor` of shape `(B, R)`.
+        """
+        return self.classifier(self.dropout(self._entity_vectors(last_hidden_state, entity_positions)))
 
     def forward(
         self,
@@ -1104,8 +1143,7 @@ class MMIBForRelationClassification(MMIBPreTrainedModel):
             entity_positions=entity_positions,
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        entity_vectors = self._entity_vectors(outputs.last_hidden_state, entity_positions)
-        logits = self.classifier(self.dropout(entity_vectors))
+        logits = self.head_logits(outputs.last_hidden_state, entity_positions)
         task_loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         output = MMIBRelationClassifierOutput(logits=logits, **_loss_fields(self.config, task_loss, outputs))
         return output if return_dict else output.to_tuple()

@@ -3,10 +3,11 @@ Boxes of object extraction (see `object_extraction_mmib`): [`DetectedObject`], a
 objects from a detector's boxes ([`select_objects`]: rounding outwards and clipping to the image, a minimum size,
 ordering, class-agnostic NMS, the top `num_crops`).
 
-The rule, checked against brute force in the tests: each box is rounded outwards to whole pixels and clipped:
-`x0 = max(0, floor(x0))`, `y0 = max(0, floor(y0))`, `x1 = min(width, ceil(x1))`, `y1 = min(height, ceil(y1))` (so
-the crop `image.crop(box)` contains the whole predicted box and nothing outside the image); boxes narrower or lower
-than `min_size` pixels are dropped; the rest are ordered by score (descending), ties by `(x0, y0, x1, y1)` then
+The rule, checked against brute force in the tests: each box is rounded outwards to whole pixels and clipped: `x0 =
+max(0, floor(x0))`, `y0 = max(0, floor(y0))`, `x1 = min(width, ceil(x1))`, `y1 = min(height, ceil(y1))` (so the crop
+`image.crop(box)` contains the whole predicted box and nothing outside the image); boxes narrower or lower than
+`min_size` pixels (and at least one pixel, so `0 <= x0 < x1 <= width`, `0 <= y0 < y1 <= height`), or whose coordinates
+or score are not finite, are dropped; the rest are ordered by score (descending), ties by `(x0, y0, x1, y1)` then
 query; greedy class-agnostic NMS in that order drops a box whose IoU with a kept one exceeds `nms_iou`, and stops at
 `num_crops` kept boxes (the same as NMS followed by the top `num_crops`).
 
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-__all__ = ["DetectedObject", "box_iou", "round_and_clip", "select_objects"]
+__all__ = ["DetectedObject", "box_iou", "round_and_clip", "select_objects", "shift_boxes"]
 
 
 @dataclass
@@ -83,7 +84,9 @@ def select_objects(
         raise ValueError(f"{len(boxes)} boxes, {len(scores)} scores and {len(queries)} queries do not match.")
     rounded = round_and_clip(boxes, image_size)
     sizes = rounded[:, 2:] - rounded[:, :2]
-    keep = (scores > threshold) & (sizes >= min_size).all(dim=1) & torch.isfinite(scores)
+    finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+    # A box must keep at least one pixel inside the image (0 <= x0 < x1 <= width), whatever `min_size`.
+    keep = (scores > threshold) & (sizes >= max(min_size, 1)).all(dim=1) & finite
     candidates = [
         (score, tuple(int(value) for value in box), query)
         for score, box, query, kept in zip(scores.tolist(), rounded.tolist(), queries, keep.tolist())
@@ -115,6 +118,12 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     intersection = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
     union = area1[:, None] + area2[None, :] - intersection
     return torch.where(union > 0, intersection / union.clamp(min=1e-12), torch.zeros_like(union))
+
+
+def shift_boxes(boxes: torch.Tensor, offset: tuple[int, int]) -> torch.Tensor:
+    """Boxes `(N, 4)` found in an image padded at `offset` `(left, top)`, in the pixels of the image itself."""
+    left, top = offset
+    return boxes.reshape(-1, 4) - torch.tensor([left, top, left, top], dtype=boxes.dtype, device=boxes.device)
 
 
 def round_and_clip(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:

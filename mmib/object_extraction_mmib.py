@@ -39,15 +39,30 @@ import torch
 from PIL import Image
 
 from .detection_cache_mmib import DetectionCache, detection_key, image_sha256
-from .image_loading_mmib import UnreadableImageError, load_image
-from .object_boxes_mmib import DetectedObject, select_objects
+from .image_loading_mmib import UnreadableImageError, load_image, pad_extreme_aspect_ratio
+from .object_boxes_mmib import DetectedObject, select_objects, shift_boxes
 from .object_detectors_mmib import CLOSED_SET, ZERO_SHOT, adapter_for, detector_dtype, load_detector
 from .object_queries_mmib import rule_queries
 from .object_settings_mmib import ObjectExtractionSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MMIBObjectExtractor"]
+__all__ = ["DetectionError", "MMIBObjectExtractor"]
+
+
+class DetectionError(RuntimeError):
+    """
+    The detector (or its processor) failed on one image, alone.
+
+    Args:
+        image: the image file or PIL image.
+        error (`Exception`): what the detector raised.
+    """
+
+    def __init__(self, image: Any, error: Exception):
+        self.image = image
+        name = os.fspath(image) if isinstance(image, str | os.PathLike) else f"a {type(image).__name__}"
+        super().__init__(f"The detector failed on image {name}: {type(error).__name__}: {error}")
 
 
 class MMIBObjectExtractor:
@@ -95,6 +110,7 @@ class MMIBObjectExtractor:
             "without_objects": 0,
             "no_query": 0,
             "unreadable": 0,
+            "failed": 0,
         }
 
     # ---------------------------------------------------------------------------------------------------------
@@ -264,6 +280,7 @@ class MMIBObjectExtractor:
         tail_spans: Sequence[Sequence[int] | None] | None = None,
         return_crops: bool = True,
         on_unreadable: str = "raise",
+        errors: list[Exception | None] | None = None,
     ) -> list[list[DetectedObject] | None]:
         """
         Extracts the objects of images.
@@ -273,16 +290,22 @@ class MMIBObjectExtractor:
             words (`list`, *optional*): each image's post words (the `"post"` rule needs them).
             head_spans, tail_spans (`list`, *optional*): each post's relation entity spans, or `None`.
             return_crops (`bool`, *optional*, defaults to `True`): cut the crops (`DetectedObject.crop`).
-            on_unreadable (`str`, *optional*, defaults to `"raise"`): for a missing or undecodable file, `"raise"`
-                the error or `"mask"`: log a warning naming the file, count it in `stats["unreadable"]` and give
-                `None` for that image.
+            on_unreadable (`str`, *optional*, defaults to `"raise"`): for a missing or undecodable file, or an image
+                the detector fails on (alone, see [`DetectionError`]), `"raise"` the error or `"mask"`: log a
+                warning naming the file, count it in `stats["unreadable"]` (resp. `stats["failed"]`) and give `None`
+                for that image.
+            errors (`list`, *optional*): filled with one entry per image: `None`, or the error that made it `None`
+                under `"mask"` (`FileNotFoundError`, [`UnreadableImageError`] or [`DetectionError`], each naming the
+                file and the reason).
 
         Returns:
             One list of [`DetectedObject`] per image, best first, at most `num_crops`; empty when nothing passes the
-            selection or the post has no query (both counted in `stats`); `None` for a masked unreadable image.
+            selection or the post has no query (both counted in `stats`); `None` for a masked unreadable image or
+            detector failure.
 
         Raises:
             FileNotFoundError, UnreadableImageError: an image file is missing or cannot be decoded (`"raise"`).
+            DetectionError: the detector fails on an image even alone (`"raise"`).
             ValueError: `words`/spans of another length than `images`, or an unknown `on_unreadable`.
         """
         if on_unreadable not in ("raise", "mask"):
@@ -293,8 +316,9 @@ class MMIBObjectExtractor:
         tail_spans = [None] * count if tail_spans is None else list(tail_spans)
         if not len(words) == len(head_spans) == len(tail_spans) == count:
             raise ValueError(f"{count} images but {len(words)} posts, {len(head_spans)} / {len(tail_spans)} spans.")
+        reasons: list[Exception | None] = [None] * count
         opened: list[tuple[Image.Image, str] | None] = []
-        for image in images:
+        for index, image in enumerate(images):
             try:
                 opened.append(self._open(image))
             except (FileNotFoundError, UnreadableImageError) as error:
@@ -302,6 +326,7 @@ class MMIBObjectExtractor:
                     raise
                 logger.warning("No objects for an unreadable image: %s", error)
                 self.stats["unreadable"] += 1
+                reasons[index] = error
                 opened.append(None)
         readable = [index for index, item in enumerate(opened) if item is not None]
         results: list[list[DetectedObject] | None] = [None] * count
@@ -311,7 +336,17 @@ class MMIBObjectExtractor:
             return_crops,
         )
         for index, objects in zip(readable, extracted):
+            if isinstance(objects, Exception):
+                failure = DetectionError(images[index], objects)
+                if on_unreadable == "raise":
+                    raise failure from objects
+                logger.warning("No objects: %s", failure)
+                self.stats["failed"] += 1
+                reasons[index] = failure
+                continue
             results[index] = objects
+        if errors is not None:
+            errors[:] = reasons
         return results
 
     @staticmethod
@@ -324,8 +359,9 @@ class MMIBObjectExtractor:
 
     def _extract(
         self, opened: list[tuple[Image.Image, str]], queries: list[list[str]], return_crops: bool
-    ) -> list[list[DetectedObject]]:
-        """Detections of opened images (cache first, then batched detector calls), with crops if asked."""
+    ) -> list[list[DetectedObject] | Exception]:
+        """Detections of opened images (cache first, then batched detector calls), with crops if asked; the error of
+        an image the detector failed on (see [`_detect_or_isolate`])."""
         keys = [self.cache_key(digest, image_queries) for (_, digest), image_queries in zip(opened, queries)]
         results: list[list[DetectedObject] | None] = []
         pending: dict[str, int] = {}
@@ -349,11 +385,17 @@ class MMIBObjectExtractor:
         for todo in by_size.values():
             for start in range(0, len(todo), self.batch_size):
                 batch = todo[start : start + self.batch_size]
-                detected = self._detect([opened[i][0] for i in batch], [queries[i] for i in batch])
+                detected = self._detect_or_isolate([opened[i][0] for i in batch], [queries[i] for i in batch])
                 for index, objects in zip(batch, detected):
+                    if isinstance(objects, Exception):
+                        results[index] = objects
+                        continue
                     self.cache.put(keys[index], opened[index][1], queries[index], objects)
         final = []
         for index, cached in enumerate(results):
+            if isinstance(cached, Exception):
+                final.append(cached)
+                continue
             objects = cached if cached is not None else self.cache.get(keys[index])
             if not objects:
                 self.stats["without_objects"] += 1
@@ -383,13 +425,34 @@ class MMIBObjectExtractor:
             self.dtype,
         )
 
+    def _detect_or_isolate(
+        self, images: list[Image.Image], queries: list[list[str]]
+    ) -> list[list[DetectedObject] | Exception]:
+        """
+        [`_detect`] on a batch; if the detector or its processor raises, each image again alone, so that one image
+        it cannot take costs only its own objects: that image's entry is the error.
+        """
+        try:
+            return self._detect(images, queries)
+        except Exception as error:  # a detector's own code may raise anything on an odd image; it is reported
+            if len(images) == 1:
+                return [error]
+        return [self._detect_or_isolate([image], [image_queries])[0] for image, image_queries in zip(images, queries)]
+
     @torch.inference_mode()
     def _detect(self, images: list[Image.Image], queries: list[list[str]]) -> list[list[DetectedObject]]:
-        """One detector call on a batch; returns the selected objects of each image."""
+        """
+        One detector call on a batch; returns the selected objects of each image.
+
+        An image of an extreme aspect ratio is detected padded with white to `MAX_ASPECT_RATIO` (a processor's
+        shortest-edge resize would shrink its short side to zero pixels); its boxes are shifted back into the
+        image's own pixels and clipped there by [`select_objects`], and a box wholly in the padding is dropped.
+        """
         self._announce()
         self.stats["detected_images"] += len(images)
         settings = self.settings
-        inputs = self.adapter.inputs(images, queries).to(self.device)
+        views = [pad_extreme_aspect_ratio(image) for image in images]
+        inputs = self.adapter.inputs([view for view, _ in views], queries).to(self.device)
         inputs = {
             name: value.to(self.dtype) if torch.is_floating_point(value) else value for name, value in inputs.items()
         }
@@ -398,16 +461,16 @@ class MMIBObjectExtractor:
         for name, value in outputs.items():
             if isinstance(value, torch.Tensor) and torch.is_floating_point(value):
                 outputs[name] = value.float()
-        target_sizes = [(image.height, image.width) for image in images]
+        target_sizes = [(view.height, view.width) for view, _ in views]
         processed = self.adapter.post_process(
             outputs, inputs, target_sizes, settings.threshold, settings.text_threshold
         )
         selected = []
-        for result, image, image_queries in zip(processed, images, queries):
+        for result, image, (_, offset), image_queries in zip(processed, images, views, queries):
             boxes, scores, labels = self.adapter.boxes_and_labels(result, image_queries, settings.categories)
             selected.append(
                 select_objects(
-                    boxes,
+                    shift_boxes(boxes, offset),
                     scores,
                     labels,
                     image.size,

@@ -104,9 +104,13 @@ def _image_field(value: Any, name: str, base_dir: str | None) -> str | Image.Ima
 
 
 def _open_image(value: str | Image.Image, name: str) -> Image.Image:
-    """The package's one image loader (`load_image`), its errors turned into this post's error row."""
+    """
+    The package's one image loader (`load_image`), its errors turned into this post's error row. The picture keeps
+    its own size (no padding of extreme aspect ratios): the object extractor cuts crops in its pixels, and the
+    processor pads it when it encodes it.
+    """
     try:
-        return load_image(value, where=name)
+        return load_image(value, where=name, pad=False)
     except FileNotFoundError as error:
         raise PostError("image", f"{name}: file not found: {value}") from error
     except UnreadableImageError as error:

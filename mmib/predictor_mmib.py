@@ -47,6 +47,7 @@ from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 from .checkpoints_mmib import load_checkpoint, resolve_device, resolve_dtype
 from .crop_filling_mmib import CropFiller, with_objects
 from .object_extraction_mmib import MMIBObjectExtractor
+from .onnx_runtime_mmib import MMIBOnnxRuntimeModel, default_onnx_dir, has_export, resolve_backend
 from .posts_mmib import PreparedPost, error_row, prepare_post
 from .quantization_mmib import quantize_int8
 from .relation_stage_mmib import RelationStage, add_cached_features, on_device
@@ -61,14 +62,18 @@ class MMIBPredictor:
     Args:
         model ([`PreTrainedModel`]): an MMIB NER (`MMIBForTokenClassification`) or RE model, in eval mode.
         processor ([`ProcessorMixin`]): its processor (`processor.task` says which).
-        relation_model ([`PreTrainedModel`], *optional*): an RE model to run on every ordered pair of the entities
-            the NER model finds.
+        relation_model ([`PreTrainedModel`], *optional*): an RE model to run on the ordered pairs of the entities
+            the NER model finds: the pairs whose predicted types match a (head type, tail type) signature its config
+            records (`relation_type_signatures`, written by the training run), or every pair if it records none.
         relation_processor ([`ProcessorMixin`], *optional*): the RE model's processor.
         batch_size (`int`, *optional*, defaults to 32): posts (and relation pairs) per forward pass.
         max_pairs_per_post (`int`, *optional*, defaults to 240): entity pairs classified per post (16 entities);
             further pairs are counted in the result's `pairs_left_out`.
         keep_none (`bool`, *optional*, defaults to `False`): keep relations labelled `none_label`.
         none_label (`str`, *optional*, defaults to `"None"`): the no-relation label.
+        all_pairs (`bool`, *optional*, defaults to `False`): classify every ordered pair of entities, also those
+            whose types match none of the relation model's type signatures (by default they get the no-relation
+            label without a forward pass and are counted in the result's `pairs_skipped_by_type`).
         compute_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): `torch.bfloat16` runs the models
             under bf16 autocast (matrix products in bf16, normalisations, softmax and the CRF in fp32), which keeps
             the entities of fp32 far more often than casting the weights to bf16. `torch.qint8` means the models'
@@ -95,6 +100,7 @@ class MMIBPredictor:
         max_pairs_per_post: int = 240,
         keep_none: bool = False,
         none_label: str = "None",
+        all_pairs: bool = False,
         compute_dtype: torch.dtype = torch.float32,
         image_feature_lookup: Callable[[str], torch.Tensor | None] | None = None,
         object_detector: str | bool | None = None,
@@ -112,6 +118,8 @@ class MMIBPredictor:
         self.batch_size = batch_size
         self.compute_dtype = compute_dtype
         self.dtype_reason = "as given"
+        self.backend = "onnxruntime" if isinstance(model, MMIBOnnxRuntimeModel) else "torch"
+        self.backend_reason = "as given"
         self.image_feature_lookup = image_feature_lookup
         self.relations = None
         if relation_model is not None:
@@ -123,6 +131,10 @@ class MMIBPredictor:
                 max_pairs_per_post,
                 keep_none,
                 none_label,
+                None if all_pairs else getattr(self.relation_model.config, "relation_type_signatures", None),
+            )
+            self.relations.warn_unknown_types(
+                {label.split("-", 1)[1] for label in model.config.id2label.values() if "-" in label}
             )
         self.crop_filler = CropFiller(
             processor.num_crops,
@@ -141,6 +153,8 @@ class MMIBPredictor:
         device: str | torch.device | None = None,
         trust_remote_code: bool = False,
         image_feature_cache: str | None = None,
+        backend: str = "auto",
+        onnx_dir: str | None = None,
         **kwargs,
     ) -> "MMIBPredictor":
         """
@@ -154,22 +168,40 @@ class MMIBPredictor:
             trust_remote_code (`bool`): load the checkpoints' own code (not needed when `mmib` is installed).
             image_feature_cache (`str`, *optional*): an `ImageFeatureStore` folder built with these checkpoints'
                 vision tower and image processor (a cache of another tower is refused); needs `mmib` installed.
+            backend (`str`, *optional*, defaults to `"auto"`): `"torch"`, `"onnxruntime"` (the text side runs as
+                the graph `mmib export-onnx` wrote, see `onnx_runtime_mmib`) or `"auto"` (see [`resolve_backend`]:
+                the path measured fastest at export among those that keep the tags of fp32, else torch). A relation
+                checkpoint runs on the same backend (its own `onnx/` folder); under `"auto"` one without an
+                export runs in torch.
+            onnx_dir (`str`, *optional*): the main checkpoint's export folder (default: its `onnx/` folder).
             kwargs: further [`MMIBPredictor`] arguments (`batch_size`, `max_pairs_per_post`, `keep_none`,
-                `object_detector`, `detector_trust_remote_code`).
+                `all_pairs`, `object_detector`, `detector_trust_remote_code`).
         """
         device = resolve_device(device)
-        dtype, reason = resolve_dtype(dtype, device)
+        onnx_dir = default_onnx_dir(model_name_or_path) if onnx_dir is None else onnx_dir
+        chosen_backend, dtype, backend_reason = resolve_backend(backend, dtype, device, onnx_dir)
+        if chosen_backend == "onnxruntime":
+            reason = backend_reason
+            graph_dtype, dtype = dtype, torch.qint8 if dtype == "int8" else torch.float32
+        else:
+            dtype, reason = resolve_dtype(dtype, device)
         models = []
-        for path in (model_name_or_path, relation_model):
+        for path, folder in ((model_name_or_path, onnx_dir), (relation_model, None)):
             if path is None:
                 continue
             model, processor = load_checkpoint(path, trust_remote_code=trust_remote_code, dtype=torch.float32)
             model = model.to(device).eval()
-            if dtype == torch.qint8:
+            folder = default_onnx_dir(path) if folder is None else folder
+            # Under `auto` a relation checkpoint without an export runs in torch, at the same dtype.
+            exported = backend != "auto" or has_export(folder)
+            if chosen_backend == "onnxruntime" and exported:
+                model = MMIBOnnxRuntimeModel(model, folder, checkpoint=path, dtype=graph_dtype)
+            elif dtype == torch.qint8:
                 model = quantize_int8(model)
             models += [model, processor]
         predictor = cls(*models, compute_dtype=dtype, **kwargs)
         predictor.dtype_reason = reason
+        predictor.backend, predictor.backend_reason = chosen_backend, backend_reason
         if image_feature_cache is not None:
             # The cache is part of the installed package, not of the remote code: imported by name at run time (so
             # transformers' remote-code import check does not require a pip package `mmib`), keeping the public
@@ -218,6 +250,20 @@ class MMIBPredictor:
         return prepare_post(
             post, default_id, base_dir, self.task == "re", self.processor.num_crops, self.image_feature_lookup
         )
+
+    def length_order(self, posts: Sequence[PreparedPost]) -> list[int]:
+        """
+        Indexes of `posts` in order of their sub-word count (posts with an error first; ties in input order):
+        batches of posts taken in this order pad little. One tokenizer call over the posts' words.
+        """
+        good = [index for index, post in enumerate(posts) if post.error is None and post.words]
+        if not good:
+            return list(range(len(posts)))
+        encoding = self.processor.tokenizer(
+            [posts[index].words for index in good], is_split_into_words=True, add_special_tokens=False
+        )
+        counts = dict(zip(good, map(len, encoding["input_ids"])))
+        return sorted(range(len(posts)), key=lambda index: counts.get(index, -1))
 
     def encode(self, posts: Sequence[PreparedPost]) -> BatchFeature:
         """Processor inputs for `posts` (all without error); posts with an image and no crops get objects first."""

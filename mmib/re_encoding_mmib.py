@@ -1,6 +1,7 @@
 """
 RE text encoding of [`MMIBProcessor`]: the entity markers `<s> </s> <o> </o>`, their place in the tokenizer, and
-truncation that never cuts the stretch between the two entities.
+truncation that never cuts the stretch between the two entities; and how entity types are spelt in relation type
+signatures (`MMIBConfig.relation_type_signatures`).
 
 This file travels to the Hub as remote code next to `processing_mmib.py`: it imports only torch, transformers and
 sibling files.
@@ -17,6 +18,16 @@ from .text_encoding_mmib import check_all_or_none, first_token_positions, tokeni
 
 ENTITY_MARKERS = ("<s>", "</s>", "<o>", "</o>")
 NAMED_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+# Entity type names as relation signatures spell them (MNRE's `/per/loc/place_of_birth`): lower case, and the
+# Twitter-2015 NER type OTHER under MNRE's name for the same class, misc.
+TYPE_ALIASES = {"other": "misc"}
+
+
+def normalize_entity_type(name: str) -> str:
+    """An entity type as relation type signatures spell it: `"PER"` -> `"per"`, `"OTHER"` -> `"misc"`."""
+    name = name.casefold()
+    return TYPE_ALIASES.get(name, name)
 
 
 def with_entity_markers(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

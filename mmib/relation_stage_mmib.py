@@ -1,7 +1,14 @@
 """
-The NER -> RE stage of prediction: every ordered pair of the entities an NER model finds in a post, classified by a
+The NER -> RE stage of prediction: the ordered pairs of the entities an NER model finds in a post, classified by a
 relation checkpoint. Each post's images go through the relation model's vision tower once (not once per pair), and
 the pairs run in batches of similar length.
+
+Typed pairs: a relation checkpoint whose config records `relation_type_signatures` (the (head type, tail type) pairs
+that carry a relation in its training data) has only the pairs whose predicted types match one of them classified;
+the others are the no-relation label without a forward pass, counted in the row's `pairs_skipped_by_type` (never
+listed in `relations`, even with `keep_none`: they have no score). `all_pairs=True`, or a checkpoint without the
+record, classifies every pair. Each pair of an MMIB relation model is a forward pass of its own (the entity markers
+are part of the text), so this is where NER -> RE spends its time.
 
 Travels with checkpoints as remote code: it imports only torch, transformers, PIL, the standard library and its
 `*_mmib.py` siblings.
@@ -9,7 +16,8 @@ Travels with checkpoints as remote code: it imports only torch, transformers, PI
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+import logging
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 
 import torch
@@ -17,8 +25,11 @@ from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
 from .image_loading_mmib import encode_post_images
 from .posts_mmib import PreparedPost
+from .re_encoding_mmib import normalize_entity_type
 
 __all__ = ["RelationStage", "add_cached_features", "on_device"]
+
+logger = logging.getLogger(__name__)
 
 
 def add_cached_features(inputs: BatchFeature, posts: Sequence[PreparedPost], num_crops: int) -> BatchFeature:
@@ -59,6 +70,9 @@ class RelationStage:
         max_pairs_per_post (`int`): pairs classified per post; further pairs are counted in `pairs_left_out`.
         keep_none (`bool`): keep relations labelled `none_label`.
         none_label (`str`): the no-relation label.
+        type_signatures (`Collection[Sequence[str]]`, *optional*): the (head type, tail type) pairs that may carry
+            a relation (the model config's `relation_type_signatures`); pairs of other predicted types are skipped.
+            `None` classifies every pair.
     """
 
     def __init__(
@@ -70,6 +84,7 @@ class RelationStage:
         max_pairs_per_post: int,
         keep_none: bool,
         none_label: str,
+        type_signatures: Collection[Sequence[str]] | None = None,
     ):
         self.model = model
         self.processor = processor
@@ -78,6 +93,31 @@ class RelationStage:
         self.max_pairs_per_post = max_pairs_per_post
         self.keep_none = keep_none
         self.none_label = none_label
+        self.type_signatures = None
+        if type_signatures is not None:
+            self.type_signatures = {tuple(normalize_entity_type(name) for name in pair) for pair in type_signatures}
+
+    def warn_unknown_types(self, entity_types: Iterable[str]) -> None:
+        """Warns about NER entity types that no type signature names: every pair with one of them is skipped."""
+        if self.type_signatures is None:
+            return
+        known = {name for pair in self.type_signatures for name in pair}
+        unknown = sorted({name for name in entity_types if normalize_entity_type(name) not in known})
+        if unknown:
+            logger.warning(
+                "The relation model's type signatures name no entity of type %s: pairs with such an entity are not "
+                "classified (counted in pairs_skipped_by_type; all_pairs=True or --all_pairs classifies them).",
+                ", ".join(unknown),
+            )
+
+    def typed_pairs(self, entities: Sequence[Mapping]) -> tuple[list[tuple[int, int]], int]:
+        """The ordered (head, tail) index pairs of `entities` to classify, and the number skipped by type."""
+        ordered = list(itertools.permutations(range(len(entities)), 2))
+        if self.type_signatures is None:
+            return ordered, 0
+        types = [normalize_entity_type(entity["type"]) for entity in entities]
+        kept = [(head, tail) for head, tail in ordered if (types[head], types[tail]) in self.type_signatures]
+        return kept, len(ordered) - len(kept)
 
     def classify_pairs(self, pairs: list[tuple[PreparedPost, tuple[int, int], tuple[int, int]]]) -> list[dict]:
         """
@@ -146,21 +186,26 @@ class RelationStage:
         return [views.get(id(post), post) for post in posts]
 
     def add_relations(self, posts: list[PreparedPost], results: list[dict]) -> None:
-        with_pairs = [index for index, result in enumerate(results) if len(result["entities"]) > 1]
-        posts = list(posts)
-        for index, view in zip(with_pairs, self.with_image_features([posts[index] for index in with_pairs])):
-            posts[index] = view
-        pairs, owners = [], []
-        for index, (post, result) in enumerate(zip(posts, results)):
-            entities = result["entities"]
-            ordered = list(itertools.permutations(range(len(entities)), 2))
+        """Adds `relations` (and the counts `pairs_skipped_by_type`, `pairs_left_out`) to NER `results` of `posts`."""
+        chosen = {}
+        for index, result in enumerate(results):
+            ordered, skipped = self.typed_pairs(result["entities"])
+            if skipped:
+                result["pairs_skipped_by_type"] = skipped
             if len(ordered) > self.max_pairs_per_post:
                 result["pairs_left_out"] = len(ordered) - self.max_pairs_per_post
-            for head, tail in ordered[: self.max_pairs_per_post]:
-                spans = [(entities[i]["word_start"], entities[i]["word_end"]) for i in (head, tail)]
-                pairs.append((post, *spans))
-                owners.append((index, head, tail))
+            if ordered:
+                chosen[index] = ordered[: self.max_pairs_per_post]
             result["relations"] = []
+        # Only posts with a pair to classify have their images encoded.
+        views = dict(zip(chosen, self.with_image_features([posts[index] for index in chosen])))
+        pairs, owners = [], []
+        for index, ordered in chosen.items():
+            entities = results[index]["entities"]
+            for head, tail in ordered:
+                spans = [(entities[i]["word_start"], entities[i]["word_end"]) for i in (head, tail)]
+                pairs.append((views[index], *spans))
+                owners.append((index, head, tail))
         for (index, head, tail), relation in zip(owners, self.classify_pairs(pairs)):
             if "error" in relation:
                 results[index].setdefault("relation_errors", []).append({"head": head, "tail": tail, **relation})

@@ -186,9 +186,13 @@ AVX512_FLAGS = (*AVX2_FLAGS, "avx512_f", "avx512_cd", "avx512_bw", "avx512_dq", 
 
 
 def fake_cpu_flags(monkeypatch: pytest.MonkeyPatch, flags: Sequence[str]) -> None:
-    """Makes cpuinfo (`torch.cpu.get_capabilities`) report an x86 CPU with exactly `flags`."""
+    """Makes cpuinfo (`torch.cpu.get_capabilities`) report an x86 CPU with exactly `flags`, and ATen the kernels it
+    would pick for them (`torch.backends.cpu.get_cpu_capability`)."""
     capabilities = MappingProxyType({"architecture": "x86_64", **dict.fromkeys(flags, True)})
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    kernels = "AVX512" if {"avx512_f", "amx_tile"} & set(flags) else "AVX2" if "avx2" in flags else "DEFAULT"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
 
 
 def fake_cuda_devices(

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_object_extraction import hand_box, noise_image, save_detr
 
 from conftest import accelerate_cpu_launcher
 from detector_folders import hand_box, noise_image, save_detr

@@ -20,6 +20,8 @@ PREDICTION = {
     "mmib.detection_cache_mmib",
     "mmib.object_boxes_mmib",
     "mmib.crop_extraction",
+    "mmib.onnx_runtime_mmib",
+    "mmib.onnx_export",
 }
 CHECKED = sorted(
     ["mmib.building"]

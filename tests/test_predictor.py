@@ -177,6 +177,18 @@ def test_auto_dtype_on_the_cpu_is_bf16_only_with_avx512_bf16_or_amx(flags, nativ
         resolve_dtype("float16", torch.device("cpu"))
 
 
+def test_auto_dtype_is_fp32_where_the_kernels_are_capped_below_avx512_bf16(monkeypatch):
+    fake_cpu_flags(monkeypatch, (*AVX512_FLAGS, "avx512_bf16"))
+    assert resolve_dtype("auto", torch.device("cpu"))[0] == torch.bfloat16
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert resolve_dtype("auto", torch.device("cpu"))[0] == torch.float32
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_bf16")
+    assert resolve_dtype("auto", torch.device("cpu"))[0] == torch.bfloat16
+    # ATEN_CPU_CAPABILITY=avx2 shows as ATen's kernel choice.
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert resolve_dtype("auto", torch.device("cpu"))[0] == torch.float32
+
+
 def test_auto_dtype_on_cuda_is_bf16_only_where_the_requested_device_has_it_natively(monkeypatch):
     # A T4 (7.5, bf16 emulated) and an A10 (8.6, native); the current device is the T4.
     fake_cuda_devices(monkeypatch, [(7, 5), (8, 6)], current=0)

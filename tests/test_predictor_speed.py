@@ -149,3 +149,37 @@ def test_int8_agrees_with_float32_on_the_shipped_test_posts(ner_path, tmp_path):
         for x, y in zip(a["entities"], b["entities"])
     ]
     assert max(abs(x - y) for x, y in scores) < 0.1
+
+
+def test_int8_end_to_end_through_mmib_predict(ner_path, tmp_path, monkeypatch, capsys):
+    """`mmib predict --dtype int8`: the model that predicts holds the dynamic int8 layers, and its scores differ from
+    float32's (by more than zero, by little)."""
+    from mmib.cli import main
+
+    loaded = []
+    from_pretrained = MMIBPredictor.from_pretrained
+
+    def recording(*args, **kwargs):
+        loaded.append(from_pretrained(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(MMIBPredictor, "from_pretrained", staticmethod(recording))
+    image = tmp_path / "post.png"
+    make_image(4).save(image)
+    scores = {}
+    for dtype in ("float32", "int8"):
+        post = ["--text", "RT @john: John Smith visits London and Paris!", "--image", str(image)]
+        main(["predict", ner_path, *post, "--dtype", dtype, "--quiet"])
+        row = json.loads(capsys.readouterr().out)
+        scores[dtype] = [entity["score"] for entity in row["entities"]]
+    quantized = [
+        name
+        for name, module in loaded[1].model.named_modules()
+        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear)
+    ]
+    assert not any(isinstance(module, torch.ao.nn.quantized.dynamic.Linear) for module in loaded[0].model.modules())
+    assert any(name.startswith("mmib.text_model.") for name in quantized)
+    assert any(name.startswith("mmib.text_to_vision_encoder.") for name in quantized)
+    assert len(scores["int8"]) == len(scores["float32"]) > 0
+    differences = [abs(a - b) for a, b in zip(scores["int8"], scores["float32"])]
+    assert 0 < max(differences) < 0.05, differences

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ..posts_mmib import PreparedPost
+from ..re_encoding_mmib import normalize_entity_type
 
 ENTITY_TYPE_ORDER = ("PER", "LOC", "ORG", "MISC", "OTHER")
 
@@ -113,3 +114,28 @@ def infer_relation_labels(
     relations = {post.relation for split in _label_source_splits(parsed) for post in parsed[split][1]}
     head = [none_label] if none_label in relations else []
     return head + sorted(relations - {none_label})
+
+
+def relation_type_signatures(relations: Iterable[str], none_label: str = "None") -> list[list[str]] | None:
+    """The ``[head type, tail type]`` pairs that carry a relation in training rows, read from the relation names.
+
+    MNRE's rows give no entity types (``h`` and ``t`` hold a name and a span only), but its relation names spell the
+    argument types: ``/per/loc/place_of_birth`` relates a ``per`` head to a ``loc`` tail. The pairs of the
+    relations that occur are recorded, not those of the whole label set.
+
+    Args:
+        relations: the relation label of every training row.
+        none_label: the no-relation label (carries no signature).
+
+    Returns:
+        The pairs, sorted, types as ``normalize_entity_type`` spells them; ``None`` when a relation other than
+        ``none_label`` is not of the form ``/<head type>/<tail type>/<name>`` (no signature can be read: NER -> RE
+        then classifies every pair).
+    """
+    pairs = set()
+    for relation in set(relations) - {none_label}:
+        parts = relation.split("/")
+        if len(parts) != 4 or parts[0] or not all(parts[1:]):
+            return None
+        pairs.add((normalize_entity_type(parts[1]), normalize_entity_type(parts[2])))
+    return [list(pair) for pair in sorted(pairs)]

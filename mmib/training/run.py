@@ -23,6 +23,7 @@ from transformers import AutoConfig, set_seed
 
 from ..building import TASK_DEFAULTS, build_model_and_processor, check_local_folder, load_model_and_processor
 from ..data import missing_media_report
+from ..data.labels import relation_type_signatures
 from ..data.registry import load_dataset, task_of
 from ..features import ImageFeatureStore
 from .arguments import (
@@ -229,6 +230,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m mmib.training.run
     processor, model = build_processor_and_model(model_args, task, label_names)
     if object_extraction is not None:
         processor.object_extraction = object_extraction["settings"]
+    if task == "re":
+        model.config.relation_type_signatures = relation_type_signatures(
+            label_names[label] for label in data["train"]["relation"]
+        )
+        logger.info(
+            "Relation type signatures (head, tail) of the training data: %s", model.config.relation_type_signatures
+        )
 
     feature_store = None
     if model.config.freeze_vision_encoder and not model.config.text_only:

@@ -34,6 +34,9 @@ def test_file_prediction_keeps_order_reports_errors_and_matches_the_api(predicto
     assert "line 2: malformed JSON" in rows[1]["error"] and "missing.jpg" in rows[3]["error"]
     assert summaries[2].posts == 6 and dict(summaries[2].errors) == {"malformed JSON": 1, "image": 1, "empty post": 1}
     expected = predictor({"id": "a", "text": POSTS[0], "image": str(tmp_path / "post.png")})
+    # In the file the post shares a padded batch with another one: the same entities, scores up to float rounding.
+    scores = [entity.pop("score") for entity in rows[0]["entities"]]
+    assert scores == pytest.approx([entity.pop("score") for entity in expected["entities"]], abs=1e-5)
     assert rows[0] == expected
     with pytest.raises(StrictModeError, match="line 2"):
         predict_file(
@@ -46,6 +49,32 @@ def test_file_prediction_keeps_order_reports_errors_and_matches_the_api(predicto
             strict=True,
         )
     assert len(read_jsonl(tmp_path / "strict.jsonl")) == 2
+
+
+def test_posts_are_batched_by_length_within_a_window_and_written_in_input_order(predictor, tmp_path, monkeypatch):
+    texts = ["john", POSTS[0] + " " + POSTS[1], "paris", POSTS[2], "london and paris", POSTS[0]]
+    (tmp_path / "posts.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    batches = []
+    encode_batch = type(predictor).encode_batch
+    monkeypatch.setattr(
+        type(predictor),
+        "encode_batch",
+        lambda self, posts: batches.append([p.text for p in posts]) or encode_batch(self, posts),
+    )
+    outputs = {}
+    for window in (1, 2):
+        batches.clear()
+        predict_file(
+            predictor, str(tmp_path / "posts.jsonl"), str(tmp_path / "out.jsonl"), 2, 0, True, sort_window=window
+        )
+        outputs[window] = read_jsonl(tmp_path / "out.jsonl")
+        assert [row["text"] for row in outputs[window]] == texts
+        if window == 1:
+            assert batches == [texts[0:2], texts[2:4], texts[4:6]]
+    # Windows of 4 posts sorted by sub-word count (john, paris < london and paris < the long ones), then the rest.
+    assert batches == [["john", "paris"], [POSTS[2], POSTS[0] + " " + POSTS[1]], ["london and paris", POSTS[0]]]
+    for sorted_row, row in zip(outputs[2], outputs[1]):
+        assert sorted_row["tags"] == row["tags"]
 
 
 @pytest.mark.slow

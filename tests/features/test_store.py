@@ -97,7 +97,7 @@ def test_build_resumes_and_repairs_truncated_or_corrupt_shards(model, image_file
     assert len(shards) == 3
     # A killed build leaves a temporary file and complete shards only: a later build ignores and removes the former.
     (cache / ".shard-x.safetensors.123.partial").write_bytes(b"half a shard")
-    truncated, flipped = shards[0], shards[1]
+    truncated, flipped, intact = shards
     truncated.write_bytes(truncated.read_bytes()[:-7])
     data = bytearray(flipped.read_bytes())
     data[-3] ^= 0xFF
@@ -105,7 +105,13 @@ def test_build_resumes_and_repairs_truncated_or_corrupt_shards(model, image_file
     with pytest.raises(ValueError, match="truncated") as error:
         ImageFeatureStore.load(str(cache))
     assert truncated.name in str(error.value) and "rebuild" in str(error.value)
-    truncated_again = truncated.read_bytes()
+    damaged = {path: path.read_bytes() for path in (truncated, flipped)}
+    intact_stamp = intact.stat().st_mtime_ns
+    encoded = []
+    model.mmib.vision_model.register_forward_hook(
+        lambda tower, args, kwargs, output: encoded.append(len((args or [kwargs.get("pixel_values")])[0])),
+        with_kwargs=True,
+    )
     with caplog.at_level(logging.WARNING):
         repaired = ImageFeatureStore.build(
             model.mmib, processor, paths, cache_dir=str(cache), batch_size=1, shard_size=1
@@ -113,7 +119,12 @@ def test_build_resumes_and_repairs_truncated_or_corrupt_shards(model, image_file
     assert (
         "corrupt feature cache shard" in caplog.text and truncated.name in caplog.text and flipped.name in caplog.text
     )
-    assert not list(cache.glob("*.partial")) and truncated_again
+    # The resume recomputes exactly the two damaged shards (one image each) and leaves the intact one alone.
+    assert encoded == [1, 1]
+    assert intact.stat().st_mtime_ns == intact_stamp
+    assert not list(cache.glob("*.partial"))
+    assert len(list(cache.glob("shard-*.safetensors"))) == 3
+    assert all(not path.exists() or path.read_bytes() != damaged[path] for path in damaged)
     for path in paths:
         torch.testing.assert_close(repaired.features_of(path), full.features_of(path))
     ImageFeatureStore.load(str(cache), verify=True)

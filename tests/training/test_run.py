@@ -171,6 +171,16 @@ def test_relation_extraction_end_to_end_on_mnre_with_nested_spans(towers, tmp_pa
     check_card(output_dir, results)
     config = json.loads((output_dir / "config.json").read_text())
     assert config["num_crops"] == 3 and config["entity_pooling"] == "span_mean"
+    # By hand from the 9 training rows' relations (part_of, contain x2, present_in, held_on, locate_at,
+    # alternate_names, None x2): the pairs of the relations that occur, not of all 22.
+    assert config["relation_type_signatures"] == [
+        ["loc", "loc"],
+        ["misc", "loc"],
+        ["misc", "misc"],
+        ["org", "loc"],
+        ["per", "misc"],
+        ["per", "per"],
+    ]
     assert config["auto_map"]["AutoModelForSequenceClassification"] == "modeling_mmib.MMIBForRelationClassification"
     assert {"handler.py", "predictor_mmib.py"} <= {path.name for path in output_dir.iterdir()}
 

@@ -1,0 +1,309 @@
+"""
+The ONNX Runtime backend of prediction: an MMIB head whose text side runs as the graph `mmib export-onnx` wrote.
+
+The exported graph holds the text side (text tower, APEnc, cross-modal layers and the head's linear layer) and takes
+the pooled image features of the image and its crops and their mask as inputs. Around it, [`MMIBOnnxRuntimeModel`]
+keeps the torch parts: the vision tower (images and crops not found in a feature cache go through it, as in torch),
+the input checks and the CRF (Viterbi and span scores, the same code as the torch backend). It is called like the
+torch head, so the predictor and its NER -> RE stage use either without knowing which.
+
+The folder (`onnx/` inside the checkpoint by default) holds `mmib_onnx.json` (the manifest: task, graph inputs,
+exporter, a fingerprint of the checkpoint's weights, the speed and agreement measured at export) and the graphs
+(`model.onnx`, and `model.int8.onnx` with dynamic int8 weights when exported).
+
+`--backend auto` ([`resolve_backend`]) reads the manifest's measurement: the fastest (backend, dtype) that kept at
+least [`AUTO_MIN_AGREEMENT`] of the measured posts' tags equal to torch fp32, on a machine with the same CPU kernels
+flags; without an export or a measurement of this machine it is the torch backend with `resolve_dtype`'s rule.
+
+Travels with checkpoints as remote code: `onnxruntime` is imported only when the backend is chosen (inside a `try`,
+which transformers' remote-code import check skips), and raises an `ImportError` naming `pip install mmib[onnx]`.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from .checkpoints_mmib import native_bf16, resolve_dtype
+
+__all__ = [
+    "AUTO_MIN_AGREEMENT",
+    "BACKENDS",
+    "MANIFEST_NAME",
+    "ONNX_FILES",
+    "MMIBOnnxRuntimeModel",
+    "cpu_kernel_flags",
+    "default_onnx_dir",
+    "has_export",
+    "read_manifest",
+    "resolve_backend",
+    "weights_fingerprint",
+]
+
+BACKENDS = ("auto", "torch", "onnxruntime")
+MANIFEST_NAME = "mmib_onnx.json"
+MANIFEST_VERSION = 1
+# The graph of each compute dtype of the onnxruntime backend.
+ONNX_FILES = {"float32": "model.onnx", "int8": "model.int8.onnx"}
+# `--backend auto` keeps a path only if at least this fraction of posts got exactly the tags of torch fp32.
+AUTO_MIN_AGREEMENT = 0.98
+# CPU flags that decide which kernels run: a measurement made where they differ does not say what is fastest here.
+KERNEL_FLAGS = ("avx2", "avx512_f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+
+
+def default_onnx_dir(checkpoint: str | Path) -> Path:
+    """The `onnx/` folder inside a checkpoint folder, where `mmib export-onnx` writes by default."""
+    return Path(checkpoint) / "onnx"
+
+
+def weights_fingerprint(checkpoint: str | Path) -> str:
+    """SHA-256 of the checkpoint's safetensors weight files (in name order): a graph exported from other weights is
+    refused rather than silently predicting with them."""
+    digest = hashlib.sha256()
+    files = sorted(Path(checkpoint).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{checkpoint} holds no *.safetensors weights.")
+    for path in files:
+        digest.update(path.name.encode())
+        file_digest = hashlib.sha256()
+        with open(path, "rb") as weights:
+            while chunk := weights.read(1 << 24):
+                file_digest.update(chunk)
+        digest.update(file_digest.digest())
+    return digest.hexdigest()
+
+
+def has_export(onnx_dir: str | Path) -> bool:
+    """Whether `onnx_dir` holds an export manifest (checked when it is read)."""
+    return (Path(onnx_dir) / MANIFEST_NAME).is_file()
+
+
+def cpu_kernel_flags() -> dict[str, bool]:
+    """The CPU capabilities (torch's cpuinfo) that choose the kernels of both backends."""
+    flags = torch.cpu.get_capabilities()
+    return {name: bool(flags.get(name)) for name in KERNEL_FLAGS}
+
+
+def read_manifest(onnx_dir: str | Path, checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """
+    The manifest of an exported folder, checked.
+
+    Args:
+        onnx_dir (`str` or `Path`): the folder `mmib export-onnx` wrote.
+        checkpoint (`str` or `Path`, *optional*): the checkpoint folder the graph must come from (its weights'
+            fingerprint is compared).
+
+    Raises:
+        FileNotFoundError: the folder, its manifest or the float32 graph is missing.
+        ValueError: the manifest is not valid JSON, has another format version, or was exported from other weights.
+    """
+    onnx_dir = Path(onnx_dir)
+    hint = f"run `mmib export-onnx {checkpoint or 'CHECKPOINT'}{'' if checkpoint else ' --output ' + str(onnx_dir)}`"
+    path = onnx_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"No ONNX export in {onnx_dir} ({MANIFEST_NAME} missing): {hint}.")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not a valid ONNX export manifest ({error}): {hint} again.") from error
+    if not isinstance(manifest, dict) or manifest.get("format_version") != MANIFEST_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise ValueError(f"{path} has format_version {version!r}, expected {MANIFEST_VERSION}: {hint} again.")
+    for key in ("task", "inputs", "files", "weights_sha256"):
+        if key not in manifest:
+            raise ValueError(f"{path} lacks the field {key!r}: {hint} again.")
+    graph = onnx_dir / manifest["files"].get("float32", ONNX_FILES["float32"])
+    if not graph.is_file():
+        raise FileNotFoundError(f"{graph} is missing (named by {path}): {hint} again.")
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        if manifest["weights_sha256"] != weights_fingerprint(checkpoint):
+            raise ValueError(
+                f"The ONNX export in {onnx_dir} was made from other weights than those of {checkpoint} (stale "
+                f"export): {hint} again."
+            )
+    return manifest
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError(
+            "The onnxruntime backend needs the onnxruntime package: pip install 'mmib[onnx]'."
+        ) from error
+    return onnxruntime
+
+
+class MMIBOnnxRuntimeModel:
+    r"""
+    An MMIB head (NER or RE) whose text side runs in ONNX Runtime, called like the torch head.
+
+    Args:
+        model ([`PreTrainedModel`]): the checkpoint's torch head in fp32 (its vision tower, CRF and config serve the
+            parts outside the graph).
+        onnx_dir (`str` or `Path`): the folder `mmib export-onnx` wrote.
+        checkpoint (`str` or `Path`, *optional*): the checkpoint folder, whose weights the export must match.
+        dtype (`str`, *optional*, defaults to `"float32"`): which graph: `"float32"` or `"int8"` (dynamic int8
+            weights, written by `mmib export-onnx --int8`).
+        num_threads (`int`, *optional*): ONNX Runtime's intra-op threads; defaults to torch's (which follows
+            `OMP_NUM_THREADS`), so that both backends use the same cores.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        onnx_dir: str | Path,
+        checkpoint: str | Path | None = None,
+        dtype: str = "float32",
+        num_threads: int | None = None,
+    ):
+        onnxruntime = _import_onnxruntime()
+        self.onnx_dir = Path(onnx_dir)
+        self.manifest = read_manifest(self.onnx_dir, checkpoint)
+        task = "ner" if hasattr(model, "crf") else "re"
+        if self.manifest["task"] != task:
+            raise ValueError(f"The ONNX export in {onnx_dir} is of task {self.manifest['task']!r}, not {task!r}.")
+        if dtype not in ONNX_FILES:
+            raise ValueError(f"The onnxruntime backend runs {' or '.join(ONNX_FILES)}, not {dtype!r}.")
+        graph = self.onnx_dir / self.manifest["files"].get(dtype, ONNX_FILES[dtype])
+        if not graph.is_file():
+            raise FileNotFoundError(
+                f"{graph} is missing: the {dtype} graph is written by `mmib export-onnx CHECKPOINT --int8`."
+            )
+        self.model = model.eval()
+        self.task = task
+        self.compute_dtype = dtype
+        self.input_names = list(self.manifest["inputs"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = num_threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def mmib(self):
+        """The torch encoder: its vision tower computes the image features the graph takes."""
+        return self.model.mmib
+
+    @property
+    def crf(self):
+        return self.model.crf
+
+    def eval(self) -> "MMIBOnnxRuntimeModel":
+        return self
+
+    def __call__(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        word_index: torch.LongTensor | None = None,
+        entity_positions: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        image_feature_mask: torch.Tensor | None = None,
+    ) -> SimpleNamespace:
+        """
+        The head's outputs for processor inputs: `logits` (emissions `(B, W, K)` or relation logits `(B, R)`, fp32)
+        and, for NER, `predictions` (the CRF's Viterbi path, -100 at padding), as the torch head in eval mode.
+        """
+        task_input = word_index if self.task == "ner" else entity_positions
+        name = "word_index" if self.task == "ner" else "entity_positions"
+        if task_input is None:
+            raise ValueError(f"{name} is required (from MMIBProcessor).")
+        encoder = self.model.mmib
+        inputs = {"input_ids": input_ids, name: task_input}
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        inputs["attention_mask"] = attention_mask
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        inputs["token_type_ids"] = token_type_ids
+        if not self.config.text_only:
+            # The torch encoder's own rule: cached slots, pixels through the vision tower, zeros for no image.
+            features, mask = encoder._image_inputs(
+                pixel_values, image_features, image_mask, input_ids.shape[0], image_feature_mask
+            )
+            inputs["image_features"], inputs["image_mask"] = features.float(), mask.bool()
+        feeds = {key: inputs[key].contiguous().numpy() for key in self.input_names}
+        feeds = {key: value.astype("int64") if value.dtype.kind == "i" else value for key, value in feeds.items()}
+        (logits,) = self.session.run(None, feeds)
+        logits = torch.from_numpy(logits)
+        if self.task == "re":
+            return SimpleNamespace(logits=logits)
+        return SimpleNamespace(logits=logits, predictions=self.model.crf.decode(logits, word_index >= 0))
+
+
+def resolve_backend(
+    backend: str,
+    dtype: str | torch.dtype,
+    device: torch.device,
+    onnx_dir: str | Path | None,
+) -> tuple[str, str | torch.dtype, str]:
+    """
+    The backend and dtype a checkpoint runs with, for `--backend` and `--dtype`.
+
+    - `torch`: `dtype` as given (`resolve_dtype` applies).
+    - `onnxruntime`: the exported graph of `dtype` (`auto` = `float32`; `bfloat16` is refused).
+    - `auto`: the manifest's measurement in `onnx_dir` if it was made on a CPU with this CPU's kernel flags: the
+      fastest measured (backend, dtype) whose posts kept the tags of torch fp32 at least `AUTO_MIN_AGREEMENT` of
+      the time, among those matching `dtype` (any, for `auto`). Otherwise (no export, no measurement of this
+      machine, not a CPU): `torch`.
+
+    Returns:
+        `(backend, dtype, reason)`: `backend` is `"torch"` or `"onnxruntime"`, `dtype` a `--dtype` value or
+        dtype, `reason` a short note for the log.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {backend!r}: expected {', '.join(BACKENDS)}.")
+    name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    if backend == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError(f"The onnxruntime backend runs on the CPU, not on {device}.")
+        if name not in ("auto", *ONNX_FILES):
+            raise ValueError(f"The onnxruntime backend runs float32 or int8, not {name}.")
+        return "onnxruntime", "float32" if name == "auto" else name, "requested"
+    if backend == "torch":
+        return "torch", dtype, "requested"
+    if device.type != "cpu":
+        return "torch", dtype, f"auto: torch on {device}"
+    onnx_dir = None if onnx_dir is None else Path(onnx_dir)
+    if onnx_dir is None or not has_export(onnx_dir):
+        return "torch", dtype, "auto: torch (no ONNX export)"
+    measurement = read_manifest(onnx_dir).get("measurement")
+    if not measurement or measurement.get("cpu_kernel_flags") != cpu_kernel_flags():
+        return "torch", dtype, "auto: torch (the ONNX export has no measurement made on a CPU like this one)"
+    if name == "auto":
+        allowed = {"float32", "int8", "bfloat16" if native_bf16(device) else "float32"}
+    else:
+        allowed = {name}
+    candidates = [
+        row
+        for row in measurement["paths"]
+        if row["dtype"] in allowed and row["agreement"] >= AUTO_MIN_AGREEMENT and row["posts_per_s"] > 0
+    ]
+    if not candidates:
+        return "torch", dtype, "auto: torch (no measured path kept the agreement)"
+    best = max(candidates, key=lambda row: row["posts_per_s"])
+    dtype = best["dtype"] if best["backend"] == "onnxruntime" else resolve_dtype(best["dtype"], device)[0]
+    return (
+        best["backend"],
+        dtype,
+        f"auto: {best['posts_per_s']:.0f} posts/s at export, {best['agreement']:.1%} of posts as torch fp32",
+    )
