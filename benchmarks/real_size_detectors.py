@@ -15,7 +15,7 @@ The configs follow the published checkpoints' `config.json` (written out here, s
   (ustc-community/dfine-small-coco); 640 x 640;
 - `yolos-tiny`: `YolosConfig` of DeiT-tiny (192 wide, 12 layers, 3 heads), 100 detection tokens (hustvl/yolos-tiny);
   shortest edge 512, longest 1333;
-- `owlv2-base`: `Owlv2Config()` (CLIP ViT-B/16 at 960 x 960, 3,600 patches), queried through a letter vocabulary
+- `owlv2-base`: `Owlv2Config` (CLIP ViT-B/16 at 960 x 960, 3,600 patches), queried through a letter vocabulary
   (OWLv2 pads every query to 16 tokens, so the vocabulary does not change its cost).
 """
 
@@ -153,7 +153,7 @@ def owlv2_base() -> tuple[torch.nn.Module, Any]:
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
-    config = Owlv2Config()
+    config = Owlv2Config(vision_config={"image_size": 960})  # OWLv2's 960 x 960 (the class default is OWL-ViT's 768)
     config.text_config.bos_token_id = vocab["<|startoftext|>"]
     config.text_config.eos_token_id = config.text_config.pad_token_id = vocab["<|endoftext|>"]
     return Owlv2ForObjectDetection(config), Owlv2Processor(image_processor=Owlv2ImageProcessor(), tokenizer=tokenizer)
