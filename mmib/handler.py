@@ -8,8 +8,8 @@ post as `mmib predict` reads it (a raw string, or a dict with `text` or `words`,
 0-based index). An image or crop is a file path, base64 image data (optionally as a `data:image/...;base64,` URL) or
 raw bytes. A post that cannot be used gives `{"id", "error"}`, as in `mmib predict`.
 
-`parameters` (all optional): `batch_size`, `keep_none`, `max_pairs_per_post` (see `mmib predict --help`); any other
-key is refused. The endpoint's environment may set `MMIB_RELATION_MODEL` (a relation checkpoint folder or Hub id run
+`parameters` (all optional, for that request only): `batch_size`, and with a relation model `keep_none` and
+`max_pairs_per_post` (see `mmib predict --help`); any other key is refused. The endpoint's environment may set `MMIB_RELATION_MODEL` (a relation checkpoint folder or Hub id run
 on every entity pair, NER -> RE) and `MMIB_DTYPE` (`auto`, `float32`, `bfloat16`, `int8`).
 
 Loaded by the Endpoints toolkit as a lone file, so it imports only the standard library, PIL and transformers; the
@@ -130,8 +130,8 @@ class EndpointHandler:
             `list[dict]`: the `mmib predict` rows, one per post, in order.
 
         Raises:
-            ValueError: a payload without `inputs`, inputs that are not a post or a list of posts, or an unknown
-                parameter (bad posts are error rows, not errors).
+            ValueError: a payload without `inputs`, inputs that are not a post or a list of posts, an unknown
+                parameter, or a relation parameter without a relation model (bad posts are error rows, not errors).
         """
         if not isinstance(data, Mapping) or "inputs" not in data:
             raise ValueError('The payload must be a JSON object with "inputs" (a post or a list of posts).')
@@ -143,18 +143,11 @@ class EndpointHandler:
         unknown = sorted(set(parameters) - set(PARAMETERS))
         if unknown:
             raise ValueError(f"Unknown parameters {unknown}; expected some of {list(PARAMETERS)}.")
-        predictor = self.predictor
-        saved = {name: getattr(predictor, name) for name in PARAMETERS}
-        try:
-            for name, value in parameters.items():
-                setattr(predictor, name, value)
+        with self.predictor.options(**parameters) as predictor:
             rows = []
             for start in range(0, len(posts), predictor.batch_size):
                 rows += self._predict(posts[start : start + predictor.batch_size], start)
             return rows
-        finally:
-            for name, value in saved.items():
-                setattr(predictor, name, value)
 
     def _predict(self, posts: list[Any], first_index: int) -> list[dict[str, Any]]:
         prepared, failed = [], {}

@@ -36,6 +36,7 @@ The predictor applies; its parts live beside it: loading and the device / precis
 the crops of posts without crops in `crop_filling_mmib`, the NER -> RE stage in `relation_stage_mmib`.
 """
 
+import contextlib
 import importlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -238,6 +239,36 @@ class MMIBPredictor:
     def object_extractor(self) -> MMIBObjectExtractor | None:
         """The extractor of posts with an image and no crops, loaded at first use (`None`: no extraction)."""
         return self.crop_filler.extractor(self.device, self.compute_dtype)
+
+    @contextlib.contextmanager
+    def options(
+        self, batch_size: int | None = None, keep_none: bool | None = None, max_pairs_per_post: int | None = None
+    ) -> Iterator["MMIBPredictor"]:
+        """
+        Other `batch_size`, `keep_none` or `max_pairs_per_post` (see `__init__`) for the calls inside the block, e.g.
+        one request of a server; `None` keeps the predictor's own. The relation options need a relation model.
+
+        Raises:
+            ValueError: a relation option without a relation model.
+        """
+        relation_options = {"keep_none": keep_none, "max_pairs_per_post": max_pairs_per_post}
+        relation_options = {name: value for name, value in relation_options.items() if value is not None}
+        if relation_options and self.relations is None:
+            raise ValueError(f"{sorted(relation_options)} need a relation model (NER -> RE).")
+        targets = [(self, {"batch_size": batch_size})]
+        if self.relations is not None:
+            targets.append((self.relations, {"batch_size": batch_size, **relation_options}))
+        saved = []
+        for target, values in targets:
+            for name, value in values.items():
+                if value is not None:
+                    saved.append((target, name, getattr(target, name)))
+                    setattr(target, name, value)
+        try:
+            yield self
+        finally:
+            for target, name, value in reversed(saved):
+                setattr(target, name, value)
 
     def _autocast(self):
         enabled = self.compute_dtype in (torch.bfloat16, torch.float16)

@@ -142,10 +142,20 @@ def test_joint_ner_to_relations(ner_path, re_path):
         probabilities = kept.relation_model(**inputs).logits.softmax(-1)[0]
     assert relation["score"] == pytest.approx(float(probabilities.max()), abs=1e-5)
     assert relation["label"] == RELATIONS[int(probabilities.argmax())]
-    capped = MMIBPredictor.from_pretrained(ner_path, relation_model=re_path, keep_none=True, max_pairs_per_post=1)(
-        post
-    )
+    capped = MMIBPredictor.from_pretrained(
+        ner_path, relation_model=re_path, dtype="float32", keep_none=True, max_pairs_per_post=1
+    )(post)
     assert len(capped["relations"]) == 1 and capped["pairs_left_out"] == count * (count - 1) - 1
+    # Per-call options (one request of a server) give the rows of predictors built with them, then are undone.
+    with pruned.options(keep_none=True):
+        assert pruned(post) == full
+    with pruned.options(keep_none=True, max_pairs_per_post=1, batch_size=1):
+        assert pruned(post) == capped
+    assert pruned(post) == without_none and pruned.batch_size == pruned.relations.batch_size == 32
+    with pytest.raises(ValueError, match="need a relation model"), MMIBPredictor.from_pretrained(ner_path).options(
+        keep_none=True
+    ):
+        pass
 
 
 def test_relation_checkpoint_alone_takes_spans_from_the_rows(re_path):

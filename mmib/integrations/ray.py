@@ -53,8 +53,11 @@ import torch
 
 from ..handler import decode_images
 from ..image_loading_mmib import MAX_IMAGE_PIXELS
-from ..posts_mmib import PreparedPost
+from ..checkpoints_mmib import resolve_device
+from ..crop_filling_mmib import CropFiller
+from ..posts_mmib import PreparedPost, prepare_post
 from ..predictor_mmib import MMIBPredictor
+from ..processing_mmib import MMIBProcessor
 
 __all__ = [
     "MMIBRayObjectDetector",
@@ -239,12 +242,15 @@ class MMIBRayObjectDetector:
     The detection stage: cuts the object crops of posts with an image and no crops (the checkpoint's recorded
     extractor, or `object_detector`) and adds them as `object_crops` (PNG bytes, lossless) and `objects`
     (`{"box", "score", "query"}`); every input column passes through. Other rows get null in both columns and are
-    left to the MMIB stage, which reports their errors.
+    left to the MMIB stage, which reports their errors. Only the checkpoint's processor is loaded (its crop slots
+    and recorded extractor), never the MMIB model.
 
     Args:
         model (`str`): the MMIB checkpoint whose processor records the extractor and the number of crop slots.
         object_detector (`str`, *optional*), device (`str`, *optional*), image_root (`str`, *optional*),
             num_threads (`int`, *optional*), detector_trust_remote_code (`bool`): as for [`MMIBRayPredictor`].
+        dtype (`str`, *optional*, defaults to `"auto"`): the detector's precision (`"auto"`: see
+            `object_detectors_mmib.detector_dtype`).
     """
 
     def __init__(
@@ -255,15 +261,18 @@ class MMIBRayObjectDetector:
         image_root: str | None = None,
         num_threads: int | None = None,
         detector_trust_remote_code: bool = False,
+        dtype: str = "auto",
     ):
         _configure_threads(num_threads)
-        self.predictor = MMIBPredictor.from_pretrained(
-            model,
-            dtype="float32",
-            device=device,
-            object_detector=object_detector,
-            detector_trust_remote_code=detector_trust_remote_code,
+        self.processor = MMIBProcessor.from_pretrained(model)
+        self.crop_filler = CropFiller(
+            self.processor.num_crops,
+            getattr(self.processor, "object_extraction", None),
+            object_detector,
+            detector_trust_remote_code,
         )
+        self.device = resolve_device(device)
+        self.dtype = None if dtype == "auto" else getattr(torch, dtype)
         self.image_root = image_root
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
@@ -272,10 +281,12 @@ class MMIBRayObjectDetector:
         for row in rows:
             try:
                 post = decode_images(_parse_line(row) if JSON_LINE in row else row, MAX_IMAGE_PIXELS)
-                posts.append(self.predictor.prepare(post, None, self.image_root))
+                posts.append(
+                    prepare_post(post, None, self.image_root, self.processor.task == "re", self.processor.num_crops)
+                )
             except Exception as error:  # noqa: BLE001 - the MMIB stage reports it
                 posts.append(PreparedPost(None, error=str(error)))
-        self.predictor.add_objects(posts)
+        self.crop_filler.add_objects(posts, self.device, self.dtype)
         crops, objects = [], []
         for post in posts:
             detected = post.error is None and post.objects is not None
@@ -371,6 +382,8 @@ def predict_dataset(
                 "image_root": predictor_kwargs.get("image_root"),
                 "num_threads": num_threads,
                 "detector_trust_remote_code": predictor_kwargs.get("detector_trust_remote_code", False),
+                # The MMIB stage's detector would run in its compute dtype: float32 when asked for, else native.
+                "dtype": "float32" if predictor_kwargs.get("dtype") == "float32" else "auto",
             },
             batch_size=batch_size,
             batch_format="pandas",

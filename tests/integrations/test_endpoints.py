@@ -92,6 +92,8 @@ def test_payload_rules(checkpoints, posts):
     assert handler.predictor.batch_size == 32
     handler({"inputs": "a b", "parameters": {"batch_size": 1}})
     assert handler.predictor.batch_size == 32, "parameters apply to one call only"
+    with pytest.raises(ValueError, match="need a relation model"):
+        handler({"inputs": "a b", "parameters": {"keep_none": True}})
 
 
 def test_images_in_memory_decode_like_their_files(posts):

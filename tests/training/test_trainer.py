@@ -13,7 +13,10 @@ from mmib.training.trainer import LOSS_PARTS, MMIBTrainer, NonFiniteTrainingErro
 @pytest.fixture
 def trainer(make_trainer) -> MMIBTrainer:
     torch.manual_seed(0)
-    model = MMIBForTokenClassification(tiny_config(beta_text=0.5, beta_vision=0.25, alignment_weight=2.0))
+    # The default near-deterministic start makes both KLs equal (the means are LayerNorm outputs of unit variance and
+    # the log-variances one constant); the LayerNorm start gives two different KLs, so swapped weights show.
+    config = tiny_config(beta_text=0.5, beta_vision=0.25, alignment_weight=2.0, latent_logvar_init=None)
+    model = MMIBForTokenClassification(config)
     return make_trainer(model, evaluate=True, label_names=["labels"], per_device_eval_batch_size=2)
 
 
