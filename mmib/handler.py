@@ -9,8 +9,9 @@ post as `mmib predict` reads it (a raw string, or a dict with `text` or `words`,
 raw bytes. A post that cannot be used gives `{"id", "error"}`, as in `mmib predict`.
 
 `parameters` (all optional, for that request only): `batch_size`, and with a relation model `keep_none` and
-`max_pairs_per_post` (see `mmib predict --help`); any other key is refused. The endpoint's environment may set `MMIB_RELATION_MODEL` (a relation checkpoint folder or Hub id run
-on every entity pair, NER -> RE) and `MMIB_DTYPE` (`auto`, `float32`, `bfloat16`, `int8`).
+`max_pairs_per_post` (see `mmib predict --help`); any other key is refused. The endpoint's environment may set
+`MMIB_RELATION_MODEL` (a relation checkpoint folder or Hub id run on every entity pair, NER -> RE) and `MMIB_DTYPE`
+(`auto`, `float32`, `bfloat16`, `int8`).
 
 Loaded by the Endpoints toolkit as a lone file, so it imports only the standard library, PIL and transformers; the
 model code is the checkpoint's own (`trust_remote_code=True`), so the `mmib` package need not be installed.

@@ -152,8 +152,9 @@ def test_joint_ner_to_relations(ner_path, re_path):
     with pruned.options(keep_none=True, max_pairs_per_post=1, batch_size=1):
         assert pruned(post) == capped
     assert pruned(post) == without_none and pruned.batch_size == pruned.relations.batch_size == 32
-    with pytest.raises(ValueError, match="need a relation model"), MMIBPredictor.from_pretrained(ner_path).options(
-        keep_none=True
+    with (
+        pytest.raises(ValueError, match="need a relation model"),
+        MMIBPredictor.from_pretrained(ner_path).options(keep_none=True),
     ):
         pass
 

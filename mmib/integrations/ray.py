@@ -51,10 +51,10 @@ except ImportError as error:
 
 import torch
 
-from ..handler import decode_images
-from ..image_loading_mmib import MAX_IMAGE_PIXELS
 from ..checkpoints_mmib import resolve_device
 from ..crop_filling_mmib import CropFiller
+from ..handler import decode_images
+from ..image_loading_mmib import MAX_IMAGE_PIXELS
 from ..posts_mmib import PreparedPost, prepare_post
 from ..predictor_mmib import MMIBPredictor
 from ..processing_mmib import MMIBProcessor
