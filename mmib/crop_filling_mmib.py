@@ -74,9 +74,11 @@ class CropFiller:
 
     def extractor(self, device: torch.device, dtype: torch.dtype | None = None) -> MMIBObjectExtractor | None:
         """
-        The extractor for posts without crops, loaded on `device` at first use (`None`: no extraction), its detector
-        in the predictor's compute `dtype` (float32, bfloat16 or float16; otherwise, e.g. int8 text layers, or
-        `None`: the detector's own `"auto"` rule).
+        The extractor for posts without crops, loaded on `device` at first use (`None`: no extraction). Its detector
+        runs in float32 when the predictor's compute `dtype` is float32 (e.g. for parity with a float32 run), else
+        by the detector's own `"auto"` rule: bfloat16 where `device` multiplies it natively and the detector has no
+        deformable attention (a bfloat16 Grounding DINO or RT-DETR forward returned NaN on the CPU), float32
+        otherwise.
         """
         if not self.resolved:
             self.resolved = True
@@ -90,8 +92,8 @@ class CropFiller:
                     self.trust_remote_code,
                 )
                 runtime = {"trust_remote_code": self.trust_remote_code, "device": device}
-                if dtype in (torch.float32, torch.bfloat16, torch.float16):
-                    runtime["dtype"] = str(dtype).removeprefix("torch.")
+                if dtype == torch.float32:
+                    runtime["dtype"] = "float32"
                 self._extractor = MMIBObjectExtractor.from_dict(settings, **runtime)
         return self._extractor
 

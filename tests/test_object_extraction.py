@@ -37,6 +37,7 @@ from transformers import (
 
 from detector_folders import BOX, count_calls, detr_score, exif_rotated_jpeg, hand_box, noise_image, save_detr
 from mmib.crop_extraction import extract_objects
+from mmib.crop_filling_mmib import CropFiller
 from mmib.data import load_jsonl, load_twitter_ner
 from mmib.image_loading_mmib import UnreadableImageError
 from mmib.object_boxes_mmib import DetectedObject, box_iou, select_objects
@@ -330,6 +331,17 @@ def test_auto_dtype_is_bfloat16_where_it_is_native(detr_dir, gdino_dir, monkeypa
         # Deformable attention samples at bf16 positions (NaN on the CPU): float32 under auto, bf16 when asked.
         assert MMIBObjectExtractor.from_pretrained(gdino_dir).dtype == torch.float32
         assert MMIBObjectExtractor.from_pretrained(gdino_dir, dtype="bfloat16").dtype == torch.bfloat16
+
+
+def test_prediction_runs_its_detector_by_the_auto_rule_unless_asked_for_float32(detr_dir, gdino_dir, monkeypatch):
+    """A predictor computing in bf16 must not force bf16 on a deformable-attention detector (NaN on the CPU)."""
+    import mmib.object_detectors_mmib as detectors
+
+    monkeypatch.setattr(detectors, "native_bf16", lambda device: True)
+    for detector, auto in ((detr_dir, torch.bfloat16), (gdino_dir, torch.float32)):
+        for compute, expected in ((torch.bfloat16, auto), (torch.float32, torch.float32)):
+            extractor = CropFiller(2, None, detector).extractor(torch.device("cpu"), compute)
+            assert extractor.dtype == expected, (detector, compute)
 
 
 def test_only_images_of_one_size_share_a_detector_call(detr_dir):
