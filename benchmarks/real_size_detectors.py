@@ -56,11 +56,14 @@ from bench_common import minilm_path
 TINY_IMAGE_SIZE = {"shortest_edge": 48, "longest_edge": 64}
 
 
-def detr_config(size: str = "real") -> DetrConfig:
-    """DETR with a ResNet-50 backbone (`size="tiny"`: a tiny ResNet and a one-layer transformer)."""
+def detr_config(size: str = "real", **kwargs: Any) -> DetrConfig:
+    """
+    DETR with a ResNet-50 backbone (`size="tiny"`: a tiny ResNet and a one-layer transformer, 6 queries, as the
+    tests' detectors are too); `kwargs` are further `DetrConfig` arguments (e.g. `id2label`).
+    """
     if size == "real":
         backbone = ResNetConfig(out_features=["stage4"])
-        return DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone)
+        return DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, **kwargs)
     backbone = ResNetConfig(
         embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=["stage4"]
     )
@@ -76,10 +79,12 @@ def detr_config(size: str = "real") -> DetrConfig:
         encoder_attention_heads=2,
         decoder_attention_heads=2,
         num_queries=6,
+        **kwargs,
     )
 
 
 def detr_image_processor(size: str = "real") -> DetrImageProcessor:
+    """DETR's image processor; `size="tiny"` resizes to `TINY_IMAGE_SIZE`."""
     return DetrImageProcessor() if size == "real" else DetrImageProcessor(size=TINY_IMAGE_SIZE)
 
 
