@@ -150,17 +150,26 @@ def yolos_tiny() -> tuple[torch.nn.Module, Any]:
     return YolosForObjectDetection(config), YolosImageProcessor(size={"shortest_edge": 512, "longest_edge": 1333})
 
 
-def owlv2_base() -> tuple[torch.nn.Module, Any]:
+def letter_clip_tokenizer() -> CLIPTokenizer:
+    """
+    A CLIP tokenizer of single letters (`a`, `a</w>`, ...), its start and end tokens last: OWLv2 masks a query
+    whose first token id is 0, so the start token must not be 0 (as in CLIP's vocabulary). Queries are padded to 16
+    tokens, as by OWLv2's own tokenizer.
+    """
     vocab = {"!": 0}
     for letter in "abcdefghijklmnopqrstuvwxyz":
         vocab[letter] = len(vocab)
         vocab[f"{letter}</w>"] = len(vocab)
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+
+
+def owlv2_base() -> tuple[torch.nn.Module, Any]:
+    tokenizer = letter_clip_tokenizer()
     config = Owlv2Config(vision_config={"image_size": 960})  # OWLv2's 960 x 960 (the class default is OWL-ViT's 768)
-    config.text_config.bos_token_id = vocab["<|startoftext|>"]
-    config.text_config.eos_token_id = config.text_config.pad_token_id = vocab["<|endoftext|>"]
+    config.text_config.bos_token_id = tokenizer.bos_token_id
+    config.text_config.eos_token_id = config.text_config.pad_token_id = tokenizer.eos_token_id
     return Owlv2ForObjectDetection(config), Owlv2Processor(image_processor=Owlv2ImageProcessor(), tokenizer=tokenizer)
 
 
