@@ -36,7 +36,7 @@ def sample_words() -> list[list[str]]:
     return [
         json.loads(line)["words"]
         for split in ("train", "validation", "test")
-        for line in open(SAMPLE / f"{split}.jsonl", encoding="utf-8")
+        for line in (SAMPLE / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
     ]
 
 
