@@ -24,9 +24,11 @@ from mmib import MMIBForTokenClassification, MMIBProcessor
 from mmib.checkpoints_mmib import native_bf16
 from mmib.data import load_twitter_ner
 from mmib.data.registry import default_data_dir
+from mmib.post_files import read_posts
 from mmib.vision_towers_mmib import resnet_image_processor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = REPO_ROOT / "examples" / "twitter2017-sample"
 NUM_CROPS = 4
 IMAGE_SIZE = 224
 
@@ -56,6 +58,27 @@ def write_jpeg(path: Path, seed: int, size: tuple[int, int] = (400, 300)) -> str
     pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8)
     Image.fromarray(pixels.numpy(), mode="RGB").save(path, quality=90)
     return str(path)
+
+
+def write_sample_posts(path: Path, count: int, with_images: bool, field: str) -> None:
+    """
+    `count` JSON-lines posts with ids 0 .. count - 1, cycling through the posts of the shipped Twitter-2017 sample
+    (train, validation, test), each as `field`: `"text"` (its words joined by spaces, a raw post) or `"words"`;
+    `with_images`: each with the next of the sample's images.
+    """
+    posts = [
+        post
+        for split in ("train", "validation", "test")
+        for post in read_posts(SAMPLE / f"{split}.jsonl", decode_images=False)
+    ]
+    images = sorted(str(image) for image in (SAMPLE / "images").glob("*.jpg"))
+    with open(path, "w", encoding="utf-8") as output:
+        for index in range(count):
+            post = posts[index % len(posts)]
+            row = {"id": index, field: post.text if field == "text" else post.words}
+            if with_images:
+                row["image"] = images[index % len(images)]
+            output.write(json.dumps(row) + "\n")
 
 
 def minilm_path() -> str:

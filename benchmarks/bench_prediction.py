@@ -23,27 +23,8 @@ from pathlib import Path
 
 import torch
 
-from bench_common import repo_relative
+from bench_common import SAMPLE, repo_relative, write_sample_posts
 from mmib.checkpoints_mmib import native_bf16
-from mmib.post_files import read_posts
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = REPO_ROOT / "examples" / "twitter2017-sample"
-
-
-def write_posts(path: Path, size: int, with_image: bool) -> None:
-    texts = [
-        post.text
-        for split in ("train", "validation", "test")
-        for post in read_posts(SAMPLE / f"{split}.jsonl", decode_images=False)
-    ]
-    images = sorted(str(image) for image in (SAMPLE / "images").glob("*.jpg"))
-    with open(path, "w", encoding="utf-8") as output:
-        for index in range(size):
-            row = {"id": index, "text": texts[index % len(texts)]}
-            if with_image:
-                row["image"] = images[index % len(images)]
-            output.write(json.dumps(row) + "\n")
 
 
 def build_cache(model: str, cache_dir: str) -> None:
@@ -96,7 +77,7 @@ def main() -> None:
         for variant in args.variants:
             for size in args.sizes:
                 input_path = Path(folder) / f"{variant}-{size}.jsonl"
-                write_posts(input_path, size, variant != "text")
+                write_sample_posts(input_path, size, variant != "text", "text")
                 seconds, peak_mb = run(args.model, input_path, args, cache_dir if variant == "cached" else None)
                 results.append(
                     {

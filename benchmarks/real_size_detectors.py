@@ -56,11 +56,14 @@ from bench_common import minilm_path
 TINY_IMAGE_SIZE = {"shortest_edge": 48, "longest_edge": 64}
 
 
-def detr_config(size: str = "real") -> DetrConfig:
-    """DETR with a ResNet-50 backbone (`size="tiny"`: a tiny ResNet and a one-layer transformer)."""
+def detr_config(size: str = "real", **kwargs: Any) -> DetrConfig:
+    """
+    DETR with a ResNet-50 backbone (`size="tiny"`: a tiny ResNet and a one-layer transformer, 6 queries, as the
+    tests' detectors are too); `kwargs` are further `DetrConfig` arguments (e.g. `id2label`).
+    """
     if size == "real":
         backbone = ResNetConfig(out_features=["stage4"])
-        return DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone)
+        return DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, **kwargs)
     backbone = ResNetConfig(
         embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=["stage4"]
     )
@@ -76,10 +79,12 @@ def detr_config(size: str = "real") -> DetrConfig:
         encoder_attention_heads=2,
         decoder_attention_heads=2,
         num_queries=6,
+        **kwargs,
     )
 
 
 def detr_image_processor(size: str = "real") -> DetrImageProcessor:
+    """DETR's image processor; `size="tiny"` resizes to `TINY_IMAGE_SIZE`."""
     return DetrImageProcessor() if size == "real" else DetrImageProcessor(size=TINY_IMAGE_SIZE)
 
 
@@ -145,17 +150,26 @@ def yolos_tiny() -> tuple[torch.nn.Module, Any]:
     return YolosForObjectDetection(config), YolosImageProcessor(size={"shortest_edge": 512, "longest_edge": 1333})
 
 
-def owlv2_base() -> tuple[torch.nn.Module, Any]:
+def letter_clip_tokenizer() -> CLIPTokenizer:
+    """
+    A CLIP tokenizer of single letters (`a`, `a</w>`, ...), its start and end tokens last: OWLv2 masks a query
+    whose first token id is 0, so the start token must not be 0 (as in CLIP's vocabulary). Queries are padded to 16
+    tokens, as by OWLv2's own tokenizer.
+    """
     vocab = {"!": 0}
     for letter in "abcdefghijklmnopqrstuvwxyz":
         vocab[letter] = len(vocab)
         vocab[f"{letter}</w>"] = len(vocab)
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+
+
+def owlv2_base() -> tuple[torch.nn.Module, Any]:
+    tokenizer = letter_clip_tokenizer()
     config = Owlv2Config(vision_config={"image_size": 960})  # OWLv2's 960 x 960 (the class default is OWL-ViT's 768)
-    config.text_config.bos_token_id = vocab["<|startoftext|>"]
-    config.text_config.eos_token_id = config.text_config.pad_token_id = vocab["<|endoftext|>"]
+    config.text_config.bos_token_id = tokenizer.bos_token_id
+    config.text_config.eos_token_id = config.text_config.pad_token_id = tokenizer.eos_token_id
     return Owlv2ForObjectDetection(config), Owlv2Processor(image_processor=Owlv2ImageProcessor(), tokenizer=tokenizer)
 
 

@@ -25,6 +25,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .integrations import ray_command
+from .predictor_arguments import (
+    add_object_detector_arguments,
+    add_predictor_arguments,
+    object_detector,
+    predictor_kwargs,
+)
 
 TRAINING_EPILOG = "Other arguments are passed to every `mmib train` run (e.g. --text_model_name_or_path DIR)."
 
@@ -68,69 +74,15 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crops", nargs="*", default=[], help="One post: object crop files of the image.")
     parser.add_argument("--head", nargs=2, type=int, metavar=("START", "END"), help="One post, RE: head word span.")
     parser.add_argument("--tail", nargs=2, type=int, metavar=("START", "END"), help="One post, RE: tail word span.")
-    parser.add_argument(
-        "--relation_model",
-        help="RE checkpoint run on the ordered pairs of predicted entities whose types match a type signature it "
-        "records (every pair if it records none).",
-    )
-    parser.add_argument(
-        "--all_pairs",
-        action="store_true",
-        help="NER -> RE: classify every ordered pair, also those of types no relation signature allows.",
-    )
-    parser.add_argument("--max_pairs_per_post", type=int, default=240, help="Entity pairs classified per post.")
-    parser.add_argument("--keep_none", action="store_true", help="Keep relations labelled None.")
-    parser.add_argument("--batch_size", type=int, default=32, help="Posts per forward pass.")
+    add_predictor_arguments(parser)
     parser.add_argument(
         "--num_workers",
         type=int,
         help="Data loader processes decoding posts/images (default: as many as there are cores the model's "
         "threads leave free, at most 2; none on a 2-core CPU).",
     )
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "int8"],
-        help="Compute precision: auto = bfloat16 where the hardware has it natively, else float32; int8 = dynamic "
-        "int8 text and fusion layers (CPU only, opt-in: its cost in F1 is in docs/prediction.md).",
-    )
-    parser.add_argument("--device", help="cuda, cuda:1, cpu, ... (default: cuda when present).")
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "torch", "onnxruntime"],
-        help="onnxruntime = the text side as exported by `mmib export-onnx` (CPU; float32 or int8); auto = the path "
-        "the export measured fastest among those keeping >= 98%% of posts as fp32, else torch (docs/prediction.md).",
-    )
-    parser.add_argument("--onnx_dir", metavar="DIR", help="The export of MODEL (default: MODEL/onnx).")
     parser.add_argument("--quiet", action="store_true", help="No progress bar and no dtype/summary lines.")
     parser.add_argument("--strict", action="store_true", help="Exit non-zero at the first row with an error.")
-    parser.add_argument(
-        "--image_feature_cache",
-        metavar="DIR",
-        help="Feature cache (ImageFeatureStore) built with this model's tower: images found in it by content skip it.",
-    )
-    _add_object_detector_arguments(parser)
-
-
-def _add_object_detector_arguments(parser) -> None:
-    """Flags choosing how posts with an image and no crops get their crops (docs/objects.md)."""
-    detector = parser.add_mutually_exclusive_group()
-    detector.add_argument(
-        "--object_detector",
-        metavar="ID_OR_PATH",
-        help="Detector cutting the crops of posts with an image and no crops (default: the checkpoint's own).",
-    )
-    detector.add_argument(
-        "--no_object_detector", action="store_true", help="No object extraction, even if the checkpoint records one."
-    )
-    parser.add_argument(
-        "--detector_trust_remote_code", action="store_true", help="Let the detector run its own code from its repo."
-    )
-
-
-def _object_detector(args) -> str | bool | None:
-    return False if args.no_object_detector else args.object_detector
 
 
 def _single_post(args: argparse.Namespace) -> dict:
@@ -152,21 +104,7 @@ def _predict(args: argparse.Namespace, _: list[str]) -> None:
     # Under `accelerate launch` only the main process reports.
     silent = args.quiet or int(os.environ.get("RANK", "0")) != 0
     log = (lambda message: None) if silent else (lambda message: print(f"mmib: {message}", file=sys.stderr))
-    predictor = MMIBPredictor.from_pretrained(
-        args.model,
-        relation_model=args.relation_model,
-        dtype=args.dtype,
-        device=args.device,
-        batch_size=args.batch_size,
-        max_pairs_per_post=args.max_pairs_per_post,
-        keep_none=args.keep_none,
-        all_pairs=args.all_pairs,
-        image_feature_cache=args.image_feature_cache,
-        object_detector=_object_detector(args),
-        detector_trust_remote_code=args.detector_trust_remote_code,
-        backend=args.backend,
-        onnx_dir=args.onnx_dir,
-    )
+    predictor = MMIBPredictor.from_pretrained(args.model, **predictor_kwargs(args))
     num_workers = args.num_workers
     # Loaded before the data loader forks, so that its workers share the detector; a CUDA detector cannot run in
     # forked workers.
@@ -263,7 +201,7 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="An MMIB NER checkpoint folder.")
     parser.add_argument("--input", required=True, help="JSON-lines posts, as for `mmib predict --input`.")
     parser.add_argument("--output_dir", required=True)
-    _add_object_detector_arguments(parser)
+    add_object_detector_arguments(parser)
 
 
 def _explain(args: argparse.Namespace, _: list[str]) -> None:
@@ -273,7 +211,7 @@ def _explain(args: argparse.Namespace, _: list[str]) -> None:
         args.model,
         args.input,
         args.output_dir,
-        object_detector=_object_detector(args),
+        object_detector=object_detector(args),
         detector_trust_remote_code=args.detector_trust_remote_code,
     )
     print(f"{len(records)} posts explained in {args.output_dir}")

@@ -23,6 +23,7 @@ from transformers import BertConfig, BertModel, BertTokenizer, ConvNextImageProc
 
 from mmib import MMIBConfig, MMIBForRelationClassification, MMIBForTokenClassification, MMIBPredictor, MMIBProcessor
 from mmib.crf_mmib import MMIBCRF
+from mmib.modeling_mmib import MMIBModel
 
 # The benchmark data live in ../shared/data beside the repository (override with MMIB_SHARED_DATA).
 SHARED_DATA = Path(os.environ.get("MMIB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -114,13 +115,34 @@ def towers(tmp_path_factory) -> dict[str, str]:
     return {name: str(root / name) for name in ("text", "vision", "vision_with_processor")}
 
 
+def load_script(path: Path, name: str):
+    """A script outside the package (app.py, examples/, benchmarks/) imported as the module `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as an import would: its dataclasses look their module up.
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_app():
     """app.py sits at the repository root, outside the package."""
     pytest.importorskip("gradio")
-    spec = importlib.util.spec_from_file_location("mmib_app", REPO / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "app.py", "mmib_app")
+
+
+@pytest.fixture
+def tower_images(monkeypatch) -> list[int]:
+    """Counts the images that go through any MMIB model's vision tower."""
+    counts = []
+    original = MMIBModel.get_image_features
+
+    def counting(self, pixel_values):
+        counts.append(pixel_values.reshape(-1, *pixel_values.shape[-3:]).shape[0])
+        return original(self, pixel_values)
+
+    monkeypatch.setattr(MMIBModel, "get_image_features", counting)
+    return counts
 
 
 def accelerate_cpu_launcher(num_processes: int = 2) -> list[str]:

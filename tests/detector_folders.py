@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
+from real_size_detectors import detr_config, detr_image_processor
+from transformers import DetrForObjectDetection
 
 from mmib.object_extraction_mmib import MMIBObjectExtractor
 from prediction_checkpoints import ner_model_and_processor, save_ner_model
@@ -23,22 +24,7 @@ def save_detr(path: Path, box=BOX, class_logits=(2.0, 0.0, 0.0, 0.0)) -> str:
     keeps random heads, widened so that the boxes depend on the pixels and differ between queries.
     """
     torch.manual_seed(0)
-    config = DetrConfig(
-        use_timm_backbone=False,
-        use_pretrained_backbone=False,
-        backbone_config=ResNetConfig(
-            embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=["stage4"]
-        ),
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_ffn_dim=16,
-        decoder_ffn_dim=16,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        num_queries=6,
-        id2label=CLASSES,
-    )
+    config = detr_config("tiny", id2label=CLASSES)
     model = DetrForObjectDetection(config)
     with torch.no_grad():
         if box is None:
@@ -53,7 +39,7 @@ def save_detr(path: Path, box=BOX, class_logits=(2.0, 0.0, 0.0, 0.0)) -> str:
             model.class_labels_classifier.weight.zero_()
             model.class_labels_classifier.bias.copy_(torch.tensor(class_logits))
     model.save_pretrained(path)
-    DetrImageProcessor(size={"shortest_edge": 48, "longest_edge": 64}).save_pretrained(path)
+    detr_image_processor("tiny").save_pretrained(path)
     return str(path)
 
 

@@ -1,7 +1,8 @@
-"""Tiny random NER and RE checkpoints saved to folders, and a JSON-lines post file, shared by the prediction,
-pipeline, CLI and app tests."""
+"""Tiny random NER and RE checkpoints saved to folders, a JSON-lines post file, and how far two predictions of the
+same posts agree, shared by the prediction, pipeline, CLI and app tests."""
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -71,3 +72,30 @@ def write_input(folder: Path) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+@dataclass
+class Agreement:
+    """How far the NER rows of two predictions of the same posts agree ([`agreement`])."""
+
+    entities: int  # entities of the reference rows
+    posts: float  # share of the posts with the same entity spans and types
+    tags: float  # share of the word tags that are equal
+    score_gaps: list[float]  # |score difference| of each entity of the posts that agree
+
+
+def agreement(reference: list[dict], other: list[dict]) -> Agreement:
+    """Compares two lists of `mmib predict` NER rows of the same posts (e.g. float32 against bfloat16 or int8)."""
+
+    def spans(row: dict) -> list[tuple[int, int, str]]:
+        return [(entity["word_start"], entity["word_end"], entity["type"]) for entity in row["entities"]]
+
+    pairs = list(zip(reference, other, strict=True))
+    agreeing = [(a, b) for a, b in pairs if spans(a) == spans(b)]
+    same_tags = sum(x == y for a, b in pairs for x, y in zip(a["tags"], b["tags"], strict=True))
+    return Agreement(
+        entities=sum(len(row["entities"]) for row in reference),
+        posts=len(agreeing) / len(pairs),
+        tags=same_tags / sum(len(a["tags"]) for a, _ in pairs),
+        score_gaps=[abs(x["score"] - y["score"]) for a, b in agreeing for x, y in zip(a["entities"], b["entities"])],
+    )

@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_object_extraction import save_detr
 
+from detector_folders import save_detr
 from mmib.cli import main as cli_main
 from mmib.integrations.endpoints import save_endpoint_handler
 from mmib.object_extraction_mmib import MMIBObjectExtractor
@@ -36,7 +36,7 @@ def sample_words() -> list[list[str]]:
     return [
         json.loads(line)["words"]
         for split in ("train", "validation", "test")
-        for line in open(SAMPLE / f"{split}.jsonl", encoding="utf-8")
+        for line in (SAMPLE / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
     ]
 
 

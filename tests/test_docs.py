@@ -1,20 +1,26 @@
 """docs/prediction.md names every `mmib predict` flag (read from the command's real parser) and every field of a
 predicted row (collected from real predictions of the fixture checkpoints: NER, NER -> RE with pairs left out and
-a pair too long for the relation model, RE alone, object extraction and an error row)."""
+a pair too long for the relation model, RE alone, object extraction and an error row); the README and
+docs/testing.md state test counts only as dated measurements."""
 
 import argparse
 import re
 from pathlib import Path
 
 import pytest
-from test_object_extraction import save_detr
 
 from conftest import make_image
+from detector_folders import save_detr
 from mmib import MMIBPredictor
 from mmib.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
 PREDICTION_DOC = REPO / "docs" / "prediction.md"
+TESTING_DOC = REPO / "docs" / "testing.md"
+MEASURED = "## Measured"
+# "24 of 729 tests", "729 passed", "12 tests" (not "the Twitter-2017 test split"): a count of the suite's tests.
+TEST_COUNT = re.compile(r"(?<![\w-])\d+ (?:of \d+ )?(?:tests|passed)\b")
+DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "ner-re-tiny-64db95d"
 
 
@@ -83,3 +89,26 @@ def test_the_checks_find_what_is_missing(predicted_fields):
     assert undocumented_flags(without_flag) == ["--object_detector"]
     without_field = text.replace("`pairs_left_out`", "pairs_left_out").replace('"pairs_left_out"', "")
     assert undocumented_fields(predicted_fields, without_field) == ["pairs_left_out"]
+
+
+def undated_test_counts(text: str) -> list[str]:
+    """
+    The test counts of a document that are not dated measurements: any before its `## Measured` section (counts go
+    stale with every change), and any in a paragraph of that section that names no date.
+    """
+    current, _, measured = text.partition(MEASURED)
+    stale = TEST_COUNT.findall(current)
+    for paragraph in measured.split("\n\n"):
+        if not DATE.search(paragraph):
+            stale += TEST_COUNT.findall(paragraph)
+    return stale
+
+
+def test_test_counts_are_only_dated_measurements():
+    for path in (REPO / "README.md", TESTING_DOC):
+        assert undated_test_counts(path.read_text(encoding="utf-8")) == [], path
+    assert TEST_COUNT.findall(TESTING_DOC.read_text(encoding="utf-8").partition(MEASURED)[2])
+    # The checks find the kinds of count the docs once held.
+    assert undated_test_counts("(marker `slow`, 24 of 729 tests on 2026-12-01)") == ["24 of 729 tests"]
+    assert undated_test_counts("the Twitter-2017 test split, 3 tests") == ["3 tests"]
+    assert undated_test_counts(f"{MEASURED}\n\n2026-12-01: **729 passed**\n\nLater: 800 passed") == ["800 passed"]

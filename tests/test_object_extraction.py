@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image, ImageOps
+from real_size_detectors import letter_clip_tokenizer
 from transformers import (
     BertConfig,
     BertTokenizer,
-    CLIPTokenizer,
     GroundingDinoConfig,
     GroundingDinoForObjectDetection,
     GroundingDinoImageProcessor,
@@ -102,25 +102,18 @@ def gdino_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def owlv2_dir(tmp_path_factory) -> str:
     torch.manual_seed(0)
-    vocab = {"!": 0}
-    for letter in "abcdefghijklmnopqrstuvwxyz":
-        vocab[letter] = len(vocab)
-        vocab[f"{letter}</w>"] = len(vocab)
-    # OWLv2 masks a query whose first token id is 0, so the start token must not be 0 (as in CLIP's vocabulary).
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)  # as OWLv2's own tokenizer
+    tokenizer = letter_clip_tokenizer()
     config = Owlv2Config(
         text_config={
-            "vocab_size": len(vocab),
+            "vocab_size": len(tokenizer),
             "hidden_size": 16,
             "intermediate_size": 16,
             "num_hidden_layers": 1,
             "num_attention_heads": 2,
             "max_position_embeddings": 16,
-            "bos_token_id": len(vocab) - 2,
-            "eos_token_id": len(vocab) - 1,
-            "pad_token_id": len(vocab) - 1,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.eos_token_id,
         },
         vision_config={
             "image_size": 32,

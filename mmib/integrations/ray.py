@@ -7,7 +7,7 @@ from mmib.integrations.ray import MMIBRayPredictor
 
 ds = ray.data.read_json("posts/")  # or read_parquet, with an image bytes column
 ds = ds.map_batches(MMIBRayPredictor, fn_constructor_kwargs={"model": "runs/ner"}, batch_size=64,
-                    concurrency=2, num_cpus=0.5, batch_format="pandas")
+                    compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.5, batch_format="pandas")
 ds.write_json("out/")
 ```
 
@@ -337,8 +337,6 @@ def stage_resources(concurrency: int, num_gpus: float = 0.0, cluster_cpus: float
 
 # Read and write tasks ask for little, so that they run beside the actors whatever the actors take.
 IO_CPUS = 0.25
-# Ray restarts a killed actor and resubmits the batches it held (`max_restarts`, `max_task_retries`).
-RETRIES = {"max_restarts": -1, "max_task_retries": -1}
 
 
 def predict_dataset(
@@ -389,7 +387,6 @@ def predict_dataset(
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=detector_concurrency),
             **stage_resources(cpu_actors, detector_num_gpus),
-            **RETRIES,
         )
         object_detector = False
     return dataset.map_batches(
@@ -406,7 +403,6 @@ def predict_dataset(
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         **stage_resources(cpu_actors, num_gpus),
-        **RETRIES,
     )
 
 
@@ -429,7 +425,7 @@ def file_format(path: str, given: str | None = None) -> str:
 def read_posts(path: str, input_format: str | None = None) -> "ray.data.Dataset":
     """Posts from JSON lines (read as text, one `json_line` per row, parsed in the MMIB stage) or parquet."""
     if file_format(path, input_format) == "parquet":
-        return ray.data.read_parquet(path, ray_remote_args={"num_cpus": IO_CPUS})
+        return ray.data.read_parquet(path, num_cpus=IO_CPUS)
     return ray.data.read_text(path, num_cpus=IO_CPUS).rename_columns({"text": JSON_LINE})
 
 

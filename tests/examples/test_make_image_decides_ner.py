@@ -2,7 +2,6 @@
 the image only (a bag-of-words classifier stays near chance, one on small image thumbnails does not)."""
 
 import hashlib
-import importlib.util
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, load_script
 from mmib.data import load_jsonl
 
 SCRIPT = REPO / "examples" / "make_image_decides_ner.py"
@@ -18,10 +17,7 @@ SIZES = {"train": 150, "validation": 30, "test": 60}
 
 
 def load_generator():
-    spec = importlib.util.spec_from_file_location("make_image_decides_ner", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "make_image_decides_ner")
 
 
 def digest(folder: Path) -> str:

@@ -1,6 +1,5 @@
 """examples/train_with_accelerate.py: a plain Accelerate loop on `outputs.loss` reaches MMIBTrainer's losses."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 from datasets import ClassLabel, Dataset, Features, List, Value
 from transformers import TrainingArguments
 
-from conftest import NER_LABELS, REPO, make_image, make_image_processor, make_tokenizer, tiny_config
+from conftest import NER_LABELS, REPO, load_script, make_image, make_image_processor, make_tokenizer, tiny_config
 from mmib import MMIBForTokenClassification, MMIBProcessor
 from mmib.training.collator import MMIBDataCollator
 from mmib.training.trainer import MMIBTrainer
@@ -18,10 +17,7 @@ SEED, STEPS, BATCH, LEARNING_RATE, WEIGHT_DECAY = 7, 4, 2, 1e-3, 0.01
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("train_with_accelerate", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "train_with_accelerate")
 
 
 def dataset_with_images(folder: Path) -> Dataset:

@@ -15,7 +15,6 @@ from mmib import MMIBPredictor
 from mmib.batch_prediction import predict_file
 from mmib.cli import main as cli_main
 from mmib.features import ImageFeatureStore
-from mmib.modeling_mmib import MMIBModel
 from prediction_checkpoints import ner_model_and_processor, save_ner_checkpoint, save_ner_model, save_re_checkpoint
 
 
@@ -55,20 +54,6 @@ TOWER_IMAGES = {"plain": 10, "cached": 3}
 @pytest.fixture(scope="module")
 def ner_path(files) -> str:
     return str(files / "checkpoint")
-
-
-@pytest.fixture
-def tower_images(monkeypatch) -> list[int]:
-    """Counts the images that go through any MMIB model's vision tower."""
-    counts = []
-    original = MMIBModel.get_image_features
-
-    def counting(self, pixel_values):
-        counts.append(pixel_values.reshape(-1, *pixel_values.shape[-3:]).shape[0])
-        return original(self, pixel_values)
-
-    monkeypatch.setattr(MMIBModel, "get_image_features", counting)
-    return counts
 
 
 def read_jsonl(path):

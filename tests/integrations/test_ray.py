@@ -16,6 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 ray = pytest.importorskip("ray")
+# Our calls use Ray's current API: one that Ray deprecates (e.g. `ray_remote_args` of readers and `map_batches`,
+# deprecated in Ray 2.60) fails here rather than on the release that removes it.
+pytestmark = pytest.mark.filterwarnings("error::ray.util.annotations.RayDeprecationWarning")
 
 from mmib.cli import main as cli_main  # noqa: E402
 from mmib.integrations.ray import (  # noqa: E402

@@ -3,20 +3,17 @@ device, `mmib predict` of the saved checkpoint uses it without running the tower
 checkpoint with the same folder keeps every shard."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, make_tokenizer, save_tiny_towers
+from conftest import make_tokenizer, save_tiny_towers
 from mmib.cli import main as cli_main
 from mmib.features import SHARD_GLOB, ImageFeatureStore
 from mmib.modeling_mmib import MMIBModel
+from training_runs import SAMPLE, run
 
-SAMPLE = REPO / "examples" / "twitter2017-sample"
 # Rows of the sample whose image is shipped (15 images in all, no crops), and text-only rows.
 IMAGE_ROWS = {"train": range(300, 310), "validation": [12, 100, 101], "test": [100, 101]}
 TEXT_ROWS = {"train": range(6), "validation": range(3), "test": range(4)}
@@ -84,31 +81,9 @@ def train_flags(splits: dict[str, Path], output_dir: Path, cache: Path) -> list[
     ]
 
 
-def train(arguments: list[str], cwd: Path) -> str:
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    command = [sys.executable, str(REPO / "train_mmib.py"), *arguments]
-    result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
-    return result.stderr
-
-
 def shard_files(cache: Path) -> dict[str, tuple[int, int]]:
     """Each shard's name, inode and modification time: a shard deleted and rewritten changes at least one."""
     return {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in sorted(cache.glob(SHARD_GLOB))}
-
-
-@pytest.fixture
-def tower_images(monkeypatch) -> list[int]:
-    """Counts the images that go through any MMIB model's vision tower in this process."""
-    counts = []
-    original = MMIBModel.get_image_features
-
-    def counting(self, pixel_values):
-        counts.append(pixel_values.reshape(-1, *pixel_values.shape[-3:]).shape[0])
-        return original(self, pixel_values)
-
-    monkeypatch.setattr(MMIBModel, "get_image_features", counting)
-    return counts
 
 
 @pytest.mark.slow
@@ -117,7 +92,7 @@ def test_a_training_cache_serves_the_saved_checkpoint_and_a_second_training(towe
     cache, first = tmp_path / "cache", tmp_path / "first"
     tower_flags = ["--text_model_name_or_path", text, "--vision_model_name_or_path", vision]
     overrides = ["--config_overrides", "apenc_num_attention_heads=4,apenc_intermediate_size=48", "--num_crops", "1"]
-    log = train(train_flags(splits, first, cache) + tower_flags + overrides, cwd=tmp_path)
+    log = run(train_flags(splits, first, cache) + tower_flags + overrides, cwd=tmp_path).stderr
     assert "Computing image features of 15 files (0 cached)" in log
     assert len(ImageFeatureStore.load(str(cache), verify=True)) == 15
     shards = shard_files(cache)
@@ -142,7 +117,8 @@ def test_a_training_cache_serves_the_saved_checkpoint_and_a_second_training(towe
     assert predictions["cached"] == predictions["plain"] and len(predictions["plain"]) == len(rows)
 
     # Training again from the checkpoint with the same folder: every image found, no shard deleted or rewritten.
-    log = train(train_flags(splits, tmp_path / "second", cache) + ["--model_name_or_path", str(first)], cwd=tmp_path)
+    second = train_flags(splits, tmp_path / "second", cache) + ["--model_name_or_path", str(first)]
+    log = run(second, cwd=tmp_path).stderr
     assert "Computing image features" not in log and "recomputing" not in log
     assert shard_files(cache) == shards
 
