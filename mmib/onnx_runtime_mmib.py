@@ -28,6 +28,7 @@ which transformers' remote-code import check skips), and raises an `ImportError`
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -72,6 +73,10 @@ OPTIMIZED_FILES = {"float32": "model.optimized.onnx", "int8": "model.int8.optimi
 AUTO_MIN_AGREEMENT = 0.98
 # CPU flags that decide which kernels run: a measurement made where they differ does not say what is fastest here.
 KERNEL_FLAGS = ("avx2", "avx512_f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+# Environment variables that cap torch's CPU kernels below the CPU's flags (as to reproduce a CPU without AVX-512).
+# ONNX Runtime ignores them (it picks its kernels from the CPU alone), so a measurement made with other caps than
+# those in effect says nothing about which path is fastest here.
+KERNEL_CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def default_onnx_dir(checkpoint: str | Path) -> Path:
@@ -108,10 +113,15 @@ def has_export(onnx_dir: str | Path) -> bool:
     return (Path(onnx_dir) / MANIFEST_NAME).is_file()
 
 
-def cpu_kernel_flags() -> dict[str, bool]:
-    """The CPU capabilities (torch's cpuinfo) that choose the kernels of both backends."""
+def cpu_kernel_flags() -> dict[str, Any]:
+    """The CPU capabilities (torch's cpuinfo) that choose the kernels of both backends, and under `kernel_caps` the
+    `KERNEL_CAP_VARIABLES` set in the environment (absent when none is)."""
     flags = torch.cpu.get_capabilities()
-    return {name: bool(flags.get(name)) for name in KERNEL_FLAGS}
+    result = {name: bool(flags.get(name)) for name in KERNEL_FLAGS}
+    caps = {name: os.environ[name] for name in KERNEL_CAP_VARIABLES if os.environ.get(name)}
+    if caps:
+        result["kernel_caps"] = caps
+    return result
 
 
 def read_manifest(onnx_dir: str | Path, checkpoint: str | Path | None = None) -> dict[str, Any]:

@@ -266,6 +266,21 @@ def test_auto_takes_the_fastest_measured_path_that_keeps_the_tags(tmp_path, monk
     assert resolve_backend("auto", "auto", cpu, tmp_path / "none")[:2] == ("torch", "auto")
 
 
+def test_auto_under_kernel_caps_needs_a_measurement_made_under_them(tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    onnx = write_measurement(tmp_path / "native", [path("onnxruntime", "float32", 999, 1.0)])
+    assert resolve_backend("auto", "float32", cpu, onnx)[:2] == ("onnxruntime", "float32")
+    # AVX2 kernels forced for torch: ONNX Runtime ignores the cap, so the native measurement is not evidence.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    backend, dtype, reason = resolve_backend("auto", "float32", cpu, onnx)
+    assert (backend, dtype) == ("torch", "float32") and "no measurement made on a CPU like this one" in reason
+    capped = write_measurement(tmp_path / "capped", [path("onnxruntime", "float32", 999, 1.0)])
+    assert json.loads((capped / MANIFEST_NAME).read_text())["measurement"]["cpu_kernel_flags"]["kernel_caps"] == {
+        "ONEDNN_MAX_CPU_ISA": "AVX2"
+    }
+    assert resolve_backend("auto", "float32", cpu, capped)[:2] == ("onnxruntime", "float32")
+
+
 def test_auto_without_bf16_hardware_never_takes_torch_bf16(tmp_path, monkeypatch):
     monkeypatch.setattr("mmib.onnx_runtime_mmib.native_bf16", lambda device: False)
     measured = [path("torch", "float32", 100, 1.0), path("torch", "bfloat16", 140, 1.0)]
