@@ -8,7 +8,10 @@ import the predictor or the object extractor, so training does not depend on the
 Travels with checkpoints as remote code (see CONTRIBUTING.md).
 """
 
+import json
 import os
+import struct
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,13 +20,23 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoProcessor,
+    PreTrainedConfig,
     PreTrainedModel,
     ProcessorMixin,
 )
 
 from .processing_mmib import check_processor_matches_config, check_tokenizer_matches_embeddings
 
-__all__ = ["DTYPES", "TASK_AUTO_CLASSES", "load_checkpoint", "native_bf16", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "DTYPES",
+    "TASK_AUTO_CLASSES",
+    "load_checkpoint",
+    "load_config_and_processor",
+    "native_bf16",
+    "read_weights",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.qint8}
 
@@ -89,17 +102,16 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> tuple[torch
 TASK_AUTO_CLASSES = {"ner": AutoModelForTokenClassification, "re": AutoModelForSequenceClassification}
 
 
-def load_checkpoint(
+def load_config_and_processor(
     model_name_or_path: str,
     task: str | None = None,
     num_crops: int | None = None,
     max_length: int | None = None,
     trust_remote_code: bool = False,
-    **model_kwargs: Any,
-) -> tuple[PreTrainedModel, ProcessorMixin]:
+) -> tuple[PreTrainedConfig, ProcessorMixin]:
     """
-    The one checkpoint loader: a saved MMIB checkpoint (model + processor), checked against itself and the caller.
-    The predictor, the pipeline, training (`load_model_and_processor`) and the analyses all load through it.
+    A saved MMIB checkpoint's config and processor, checked against each other and the caller, without its weights:
+    [`load_checkpoint`] adds the model; the onnxruntime backend needs no torch model.
 
     Args:
         model_name_or_path (`str`): folder or Hub id of a checkpoint saved with its processor.
@@ -107,15 +119,11 @@ def load_checkpoint(
         num_crops, max_length (`int`, *optional*): values the caller expects. They are fixed once a model is
             built, so a value that differs from the checkpoint's is refused rather than silently ignored.
         trust_remote_code (`bool`): load the checkpoint's own code (not needed when `mmib` is installed).
-        model_kwargs: passed to the model's `from_pretrained` (e.g. `beta_text`, `dtype`).
-
-    Returns:
-        `(model, processor)`; the model class follows `processor.task`.
 
     Raises:
         ValueError: not an MMIB checkpoint; the processor and the model config disagree (`num_crops`,
-            `max_length` beyond the text tower's positions, a tokenizer larger than the text embeddings); or the
-            checkpoint differs from `task`, `num_crops` or `max_length`.
+            `max_length` beyond the text tower's positions); or the checkpoint differs from `task`, `num_crops` or
+            `max_length`.
     """
     config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     if config.model_type != "mmib":
@@ -131,9 +139,89 @@ def load_checkpoint(
                 f"The checkpoint {model_name_or_path} was built with {name}={getattr(processor, name)}, not {value}; "
                 f"{name} is fixed once a model is built (leave it unset to use the checkpoint's)."
             )
+    check_processor_matches_config(processor, config, source=str(model_name_or_path))
+    return config, processor
+
+
+def load_checkpoint(
+    model_name_or_path: str,
+    task: str | None = None,
+    num_crops: int | None = None,
+    max_length: int | None = None,
+    trust_remote_code: bool = False,
+    **model_kwargs: Any,
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """
+    The one checkpoint loader: a saved MMIB checkpoint (model + processor), checked against itself and the caller.
+    The predictor, the pipeline, training (`load_model_and_processor`) and the analyses all load through it.
+
+    Args:
+        model_name_or_path (`str`): folder or Hub id of a checkpoint saved with its processor.
+        task, num_crops, max_length, trust_remote_code: see [`load_config_and_processor`].
+        model_kwargs: passed to the model's `from_pretrained` (e.g. `beta_text`, `dtype`).
+
+    Returns:
+        `(model, processor)`; the model class follows `processor.task`.
+
+    Raises:
+        ValueError: see [`load_config_and_processor`]; also a tokenizer larger than the text embeddings.
+    """
+    _, processor = load_config_and_processor(model_name_or_path, task, num_crops, max_length, trust_remote_code)
     model = TASK_AUTO_CLASSES[processor.task].from_pretrained(
         model_name_or_path, trust_remote_code=trust_remote_code, **model_kwargs
     )
-    check_processor_matches_config(processor, model.config, source=str(model_name_or_path))
     check_tokenizer_matches_embeddings(processor, model, source=str(model_name_or_path))
     return model, processor
+
+
+# safetensors dtype names (the file format's header) and the torch dtypes they store.
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_weights(checkpoint: str | Path, prefix: str) -> dict[str, torch.Tensor]:
+    """
+    The tensors of a local checkpoint's `*.safetensors` files whose names start with `prefix`, the prefix removed,
+    read without loading the others: the onnxruntime backend takes the CRF (a few hundred bytes) and, when a post
+    brings an image, the vision tower from a checkpoint whose text side is the exported graph. The safetensors
+    layout (an 8-byte little-endian header size, a JSON header of dtype / shape / byte range per tensor, the bytes)
+    is read with the standard library, as this module travels with checkpoints.
+
+    Raises:
+        FileNotFoundError: the folder holds no `*.safetensors` file.
+        ValueError: a header that is not safetensors, or a dtype outside `SAFETENSORS_DTYPES`.
+    """
+    files = sorted(Path(checkpoint).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{checkpoint} holds no *.safetensors weights.")
+    tensors = {}
+    for path in files:
+        with open(path, "rb") as weights:
+            try:
+                (size,) = struct.unpack("<Q", weights.read(8))
+                header = json.loads(weights.read(size))
+            except (struct.error, UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ValueError(f"{path} is not a safetensors file ({error}).") from error
+            for name, entry in header.items():
+                if name == "__metadata__" or not name.startswith(prefix):
+                    continue
+                if entry["dtype"] not in SAFETENSORS_DTYPES:
+                    raise ValueError(f"{path}: tensor {name} has dtype {entry['dtype']}, which is not read here.")
+                start, end = entry["data_offsets"]
+                weights.seek(8 + size + start)
+                data = bytearray(weights.read(end - start))
+                dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+                # `torch.frombuffer` refuses an empty buffer (a tensor with a zero dimension).
+                tensor = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+                tensors[name.removeprefix(prefix)] = tensor.reshape(entry["shape"])
+    return tensors

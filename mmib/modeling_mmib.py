@@ -682,6 +682,11 @@ class MMIBModel(MMIBPreTrainedModel):
         pooled = pool_tower_output(outputs, self.config.vision_feature_pooling, type(self.vision_model).__name__)
         return pooled.reshape(*leading_shape, -1)
 
+    @property
+    def vision_dtype(self) -> torch.dtype:
+        """The dtype of the vision tower's weights, in which its features enter the fusion layers."""
+        return self.vision_model.dtype
+
     def _image_inputs(
         self,
         pixel_values: torch.FloatTensor | None,
@@ -734,7 +739,7 @@ class MMIBModel(MMIBPreTrainedModel):
                 "were given to compute them."
             )
         # The processor returns fp32 pixels; a half-precision tower needs its own dtype.
-        dtype = self.vision_model.dtype
+        dtype = self.vision_dtype
         features = torch.zeros(*slots, self.config.vision_feature_size, dtype=dtype, device=image_mask.device)
         if image_features is not None:
             features[feature_mask] = image_features[feature_mask].to(dtype)

@@ -48,7 +48,13 @@ from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 from .checkpoints_mmib import load_checkpoint, resolve_device, resolve_dtype
 from .crop_filling_mmib import CropFiller, with_objects
 from .object_extraction_mmib import MMIBObjectExtractor
-from .onnx_runtime_mmib import MMIBOnnxRuntimeModel, default_onnx_dir, has_export, resolve_backend
+from .onnx_runtime_mmib import (
+    MMIBOnnxRuntimeModel,
+    default_onnx_dir,
+    has_export,
+    load_onnx_checkpoint,
+    resolve_backend,
+)
 from .posts_mmib import PreparedPost, error_row, prepare_post
 from .quantization_mmib import quantize_int8
 from .relation_stage_mmib import RelationStage, add_cached_features, on_device
@@ -186,23 +192,27 @@ class MMIBPredictor:
             graph_dtype, dtype = dtype, torch.qint8 if dtype == "int8" else torch.float32
         else:
             dtype, reason = resolve_dtype(dtype, device)
-        models = []
+        models, graph_notes = [], []
         for path, folder in ((model_name_or_path, onnx_dir), (relation_model, None)):
             if path is None:
                 continue
-            model, processor = load_checkpoint(path, trust_remote_code=trust_remote_code, dtype=torch.float32)
-            model = model.to(device).eval()
             folder = default_onnx_dir(path) if folder is None else folder
             # Under `auto` a relation checkpoint without an export runs in torch, at the same dtype.
-            exported = backend != "auto" or has_export(folder)
-            if chosen_backend == "onnxruntime" and exported:
-                model = MMIBOnnxRuntimeModel(model, folder, checkpoint=path, dtype=graph_dtype)
-            elif dtype == torch.qint8:
-                model = quantize_int8(model)
+            if chosen_backend == "onnxruntime" and (backend != "auto" or has_export(folder)):
+                # The graph holds the text side: the torch model is not loaded (see `load_onnx_checkpoint`).
+                model, processor = load_onnx_checkpoint(path, folder, graph_dtype, trust_remote_code)
+                if model.graph_fallback is not None:
+                    graph_notes.append(f"plain graph of {path}: {model.graph_fallback}")
+            else:
+                model, processor = load_checkpoint(path, trust_remote_code=trust_remote_code, dtype=torch.float32)
+                model = model.to(device).eval()
+                if dtype == torch.qint8:
+                    model = quantize_int8(model)
             models += [model, processor]
         predictor = cls(*models, compute_dtype=dtype, **kwargs)
         predictor.dtype_reason = reason
-        predictor.backend, predictor.backend_reason = chosen_backend, backend_reason
+        predictor.backend = chosen_backend
+        predictor.backend_reason = "; ".join([backend_reason, *graph_notes])
         if image_feature_cache is not None:
             # The cache is part of the installed package, not of the remote code: imported by name at run time (so
             # transformers' remote-code import check does not require a pip package `mmib`), keeping the public

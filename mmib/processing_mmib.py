@@ -333,16 +333,22 @@ def check_processor_matches_config(
         )
 
 
-def check_tokenizer_matches_embeddings(processor: "MMIBProcessor", model: Any, source: str = "the checkpoint") -> None:
+def check_tokenizer_matches_embeddings(
+    processor: "MMIBProcessor", model: Any | int, source: str = "the checkpoint"
+) -> None:
     """
     Refuses a processor whose tokenizer can produce ids that the model's text embeddings do not have (a tokenizer
     from another model, or RE markers added without resizing the embeddings). A tokenizer smaller than the
     embedding matrix is accepted: embeddings padded to a multiple of 8 or 64 are common.
 
+    Args:
+        model (`PreTrainedModel` or `int`): the model, or the number of its embedding rows (an exported graph's).
+
     Raises:
         ValueError: `len(processor.tokenizer)` exceeds the number of embedding rows.
     """
-    tokens, rows = len(processor.tokenizer), model.get_input_embeddings().num_embeddings
+    rows = model if isinstance(model, int) else model.get_input_embeddings().num_embeddings
+    tokens = len(processor.tokenizer)
     if tokens > rows:
         raise ValueError(
             f"The tokenizer of {source} has {tokens} tokens but the model's text embeddings have {rows} rows "

@@ -204,3 +204,33 @@ def test_load_round_trip_and_refusals(towers, tmp_path):
     processor_file.write_text(json.dumps({**saved, "num_crops": 3}))
     with pytest.raises(ValueError, match="num_crops=3 but the model config of .* has num_crops=2"):
         load_model_and_processor(tmp_path)
+
+
+def test_read_weights_reads_the_tensors_of_a_prefix_as_safetensors_does(tmp_path):
+    from safetensors.torch import save_file
+
+    from mmib.checkpoints_mmib import read_weights
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        "crf.transitions": torch.randn(3, 3, generator=generator),
+        "crf.start_transitions": torch.randn(3, generator=generator).to(torch.bfloat16),
+        "crf.steps": torch.tensor([7, -2], dtype=torch.int64),
+        "crf.empty": torch.zeros(0, 4),
+        "crf_like.other": torch.randn(2, generator=generator),
+        "mmib.text_model.weight": torch.randn(4, 2, generator=generator),
+    }
+    save_file(tensors, tmp_path / "model.safetensors")
+    save_file({"crf.mask": torch.tensor([True, False])}, tmp_path / "model-00002.safetensors")
+    read = read_weights(tmp_path, "crf.")
+    expected = {**{k: v for k, v in tensors.items() if k.startswith("crf.")}, "crf.mask": torch.tensor([True, False])}
+    assert read.keys() == {name.removeprefix("crf.") for name in expected}
+    for name, tensor in expected.items():
+        got = read[name.removeprefix("crf.")]
+        assert got.dtype == tensor.dtype and got.shape == tensor.shape and torch.equal(got, tensor), name
+    assert read_weights(tmp_path, "mmib.")["text_model.weight"].equal(tensors["mmib.text_model.weight"])
+    (tmp_path / "model-00002.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    with pytest.raises(ValueError, match="model-00002.safetensors is not a safetensors file"):
+        read_weights(tmp_path, "crf.")
+    with pytest.raises(FileNotFoundError, match="holds no \\*.safetensors"):
+        read_weights(tmp_path / "nothing", "crf.")

@@ -1,6 +1,7 @@
 """The onnxruntime backend: `mmib export-onnx` and `mmib predict --backend onnxruntime|auto` against torch fp32."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -265,6 +266,21 @@ def test_auto_takes_the_fastest_measured_path_that_keeps_the_tags(tmp_path, monk
     assert resolve_backend("auto", "auto", cpu, tmp_path / "none")[:2] == ("torch", "auto")
 
 
+def test_auto_under_kernel_caps_needs_a_measurement_made_under_them(tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    onnx = write_measurement(tmp_path / "native", [path("onnxruntime", "float32", 999, 1.0)])
+    assert resolve_backend("auto", "float32", cpu, onnx)[:2] == ("onnxruntime", "float32")
+    # AVX2 kernels forced for torch: ONNX Runtime ignores the cap, so the native measurement is not evidence.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    backend, dtype, reason = resolve_backend("auto", "float32", cpu, onnx)
+    assert (backend, dtype) == ("torch", "float32") and "no measurement made on a CPU like this one" in reason
+    capped = write_measurement(tmp_path / "capped", [path("onnxruntime", "float32", 999, 1.0)])
+    assert json.loads((capped / MANIFEST_NAME).read_text())["measurement"]["cpu_kernel_flags"]["kernel_caps"] == {
+        "ONEDNN_MAX_CPU_ISA": "AVX2"
+    }
+    assert resolve_backend("auto", "float32", cpu, capped)[:2] == ("onnxruntime", "float32")
+
+
 def test_auto_without_bf16_hardware_never_takes_torch_bf16(tmp_path, monkeypatch):
     monkeypatch.setattr("mmib.onnx_runtime_mmib.native_bf16", lambda device: False)
     measured = [path("torch", "float32", 100, 1.0), path("torch", "bfloat16", 140, 1.0)]
@@ -285,3 +301,109 @@ def test_export_measures_the_paths_auto_chooses_from(tmp_path):
     predictor = MMIBPredictor.from_pretrained(path, backend="auto")
     fastest = max((r for r in rows.values() if r["agreement"] >= 0.98), key=lambda r: r["posts_per_s"])
     assert predictor.backend == fastest["backend"]
+
+
+@pytest.fixture
+def opened_graphs(monkeypatch) -> list[tuple[str, object]]:
+    """(file name, graph optimisation level) of every ONNX Runtime session opened in the test."""
+    import onnxruntime
+
+    opened = []
+    real_session = onnxruntime.InferenceSession
+
+    def spy(path, options=None, **kwargs):
+        opened.append((Path(path).name, options.graph_optimization_level if options else None))
+        return real_session(path, options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    return opened
+
+
+def test_the_graph_optimised_at_export_is_opened_without_optimising_again(ner_export, opened_graphs):
+    import onnxruntime
+
+    manifest = json.loads((Path(ner_export) / "onnx" / MANIFEST_NAME).read_text())
+    assert manifest["optimized_files"] == {"float32": "model.optimized.onnx"}
+    assert manifest["onnxruntime"] == onnxruntime.__version__
+    assert manifest["max_abs_logit_difference_optimized"] < 1e-4
+    predictor = MMIBPredictor.from_pretrained(ner_export, backend="onnxruntime")
+    assert opened_graphs == [("model.optimized.onnx", onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL)]
+    assert predictor.model.graph_fallback is None and "plain graph" not in predictor.backend_reason
+
+
+def test_another_onnxruntime_version_falls_back_to_the_plain_graph(copied_export, opened_graphs, caplog):
+    import onnxruntime
+
+    path = copied_export / "onnx" / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "onnxruntime": "0.0.1"}))
+    posts = sample_posts(SAMPLE)[:24]
+    with caplog.at_level("WARNING", logger="mmib.onnx_runtime_mmib"):
+        torch_side, onnx_side = predictors(str(copied_export), batch_size=8)
+    reason = "its optimised graph was written by onnxruntime 0.0.1"
+    assert onnx_side.model.graph_fallback.startswith(reason)
+    assert f"plain graph of {copied_export}: {reason}" in onnx_side.backend_reason
+    assert [r.message for r in caplog.records if reason in r.message and "plain float32 graph" in r.message]
+    assert opened_graphs == [("model.onnx", onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)]
+    # The plain graph, optimised at start-up, predicts as torch too.
+    assert_same_entities(torch_side(posts), onnx_side(posts))
+
+
+def test_the_onnx_path_loads_no_torch_model_and_the_vision_tower_only_for_an_image(ner_export, tmp_path, monkeypatch):
+    import transformers
+
+    from mmib import onnx_runtime_mmib
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the onnxruntime backend loaded a torch model")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
+    monkeypatch.setattr("mmib.predictor_mmib.load_checkpoint", refuse)
+    built = []
+    real_from_config = onnx_runtime_mmib.AutoModel.from_config
+
+    def count(config, **kwargs):
+        built.append(type(config).__name__)
+        return real_from_config(config, **kwargs)
+
+    monkeypatch.setattr(onnx_runtime_mmib.AutoModel, "from_config", count)
+    predictor = MMIBPredictor.from_pretrained(ner_export, backend="onnxruntime", object_detector=False)
+    predictor(POSTS)
+    assert built == []
+    make_image(3).save(tmp_path / "a.png")
+    predictor(
+        [{"text": POSTS[0], "image": str(tmp_path / "a.png")}, {"text": POSTS[1], "image": str(tmp_path / "a.png")}]
+    )
+    predictor({"text": POSTS[2], "image": str(tmp_path / "a.png")})
+    assert len(built) == 1
+    # The tower holds the checkpoint's weights, not a random initialisation.
+    monkeypatch.undo()
+    torch_model = MMIBForTokenClassification.from_pretrained(ner_export)
+    expected = torch_model.mmib.vision_model.state_dict()
+    got = predictor.model.mmib.vision_model.state_dict()
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_the_weights_are_hashed_only_when_their_files_changed(copied_export, monkeypatch):
+    from mmib import onnx_runtime_mmib
+
+    hashed = []
+    real_fingerprint = onnx_runtime_mmib.weights_fingerprint
+    monkeypatch.setattr(
+        onnx_runtime_mmib, "weights_fingerprint", lambda folder: hashed.append(folder) or real_fingerprint(folder)
+    )
+    MMIBPredictor.from_pretrained(str(copied_export), backend="onnxruntime")
+    assert hashed == []
+    # Same bytes, another modification time (a copy that does not keep times): hashed, and accepted.
+    weights = copied_export / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    MMIBPredictor.from_pretrained(str(copied_export), backend="onnxruntime")
+    assert hashed == [str(copied_export)]
+
+
+def test_a_tokenizer_larger_than_the_exported_embeddings_is_refused(copied_export):
+    path = copied_export / "onnx" / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "embedding_rows": 100}))
+    with pytest.raises(ValueError, match="has .* tokens but the model's text embeddings have 100 rows"):
+        MMIBPredictor.from_pretrained(str(copied_export), backend="onnxruntime")
