@@ -16,7 +16,7 @@ from conftest import (
 )
 from mmib import MMIBPredictor
 from mmib.batch_prediction import predict_file
-from mmib.checkpoints_mmib import DTYPES, resolve_dtype
+from mmib.checkpoints_mmib import DTYPES, load_checkpoint, resolve_dtype
 from mmib.data import load_jsonl, load_twitter_ner
 from mmib.training.collator import MMIBDataCollator
 from mmib.word_splitting_mmib import split_words
@@ -250,3 +250,42 @@ def test_bf16_and_fp32_agree_on_the_shipped_test_posts(ner_path):
         for x, y in zip(a["entities"], b["entities"])
     ]
     assert 0 < max(score_gaps) < 0.1, max(score_gaps)
+
+
+def sample_posts_with_images(count: int) -> list[dict]:
+    """The first `count` shipped test posts, each with an image and two crops (generated pictures)."""
+    rows = [json.loads(line) for line in open(SAMPLE / "test.jsonl", encoding="utf-8")][:count]
+    return [
+        {"words": row["words"], "image": make_image(index, (48, 40)), "crops": [make_image(index + 1), make_image(0)]}
+        for index, row in enumerate(rows)
+    ]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native_bf16", "no_native_bf16"])
+def test_loading_lays_out_the_weights_for_the_dtype_and_predicts_as_autocast(native, monkeypatch, ner_path):
+    """`dtype="auto"`: with native bf16 the weights of the linear and convolution layers are cast to bf16 once at
+    loading (autocast casts exactly those at every forward), embeddings, normalisations and the CRF stay fp32;
+    without it every weight stays fp32. Either way the convolution weights are channels-last, and the predictions
+    (tags, entity scores) are those of the checkpoint's weights as saved, run under the same autocast."""
+    fake_cpu_flags(monkeypatch, (*AVX512_FLAGS, "avx512_bf16") if native else AVX2_FLAGS)
+    predictor = MMIBPredictor.from_pretrained(ner_path, device="cpu", batch_size=8)
+    dtype = torch.bfloat16 if native else torch.float32
+    assert predictor.dtype == dtype
+    modules = dict(predictor.model.named_modules())
+    matmul = {name for name, module in modules.items() if isinstance(module, torch.nn.Linear | torch.nn.Conv2d)}
+    assert "classifier" in matmul and any(isinstance(modules[name], torch.nn.Conv2d) for name in matmul)
+    kept = {name.rsplit(".", 1)[0] for name, parameter in predictor.model.named_parameters()} - matmul
+    assert {"crf", "mmib.text_model.embeddings.LayerNorm", "mmib.text_model.embeddings.word_embeddings"} <= kept
+    for name, parameter in predictor.model.named_parameters():
+        assert parameter.dtype == (dtype if name.rsplit(".", 1)[0] in matmul else torch.float32), name
+        if parameter.dim() == 4:
+            assert parameter.is_contiguous(memory_format=torch.channels_last), name
+    model, processor = load_checkpoint(ner_path, dtype=torch.float32)
+    as_saved = MMIBPredictor(model, processor, compute_dtype=dtype, batch_size=8)
+    posts = sample_posts_with_images(24)
+    expected, results = as_saved(posts), predictor(posts)
+    assert sum(len(result["entities"]) for result in expected) > 10
+    for result, reference in zip(results, expected, strict=True):
+        assert result["tags"] == reference["tags"]
+        scores = [entity["score"] for entity in result["entities"]]
+        assert scores == pytest.approx([entity["score"] for entity in reference["entities"]], abs=1e-6)
