@@ -11,12 +11,12 @@ detectors DETR-R50 and Grounding DINO tiny of `real_size_detectors.py`. A new po
    (its processor + forward) in fp32 and with bf16 weights;
 3. vision: the image and its 4 crops resized and normalised by the image processor (a row of its own), then the 5
    images at 224 x 224 through the vision tower as the predictor runs it (`prepare_for_inference`: channels-last
-   convolution weights; in bf16 the linear and convolution weights cast once, under autocast), beside autocast over
-   fp32 weights (the predictor before issue 25) and the bare tower (its transformers module, a copy with the same
-   weights) on the same pixels, channels-last, fp32 or bf16 weights;
+   convolution weights; in bf16 the linear and convolution weights cast once, under autocast), beside the weights
+   as loaded (fp32, contiguous; in bf16 under autocast: the predictor before issue 25) and the bare tower (its
+   transformers module, a copy with the same weights) on the same pixels, channels-last, fp32 or bf16 weights;
 4. text: tokenization of `--posts` posts (a row of its own), then text tower, APEnc fusion, emission head and CRF
-   decoding of them at once (with the vision features given) as the predictor runs it, per post, beside the same two
-   references: autocast over fp32 weights and the bare text tower on the same tokens.
+   decoding of them at once (with the vision features given) as the predictor runs it, per post, beside (in bf16)
+   autocast over the weights as loaded and the bare text tower on the same tokens.
 
 FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` (matrix products and convolutions; the grid sampling
 of deformable attention and element-wise work are not counted). The peak is a 2048 x 2048 matmul in each dtype,
@@ -32,6 +32,7 @@ bare forward.
 
 import argparse
 import copy
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -90,6 +91,26 @@ def measure(run: Callable[[], object], repeats: int, count: bool = True) -> tupl
         run()
         timings.append(time.perf_counter() - start)
     return median(timings), flops
+
+
+def measure_interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """
+    [`measure`] of several runs of one stage, interleaved (each repeat times every run once, in turn), so that a
+    load that comes and goes on a shared machine weighs on each about the same: `{label: (seconds, FLOPs)}`.
+    """
+    flops = {}
+    for label, run in runs.items():
+        with FlopCounterMode(display=False) as counter:
+            run()
+        flops[label] = float(counter.get_total_flops())
+        run()
+    timings = {label: [] for label in runs}
+    for _ in range(repeats):
+        for label, run in runs.items():
+            start = time.perf_counter()
+            run()
+            timings[label].append(time.perf_counter() - start)
+    return {label: (median(timings[label]), flops[label]) for label in runs}
 
 
 def build_mmib(towers: str) -> tuple[MMIBForTokenClassification, MMIBProcessor]:
@@ -197,24 +218,28 @@ def vision_rows(model, processor, post: dict, args: argparse.Namespace) -> list[
         bare_model = copy.deepcopy(model.mmib.vision_model).to(memory_format=torch.channels_last)
         bare_model = bare_model.to(DTYPES[dtype])
         bare_pixels = pixel_values.to(DTYPES[dtype]).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            seconds, flops = measure(lambda: bare_model(pixel_values=bare_pixels), args.repeats)
+        # The weights as loaded: fp32, contiguous (the predictor before issue 25; in bf16 under autocast).
+        variants = {"predictor": as_predictor_runs(model, dtype), "weights as loaded": model}
+
+        def run(variant, dtype=dtype):
+            # As `MMIBModel._image_inputs` feeds the tower: pixels in the tower's dtype.
+            with torch.inference_mode(), autocast(dtype):
+                return variant.mmib.get_image_features(pixel_values[None].to(variant.mmib.vision_model.dtype))
+
+        def run_bare(bare_model=bare_model, bare_pixels=bare_pixels):
+            with torch.inference_mode():
+                return bare_model(pixel_values=bare_pixels)
+
+        runs = {"bare tower": run_bare} | {
+            label: functools.partial(run, variant) for label, variant in variants.items()
+        }
+        timed = measure_interleaved(runs, args.repeats)
         note = f"{type(bare_model).__name__}, {'bf16 weights' if dtype != 'float32' else 'fp32'}, channels-last"
-        bare = stage_row(f"{tower}: bare tower", dtype, seconds, flops, note)
-        variants = [("predictor", as_predictor_runs(model, dtype))]
-        if dtype != "float32":
-            variants.append(("autocast over fp32 weights", model))
-        for label, variant in variants:
-
-            def run(variant=variant):
-                # As `MMIBModel._image_inputs` feeds the tower: pixels in the tower's dtype.
-                with torch.inference_mode(), autocast(dtype):
-                    return variant.mmib.get_image_features(pixel_values[None].to(variant.mmib.vision_model.dtype))
-
-            seconds, flops = measure(run, args.repeats)
-            rows.append(stage_row(f"{tower}: {label}", dtype, seconds, flops, f"5 x {size}", bare))
-            if args.profile and label == "predictor":
-                rows[-1]["top_operators"] = top_operators(run)
+        bare = stage_row(f"{tower}: bare tower", dtype, *timed["bare tower"], note)
+        for label in variants:
+            rows.append(stage_row(f"{tower}: {label}", dtype, *timed[label], f"5 x {size}", bare))
+        if args.profile:
+            rows[-len(variants)]["top_operators"] = top_operators(runs["predictor"])
         rows.append(bare)
     return rows
 
@@ -237,23 +262,31 @@ def text_rows(model, processor, posts: list[dict], args: argparse.Namespace) -> 
     tower_inputs = {key: inputs[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in inputs}
     for dtype in args.dtypes:
         bare_model = copy.deepcopy(model.mmib.text_model).to(DTYPES[dtype])
-        with torch.inference_mode():
-            seconds, flops = measure(lambda: bare_model(**tower_inputs), args.repeats)
+        variants = {"predictor": as_predictor_runs(model, dtype)}
+        if dtype != "float32":  # in fp32 the text side's weights are as loaded
+            variants["weights as loaded"] = model
+
+        def run(variant, dtype=dtype):
+            with torch.inference_mode(), autocast(dtype):
+                return variant(**inputs, image_features=features).predictions
+
+        def run_bare(bare_model=bare_model):
+            with torch.inference_mode():
+                return bare_model(**tower_inputs)
+
+        runs = {"bare text tower": run_bare} | {
+            label: functools.partial(run, variant) for label, variant in variants.items()
+        }
+        timed = {
+            label: (seconds / len(posts), flops / len(posts))
+            for label, (seconds, flops) in measure_interleaved(runs, args.repeats).items()
+        }
         note = f"{type(bare_model).__name__}, {'bf16 weights' if dtype != 'float32' else 'fp32'}"
-        bare = stage_row(f"{side}: bare text tower", dtype, seconds / len(posts), flops / len(posts), note)
-        variants = [("predictor", as_predictor_runs(model, dtype))]
-        if dtype != "float32":
-            variants.append(("autocast over fp32 weights", model))
-        for label, variant in variants:
-
-            def run(variant=variant):
-                with torch.inference_mode(), autocast(dtype):
-                    return variant(**inputs, image_features=features).predictions
-
-            seconds, flops = measure(run, args.repeats)
-            rows.append(stage_row(f"{side}: {label}", dtype, seconds / len(posts), flops / len(posts), shape, bare))
-            if args.profile and label == "predictor":
-                rows[-1]["top_operators"] = top_operators(run)
+        bare = stage_row(f"{side}: bare text tower", dtype, *timed["bare text tower"], note)
+        for label in variants:
+            rows.append(stage_row(f"{side}: {label}", dtype, *timed[label], shape, bare))
+        if args.profile:
+            rows[-len(variants)]["top_operators"] = top_operators(runs["predictor"])
         rows.append(bare)
     return rows
 
