@@ -77,11 +77,10 @@ class MMIBPredictor:
             label without a forward pass and are counted in the result's `pairs_skipped_by_type`).
         compute_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): `torch.bfloat16` runs the models
             under bf16 autocast (matrix products in bf16, normalisations, softmax and the CRF in fp32), which keeps
-            the entities of fp32 far more often than casting all the weights to bf16. [`from_pretrained`] casts
-            the weights of the linear and convolution layers once ([`prepare_for_inference`]: the same products,
-            without autocast's cast at every forward). `torch.qint8` means the models'
-            text and fusion layers were quantised with [`quantize_int8`] (`from_pretrained(dtype="int8")` does it);
-            the rest runs in fp32.
+            the entities of fp32 more often than casting all the weights to bf16. [`from_pretrained`] casts the
+            weights of the linear, convolution and embedding layers once (see [`prepare_for_inference`]: autocast
+            would cast the first two at every forward). `torch.qint8` means the models' text and fusion layers
+            were quantised with [`quantize_int8`] (`from_pretrained(dtype="int8")` does it); the rest runs in fp32.
         image_feature_lookup (`Callable[[str], torch.Tensor | None]`, *optional*): cached pooled vision features
             of image files (see the module docstring); they must come from the models' own vision tower and image
             processor (`from_pretrained(image_feature_cache=...)` checks that).
