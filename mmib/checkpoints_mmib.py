@@ -111,9 +111,10 @@ def prepare_for_inference(model: PreTrainedModel, compute_dtype: torch.dtype) ->
       forward otherwise, computing the same products. The embeddings are cast too, so that the text tower's residual
       stream (embeddings, then each layer's output added to its input) runs in that dtype as in a bf16 model; under
       autocast over fp32 embeddings it stays fp32 and every linear layer casts its input again. Normalisations keep
-      their fp32 weights (and compute in fp32), the CRF and the entity scores stay fp32. With the residual stream in
-      bf16 the text side of BERT-base ran 1.2-1.5x faster, and the MiniLM checkpoint of docs/speed.md tagged 721 of
-      723 Twitter-2017 test posts exactly as fp32, as autocast alone does (casting every weight but the CRF's: 716).
+      their fp32 weights (and compute in fp32), the CRF and the entity scores stay fp32. On the MiniLM checkpoint of
+      docs/speed.md, `mmib predict` then finds the entities of fp32 on 720 of 723 Twitter-2017 test posts (autocast
+      over fp32 weights: 721; every weight but the CRF's cast: 717 in-process) and on 102 of 102 shipped sample
+      posts; the text side's speed is in docs/speed.md.
 
     Call it after anything that reads the weights as saved (the feature-cache fingerprint hashes their dtype).
     """
