@@ -1,6 +1,7 @@
 """
 Loading MMIB checkpoints and the device / precision policy: the one checkpoint loader ([`load_checkpoint`]) and the
-rules that choose where and in which dtype a model runs ([`resolve_device`], [`native_bf16`], [`resolve_dtype`]).
+rules that choose where and in which dtype a model runs ([`resolve_device`], [`native_bf16`], [`resolve_dtype`],
+[`prepare_for_inference`]).
 
 The predictor, the pipeline, training (`mmib.building`) and the analyses load through this module; it does not
 import the predictor or the object extractor, so training does not depend on them.
@@ -33,6 +34,7 @@ __all__ = [
     "load_checkpoint",
     "load_config_and_processor",
     "native_bf16",
+    "prepare_for_inference",
     "read_weights",
     "resolve_device",
     "resolve_dtype",
@@ -97,6 +99,37 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> tuple[torch
     if native_bf16(device):
         return torch.bfloat16, f"auto: native bf16 on {device}"
     return torch.float32, f"auto: no native bf16 on {device} (needs CUDA compute capability 8.0, AVX512-BF16 or AMX)"
+
+
+# Layers cast to a half-precision compute dtype: those whose weights only ever enter matrix products (autocast casts
+# them at every call anyway), and embeddings (which start the text tower's residual stream).
+HALF_PRECISION_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding)
+
+
+def prepare_for_inference(model: PreTrainedModel, compute_dtype: torch.dtype) -> PreTrainedModel:
+    """
+    Lays out a loaded model's weights for applying it under `compute_dtype` (in place; returns the model).
+
+    - Convolution weights become channels-last, the layout [`MMIBModel.get_image_features`] gives the pixels, so that
+      oneDNN does not reorder every weight at every call.
+    - For a half-precision `compute_dtype` (bf16 or fp16, run under autocast), the weights and biases of the linear
+      and convolution layers are cast to it once: autocast casts exactly these tensors to the same dtype at every
+      forward otherwise, computing the same products. The embeddings are cast too, so that the text tower's residual
+      stream (embeddings, then each layer's output added to its input) runs in that dtype as in a bf16 model; under
+      autocast over fp32 embeddings it stays fp32 and every linear layer casts its input again. Normalisations keep
+      their fp32 weights (and compute in fp32), the CRF and the entity scores stay fp32. On the MiniLM checkpoint of
+      docs/speed.md, `mmib predict` then finds the entities of fp32 on 720 of 723 Twitter-2017 test posts (autocast
+      over fp32 weights: 721; every weight but the CRF's cast: 717 in-process) and on 102 of 102 shipped sample
+      posts; the text side's speed is in docs/speed.md.
+
+    Call it after anything that reads the weights as saved (the feature-cache fingerprint hashes their dtype).
+    """
+    model.to(memory_format=torch.channels_last)
+    if compute_dtype in (torch.bfloat16, torch.float16):
+        for module in model.modules():
+            if isinstance(module, HALF_PRECISION_LAYERS):
+                module.to(compute_dtype)
+    return model
 
 
 TASK_AUTO_CLASSES = {"ner": AutoModelForTokenClassification, "re": AutoModelForSequenceClassification}

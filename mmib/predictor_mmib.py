@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
-from .checkpoints_mmib import load_checkpoint, resolve_device, resolve_dtype
+from .checkpoints_mmib import load_checkpoint, prepare_for_inference, resolve_device, resolve_dtype
 from .crop_filling_mmib import CropFiller, with_objects
 from .object_extraction_mmib import MMIBObjectExtractor
 from .onnx_runtime_mmib import (
@@ -83,9 +83,10 @@ class MMIBPredictor:
             label without a forward pass and are counted in the result's `pairs_skipped_by_type`).
         compute_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): `torch.bfloat16` runs the models
             under bf16 autocast (matrix products in bf16, normalisations, softmax and the CRF in fp32), which keeps
-            the entities of fp32 far more often than casting the weights to bf16. `torch.qint8` means the models'
-            text and fusion layers were quantised with [`quantize_int8`] (`from_pretrained(dtype="int8")` does it);
-            the rest runs in fp32.
+            the entities of fp32 more often than casting all the weights to bf16. [`from_pretrained`] casts the
+            weights of the linear, convolution and embedding layers once (see [`prepare_for_inference`]: autocast
+            would cast the first two at every forward). `torch.qint8` means the models' text and fusion layers
+            were quantised with [`quantize_int8`] (`from_pretrained(dtype="int8")` does it); the rest runs in fp32.
         image_feature_lookup (`Callable[[str], torch.Tensor | None]`, *optional*): cached pooled vision features
             of image files (see the module docstring); they must come from the models' own vision tower and image
             processor (`from_pretrained(image_feature_cache=...)` checks that).
@@ -229,6 +230,9 @@ class MMIBPredictor:
             if relation_model is not None:
                 checkpoints.append((relation_model, predictor.relation_model, predictor.relation_processor))
             predictor.image_feature_lookup = prediction_feature_lookup(image_feature_cache, checkpoints)
+        for model in (predictor.model, predictor.relation_model):
+            if isinstance(model, PreTrainedModel):  # a torch model (not an ONNX Runtime one)
+                prepare_for_inference(model, dtype)
         return predictor
 
     @property
@@ -242,7 +246,7 @@ class MMIBPredictor:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype the matrix products run in (the weights stay as loaded)."""
+        """The dtype the matrix products run in (see `compute_dtype`)."""
         return self.compute_dtype
 
     @property

@@ -16,11 +16,19 @@ from conftest import (
 )
 from mmib import MMIBPredictor
 from mmib.batch_prediction import predict_file
-from mmib.checkpoints_mmib import DTYPES, resolve_dtype
+from mmib.checkpoints_mmib import DTYPES, load_checkpoint, resolve_dtype
 from mmib.data import load_jsonl, load_twitter_ner
 from mmib.training.collator import MMIBDataCollator
 from mmib.word_splitting_mmib import split_words
-from prediction_checkpoints import POSTS, RELATIONS, agreement, read_jsonl, save_re_checkpoint
+from prediction_checkpoints import (
+    POSTS,
+    RELATIONS,
+    agreement,
+    ner_model_and_processor,
+    read_jsonl,
+    save_ner_model,
+    save_re_checkpoint,
+)
 
 SAMPLE = REPO / "examples" / "twitter2017-sample"
 
@@ -237,3 +245,65 @@ def test_bf16_and_fp32_agree_on_the_shipped_test_posts(ner_path):
     assert agree.tags >= 0.99 and agree.posts >= 0.95, agree
     # bf16 did run: the entity scores of the agreeing posts moved by bf16 rounding, not more.
     assert 0 < max(agree.score_gaps) < 0.1, max(agree.score_gaps)
+
+
+def sample_posts_with_images(count: int) -> list[dict]:
+    """The first `count` shipped test posts, each with an image and two crops (generated pictures)."""
+    rows = [json.loads(line) for line in open(SAMPLE / "test.jsonl", encoding="utf-8")][:count]
+    return [
+        {"words": row["words"], "image": make_image(index, (48, 40)), "crops": [make_image(index + 1), make_image(0)]}
+        for index, row in enumerate(rows)
+    ]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native_bf16", "no_native_bf16"])
+def test_loading_lays_out_the_weights_for_the_dtype(native, monkeypatch, tmp_path):
+    """`dtype="auto"`: with native bf16 the weights of the linear, convolution and embedding layers are cast to bf16
+    once at loading, normalisations and the CRF stay fp32; without it every weight stays fp32. Either way the
+    convolution weights are channels-last. The predictions (tags, entity scores) are those of the checkpoint as
+    saved with only its embeddings cast, under the same autocast: casting the linear and convolution weights once
+    computes what autocast computes from fp32 ones, and channels-last weights change no result."""
+    model, processor = ner_model_and_processor()
+    # Normalisations as after training (a fresh one's 1 and 0 are exact in bf16, so casting it would change nothing).
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm | torch.nn.BatchNorm2d):
+                for tensor in (*module.parameters(), *module.buffers()):
+                    if tensor.is_floating_point():
+                        tensor.add_(0.1 * torch.rand(tensor.shape, generator=generator))
+    ner_path = save_ner_model(model, processor, tmp_path)
+    fake_cpu_flags(monkeypatch, (*AVX512_FLAGS, "avx512_bf16") if native else AVX2_FLAGS)
+    predictor = MMIBPredictor.from_pretrained(ner_path, device="cpu", batch_size=8)
+    dtype = torch.bfloat16 if native else torch.float32
+    assert predictor.dtype == dtype
+    cast_types = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding)
+    modules = dict(predictor.model.named_modules())
+    cast = {name for name, module in modules.items() if isinstance(module, cast_types)}
+    assert {type(modules[name]) for name in cast} == set(cast_types)
+    kept = {name.rsplit(".", 1)[0] for name, parameter in predictor.model.named_parameters()} - cast
+    assert {"crf", "mmib.text_model.embeddings.LayerNorm", "mmib.vision_model.embedder.embedder.normalization"} <= kept
+    for name, parameter in predictor.model.named_parameters():
+        assert parameter.dtype == (dtype if name.rsplit(".", 1)[0] in cast else torch.float32), name
+        if parameter.dim() == 4:
+            assert parameter.is_contiguous(memory_format=torch.channels_last), name
+    model, processor = load_checkpoint(ner_path, dtype=torch.float32)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            module.to(dtype)
+    as_saved = MMIBPredictor(model, processor, compute_dtype=dtype, batch_size=8)
+    posts = sample_posts_with_images(24)
+    # The vision features themselves (a random tower moves the entity scores by little more than 1e-6).
+    pixels = processor.image_processor([post["image"] for post in posts], return_tensors="pt")["pixel_values"]
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=native):
+        features = [
+            tested.mmib.get_image_features(pixels.to(tested.mmib.vision_model.dtype)).float()
+            for tested in (predictor.model, model)
+        ]
+    torch.testing.assert_close(*features, rtol=0, atol=1e-6)
+    expected, results = as_saved(posts), predictor(posts)
+    assert sum(len(result["entities"]) for result in expected) > 10
+    for result, reference in zip(results, expected, strict=True):
+        assert result["tags"] == reference["tags"]
+        scores = [entity["score"] for entity in result["entities"]]
+        assert scores == pytest.approx([entity["score"] for entity in reference["entities"]], abs=1e-6)

@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 import mmib.posts_mmib as posts_mmib
 from conftest import make_image
@@ -133,3 +134,21 @@ def test_ner_to_re_uses_the_cache_for_the_relation_model_too(ner_path, files, tm
     assert [r["label"] for r in with_cache["relations"]] == [r["label"] for r in without["relations"]]
     scores = [r["score"] for r in with_cache["relations"]]
     assert scores == pytest.approx([r["score"] for r in without["relations"]], abs=1e-5)
+
+
+def test_a_bf16_predictor_takes_the_cache_of_its_saved_tower(ner_path, files, tmp_path, tower_images):
+    """bf16 casts the tower's convolution weights at loading, after the cache (built with the fp32 tower as saved)
+    was checked against them: the cache is taken, its hits skip the tower, and the entities are those of bf16
+    without the cache."""
+    predictors = {
+        name: MMIBPredictor.from_pretrained(ner_path, dtype="bfloat16", device="cpu", batch_size=3, **extra)
+        for name, extra in (("plain", {}), ("cached", {"image_feature_cache": str(files / "cache")}))
+    }
+    assert predictors["cached"].model.mmib.vision_model.dtype == torch.bfloat16
+    rows = {}
+    for name, predictor in predictors.items():
+        predict_file(predictor, str(files / "posts.jsonl"), str(tmp_path / f"{name}.jsonl"), 3, 0, quiet=True)
+        assert sum(tower_images) == TOWER_IMAGES[name], name
+        tower_images.clear()
+        rows[name] = read_jsonl(tmp_path / f"{name}.jsonl")
+    assert [row.get("tags") for row in rows["cached"]] == [row.get("tags") for row in rows["plain"]]
