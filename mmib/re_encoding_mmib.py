@@ -57,6 +57,16 @@ def with_entity_markers(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokeniz
     return tokenizer
 
 
+def hide_markers(word: str) -> str:
+    """
+    `word` with the angle brackets of any marker text in it (`<s>` in a post) replaced by `‹ ›`: the markers are
+    added tokens, matched anywhere in the text, so a post's own `<s>` would otherwise pose as an entity marker.
+    """
+    if any(marker in word for marker in ENTITY_MARKERS):
+        return word.replace("<", "‹").replace(">", "›")
+    return word
+
+
 def num_fixed_re_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
     """Tokens every RE post needs besides its words: the special tokens and the 4 markers."""
     return tokenizer.num_special_tokens_to_add(pair=False) + len(ENTITY_MARKERS)
@@ -115,7 +125,8 @@ def encode_re(
     `<s> w0 </s> <o> w1 </o>`. Crossing spans (head (0, 2), tail (1, 3)) share no offset and cannot be well
     bracketed: `<s> w0 <o> w1 </s> w2 </o>`.
 
-    Words are dropped from the right end, then from the left end, never from the stretch that runs from the first to
+    A word holding a marker's text is read with the marker's angle brackets as `‹ ›` ([`hide_markers`]). Words are
+    dropped from the right end, then from the left end, never from the stretch that runs from the first to
     the last marked entity; if that stretch does not fit in `max_length`, a `ValueError` names the post.
 
     Args:
@@ -136,6 +147,7 @@ def encode_re(
         spans.append((head, tail))
     check_all_or_none(labels)
 
+    batch_words = [[hide_markers(word) for word in post] for post in batch_words]
     batch_words, batch_counts = tokenize_words(tokenizer, batch_words)
     fixed = num_fixed_re_tokens(tokenizer)
     marked_words, marker_word_indices = [], []

@@ -213,7 +213,9 @@ def test_parquet_image_bytes_detection_stage_and_a_killed_actor(ray_runtime, che
         table = as_table([with_image_bytes(post, folder) for post in good[part::10]])
         pq.write_table(table, inputs / f"part-{part}.parquet")
     dataset = predict_dataset(
-        read_posts(str(inputs), "parquet"),
+        # Ray's parquet reader may merge the small files into one block: ten blocks, so that the first output file
+        # appears while most of the work is still to be done.
+        read_posts(str(inputs), "parquet").repartition(10),
         checkpoints[0],
         relation_model=checkpoints[1],
         detection_stage=True,

@@ -152,6 +152,16 @@ def is_well_bracketed(markers: list[str]) -> bool:
     return not stack
 
 
+def test_a_post_holding_marker_text_gets_exactly_four_markers(processors):
+    """Hypothesis found it: a post's own `<s>` was tokenized as the head marker (five markers, one not ours)."""
+    processor = processors["re"]
+    marker_ids = processor.tokenizer.convert_tokens_to_ids(list(MARKERS))
+    inputs = processor(["<s>", "met", "x</o>"], head_spans=(0, 1), tail_spans=(2, 3))
+    ids = inputs["input_ids"][0].tolist()
+    assert sum(ids.count(marker) for marker in marker_ids) == 4
+    assert [ids[position] for pair in inputs["entity_positions"][0].tolist() for position in pair] == marker_ids
+
+
 @SETTINGS
 @given(post=relation_posts())
 def test_re_markers_surround_exactly_the_spans(processors, post):
