@@ -141,6 +141,13 @@ def _export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
         "the result is recorded in the export (without it, auto keeps torch).",
     )
     parser.add_argument("--batch_size", type=int, default=32, help="Posts per forward in the measurement.")
+    parser.add_argument(
+        "--measure_threads",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="Thread counts to measure at (default: 1 and this run's count); auto reads the count it runs with.",
+    )
 
 
 def _export_onnx(args: argparse.Namespace, _: list[str]) -> None:
@@ -154,7 +161,14 @@ def _export_onnx(args: argparse.Namespace, _: list[str]) -> None:
             | ({"head": post.head, "tail": post.tail} if post.head is not None else {})
             for post in read_posts(args.measure_posts, decode_images=False)
         ]
-    manifest = export_onnx(args.model, args.output, int8=args.int8, measure_posts=posts, batch_size=args.batch_size)
+    manifest = export_onnx(
+        args.model,
+        args.output,
+        int8=args.int8,
+        measure_posts=posts,
+        batch_size=args.batch_size,
+        measure_threads=args.measure_threads,
+    )
     print(json.dumps(manifest, indent=2))
 
 

@@ -175,6 +175,7 @@ def export_onnx(
     int8: bool = False,
     measure_posts: Sequence[dict] | None = None,
     batch_size: int = 32,
+    measure_threads: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """
     Exports a checkpoint's text side (see the module docstring) and writes the manifest.
@@ -188,6 +189,8 @@ def export_onnx(
             `--backend auto` rule chooses from is timed and compared with torch fp32 (tags per post); the result is
             recorded in the manifest with this CPU's kernel flags.
         batch_size (`int`, *optional*, defaults to 32): posts per forward in the measurement.
+        measure_threads (`Sequence[int]`, *optional*): the thread counts to measure at (default: 1 and torch's
+            current count); see [`measure_paths`].
 
     Returns:
         The manifest written.
@@ -266,21 +269,61 @@ def export_onnx(
     # Written before the measurement, which loads the graph through the manifest as `mmib predict` does.
     (output / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     if measure_posts:
-        manifest["measurement"] = measure_paths(checkpoint, output, measure_posts, batch_size)
+        manifest["measurement"] = measure_paths(checkpoint, output, measure_posts, batch_size, threads=measure_threads)
         (output / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
 
 def measure_paths(
-    checkpoint: str | Path, onnx_dir: str | Path, posts: Sequence[dict], batch_size: int = 32, rounds: int = 3
+    checkpoint: str | Path,
+    onnx_dir: str | Path,
+    posts: Sequence[dict],
+    batch_size: int = 32,
+    rounds: int = 3,
+    threads: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """
-    Posts per second of each path `--backend auto` chooses from, and the fraction of posts whose tags (NER) or
-    labels (RE) equal torch fp32's: torch fp32, torch bf16 (where this CPU multiplies bf16 natively), onnxruntime
-    fp32 and, when exported, onnxruntime int8. Every path predicts the posts once to warm up; then `rounds` rounds
-    time each path once, in an order rotated each round (so that a change of the machine's load falls on all paths
-    alike), and the median is recorded.
+    Posts per second of each path `--backend auto` chooses from, at each thread count, and the fraction of posts
+    whose tags (NER) or labels (RE) equal torch fp32's at that count: torch fp32, torch bf16 (where this CPU
+    multiplies bf16 natively), onnxruntime fp32 and, when exported, onnxruntime int8. Which path is fastest depends
+    on the threads (at 1 thread on an AVX512-BF16 CPU torch bf16 beats ONNX Runtime fp32, which has no bf16 kernels;
+    at 2 the order can turn), so `auto` reads the rows of the count it runs with. At each count every path predicts
+    the posts once to warm up; then `rounds` rounds time each path once, in an order rotated each round (so that a
+    change of the machine's load falls on all paths alike), and the median is recorded.
+
+    Args:
+        threads (`Sequence[int]`, *optional*): thread counts (torch's and ONNX Runtime's intra-op threads); default
+            1 and torch's current count.
+
+    Returns:
+        The manifest's `measurement`: CPU kernel flags, the thread counts, posts, batch size, rounds, load average,
+        and one row per (threads, backend, dtype).
     """
+    current = torch.get_num_threads()
+    threads = sorted(set(threads or (1, current)))
+    if min(threads) < 1:
+        raise ValueError(f"Thread counts must be >= 1, got {threads}.")
+    rows = []
+    try:
+        for count in threads:
+            torch.set_num_threads(count)
+            rows += _measure_at_current_threads(checkpoint, onnx_dir, posts, batch_size, rounds)
+    finally:
+        torch.set_num_threads(current)
+    return {
+        "cpu_kernel_flags": cpu_kernel_flags(),
+        "threads": threads,
+        "posts": len(posts),
+        "batch_size": batch_size,
+        "rounds": rounds,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "paths": rows,
+    }
+
+
+def _measure_at_current_threads(
+    checkpoint: str | Path, onnx_dir: str | Path, posts: Sequence[dict], batch_size: int, rounds: int
+) -> list[dict[str, Any]]:
     from .predictor_mmib import MMIBPredictor
 
     device = torch.device("cpu")
@@ -316,8 +359,9 @@ def measure_paths(
             start = time.perf_counter()
             predictors[path](list(posts))
             seconds[path].append(time.perf_counter() - start)
-    rows = [
+    return [
         {
+            "threads": torch.get_num_threads(),
             "backend": backend,
             "dtype": dtype,
             "posts_per_s": round(len(posts) / statistics.median(seconds[backend, dtype]), 2),
@@ -325,12 +369,3 @@ def measure_paths(
         }
         for backend, dtype in paths
     ]
-    return {
-        "cpu_kernel_flags": cpu_kernel_flags(),
-        "threads": torch.get_num_threads(),
-        "posts": len(posts),
-        "batch_size": batch_size,
-        "rounds": rounds,
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "paths": rows,
-    }

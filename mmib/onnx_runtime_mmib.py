@@ -17,9 +17,10 @@ scores (read from the safetensors file, [`read_weights`]); the vision tower is b
 at the first post that brings an image the feature cache does not hold. The weights are checked against the export
 by their recorded sizes and modification times, and hashed only when those differ.
 
-`--backend auto` ([`resolve_backend`]) reads the manifest's measurement: the fastest (backend, dtype) that kept at
-least [`AUTO_MIN_AGREEMENT`] of the measured posts' tags equal to torch fp32, on a machine with the same CPU kernels
-flags; without an export or a measurement of this machine it is the torch backend with `resolve_dtype`'s rule.
+`--backend auto` ([`resolve_backend`]) reads the manifest's measurement at the run's thread count (the export measures
+at 1 thread and at the current count): the fastest (backend, dtype) that kept at least [`AUTO_MIN_AGREEMENT`] of the
+measured posts' tags equal to torch fp32, on a machine with the same CPU kernels flags; without an export or a
+measurement of this machine it is the torch backend with `resolve_dtype`'s rule.
 
 Travels with checkpoints as remote code: `onnxruntime` is imported only when the backend is chosen (inside a `try`,
 which transformers' remote-code import check skips), and raises an `ImportError` naming `pip install mmib[onnx]`.
@@ -399,7 +400,8 @@ def resolve_backend(
     - `onnxruntime`: the exported graph of `dtype` (`auto` = `float32`; `bfloat16` is refused).
     - `auto`: the manifest's measurement in `onnx_dir` if it was made on a CPU with this CPU's kernel flags: the
       fastest measured (backend, dtype) whose posts kept the tags of torch fp32 at least `AUTO_MIN_AGREEMENT` of
-      the time, among those matching `dtype` (any, for `auto`). Otherwise (no export, no measurement of this
+      the time, among those matching `dtype` (any, for `auto`), at torch's current thread count (or the measured
+      count nearest to it). Otherwise (no export, no measurement of this
       machine, not a CPU): `torch`.
 
     Returns:
@@ -429,17 +431,33 @@ def resolve_backend(
         allowed = {"float32", "int8", "bfloat16" if native_bf16(device) else "float32"}
     else:
         allowed = {name}
+    threads, rows = _rows_at_nearest_threads(measurement, torch.get_num_threads())
     candidates = [
         row
-        for row in measurement["paths"]
+        for row in rows
         if row["dtype"] in allowed and row["agreement"] >= AUTO_MIN_AGREEMENT and row["posts_per_s"] > 0
     ]
     if not candidates:
         return "torch", dtype, "auto: torch (no measured path kept the agreement)"
     best = max(candidates, key=lambda row: row["posts_per_s"])
     dtype = best["dtype"] if best["backend"] == "onnxruntime" else resolve_dtype(best["dtype"], device)[0]
+    where = f"{threads} thread{'s' * (threads != 1)}"
+    if threads != torch.get_num_threads():
+        where += f" (the measured count nearest to this run's {torch.get_num_threads()})"
     return (
         best["backend"],
         dtype,
-        f"auto: {best['posts_per_s']:.0f} posts/s at export, {best['agreement']:.1%} of posts as torch fp32",
+        f"auto: {best['posts_per_s']:.0f} posts/s at export on {where}, {best['agreement']:.1%} of posts as fp32",
     )
+
+
+def _rows_at_nearest_threads(measurement: dict[str, Any], threads: int) -> tuple[int, list[dict[str, Any]]]:
+    """The measured rows of the thread count nearest to `threads` (the fewer on a tie), and that count. A row
+    without `threads` (an export measured at one count) has the measurement's."""
+    default = measurement.get("threads")
+    default = default[0] if isinstance(default, list) else default
+    by_threads: dict[int, list[dict[str, Any]]] = {}
+    for row in measurement["paths"]:
+        by_threads.setdefault(row.get("threads", default) or threads, []).append(row)
+    nearest = min(by_threads, key=lambda count: (abs(count - threads), count))
+    return nearest, by_threads[nearest]

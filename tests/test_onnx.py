@@ -239,8 +239,8 @@ def write_measurement(folder: Path, paths: list[dict], flags: dict | None = None
     return onnx
 
 
-def path(backend: str, dtype: str, posts_per_s: float, agreement: float) -> dict:
-    return {"backend": backend, "dtype": dtype, "posts_per_s": posts_per_s, "agreement": agreement}
+def path(backend: str, dtype: str, posts_per_s: float, agreement: float, **more) -> dict:
+    return {"backend": backend, "dtype": dtype, "posts_per_s": posts_per_s, "agreement": agreement, **more}
 
 
 def test_auto_takes_the_fastest_measured_path_that_keeps_the_tags(tmp_path, monkeypatch):
@@ -264,6 +264,38 @@ def test_auto_takes_the_fastest_measured_path_that_keeps_the_tags(tmp_path, monk
     onnx = write_measurement(tmp_path / "c", [path("onnxruntime", "float32", 999, 1.0)], other)
     assert resolve_backend("auto", "auto", cpu, onnx)[:2] == ("torch", "auto")
     assert resolve_backend("auto", "auto", cpu, tmp_path / "none")[:2] == ("torch", "auto")
+
+
+def test_auto_reads_the_rows_measured_at_its_own_thread_count(tmp_path, monkeypatch):
+    monkeypatch.setattr("mmib.onnx_runtime_mmib.native_bf16", lambda device: True)
+    cpu = torch.device("cpu")
+    measured = [
+        path("torch", "bfloat16", 40, 1.0, threads=1),
+        path("onnxruntime", "float32", 30, 1.0, threads=1),
+        path("torch", "bfloat16", 50, 1.0, threads=2),
+        path("onnxruntime", "float32", 70, 1.0, threads=2),
+        path("torch", "bfloat16", 90, 1.0, threads=4),
+        path("onnxruntime", "float32", 80, 1.0, threads=4),
+    ]
+    onnx = write_measurement(tmp_path, measured)
+    threads = torch.get_num_threads()
+    try:
+        chosen = {}
+        for count in (1, 2, 3, 4, 8):
+            torch.set_num_threads(count)
+            chosen[count] = resolve_backend("auto", "auto", cpu, onnx)
+    finally:
+        torch.set_num_threads(threads)
+    assert {count: backend for count, (backend, _, _) in chosen.items()} == {
+        1: "torch",
+        2: "onnxruntime",
+        3: "onnxruntime",  # nearest measured counts 2 and 4: the fewer threads
+        4: "torch",
+        8: "torch",
+    }
+    assert (
+        "on 1 thread," in chosen[1][2] and "on 2 threads (the measured count nearest to this run's 3)" in chosen[3][2]
+    )
 
 
 def test_auto_under_kernel_caps_needs_a_measurement_made_under_them(tmp_path, monkeypatch):
@@ -293,14 +325,24 @@ def test_export_measures_the_paths_auto_chooses_from(tmp_path):
     from prediction_checkpoints import save_ner_checkpoint
 
     path = save_ner_checkpoint(tmp_path / "ner")
-    manifest = export_onnx(path, int8=True, measure_posts=[{"text": post} for post in POSTS * 3])
-    rows = {(row["backend"], row["dtype"]): row for row in manifest["measurement"]["paths"]}
-    assert {("torch", "float32"), ("onnxruntime", "float32"), ("onnxruntime", "int8")} <= set(rows)
-    assert rows["torch", "float32"]["agreement"] == 1.0 and rows["onnxruntime", "float32"]["agreement"] == 1.0
+    threads = torch.get_num_threads()
+    manifest = export_onnx(
+        path, int8=True, measure_posts=[{"text": post} for post in POSTS * 3], measure_threads=[1, 2]
+    )
+    assert manifest["measurement"]["threads"] == [1, 2] and torch.get_num_threads() == threads
+    rows = {(row["threads"], row["backend"], row["dtype"]): row for row in manifest["measurement"]["paths"]}
+    paths = {("torch", "float32"), ("onnxruntime", "float32"), ("onnxruntime", "int8")}
+    assert {(count, *path) for count in (1, 2) for path in paths} <= set(rows)
+    assert all(rows[count, backend, "float32"]["agreement"] == 1.0 for count, backend, _ in rows)
     assert all(row["posts_per_s"] > 0 for row in rows.values())
-    predictor = MMIBPredictor.from_pretrained(path, backend="auto")
-    fastest = max((r for r in rows.values() if r["agreement"] >= 0.98), key=lambda r: r["posts_per_s"])
-    assert predictor.backend == fastest["backend"]
+    try:
+        torch.set_num_threads(1)
+        predictor = MMIBPredictor.from_pretrained(path, backend="auto")
+    finally:
+        torch.set_num_threads(threads)
+    at_one = [row for (count, _, _), row in rows.items() if count == 1 and row["agreement"] >= 0.98]
+    fastest = max(at_one, key=lambda row: row["posts_per_s"])
+    assert predictor.backend == fastest["backend"] and "on 1 thread," in predictor.backend_reason
 
 
 @pytest.fixture

@@ -162,10 +162,12 @@ def script_files() -> set[str]:
     return {str(path.relative_to(REPO)) for path in paths} - HELPER_MODULES
 
 
-# Scripts whose smoke run checks more than a report (ratios, both models' sizes) have a test file of their own.
+# Scripts whose smoke run checks more than a report (ratios, both models' sizes) have a test file of their own; a
+# worker process of a benchmark runs in that benchmark's smoke run.
 OWN_SMOKE_TESTS = {
     "benchmarks/bench_ray.py": "tests/benchmarks/test_bench_ray.py",
     "benchmarks/bench_re_text_floor.py": "tests/benchmarks/test_re_text_floor.py",
+    "benchmarks/pipeline_worker.py": "benchmarks/bench_vs_pipeline.py",
 }
 
 
