@@ -401,8 +401,7 @@ def resolve_backend(
     - `auto`: the manifest's measurement in `onnx_dir` if it was made on a CPU with this CPU's kernel flags: the
       fastest measured (backend, dtype) whose posts kept the tags of torch fp32 at least `AUTO_MIN_AGREEMENT` of
       the time, among those matching `dtype` (any, for `auto`), at torch's current thread count (or the measured
-      count nearest to it). Otherwise (no export, no measurement of this
-      machine, not a CPU): `torch`.
+      count nearest to it). Otherwise (no export, no measurement of this machine, not a CPU): `torch`.
 
     Returns:
         `(backend, dtype, reason)`: `backend` is `"torch"` or `"onnxruntime"`, `dtype` a `--dtype` value or
@@ -455,9 +454,11 @@ def _rows_at_nearest_threads(measurement: dict[str, Any], threads: int) -> tuple
     """The measured rows of the thread count nearest to `threads` (the fewer on a tie), and that count. A row
     without `threads` (an export measured at one count) has the measurement's."""
     default = measurement.get("threads")
-    default = default[0] if isinstance(default, list) else default
+    default = default[0] if isinstance(default, list) and default else default
     by_threads: dict[int, list[dict[str, Any]]] = {}
     for row in measurement["paths"]:
         by_threads.setdefault(row.get("threads", default) or threads, []).append(row)
+    if not by_threads:
+        return threads, []
     nearest = min(by_threads, key=lambda count: (abs(count - threads), count))
     return nearest, by_threads[nearest]

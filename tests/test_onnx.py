@@ -296,6 +296,8 @@ def test_auto_reads_the_rows_measured_at_its_own_thread_count(tmp_path, monkeypa
     assert (
         "on 1 thread," in chosen[1][2] and "on 2 threads (the measured count nearest to this run's 3)" in chosen[3][2]
     )
+    empty = write_measurement(tmp_path / "empty", [])
+    assert resolve_backend("auto", "auto", cpu, empty)[2] == "auto: torch (no measured path kept the agreement)"
 
 
 def test_auto_under_kernel_caps_needs_a_measurement_made_under_them(tmp_path, monkeypatch):
