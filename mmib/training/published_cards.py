@@ -104,6 +104,14 @@ PUBLISHED = (
                 Scores(67.43, 54.85, 60.42),
                 "34-65 min",
             ),
+            MeasuredRun(
+                f"the same with {_NEW_START}, 3 epochs, means over seeds 42, 43, 44 (the plain entity-marker model, "
+                "3 epochs: dev 57.69, test P 61.50, R 62.81, F1 62.05)",
+                "2026-12-07, 2-core AMD EPYC (AVX512-BF16, no GPU), two runs at a time, load 1-7",
+                57.89,
+                Scores(63.92, 62.55, 63.23),
+                "28-36 min",
+            ),
         ),
         measured_commands=_FULL_TEXT_COMMAND.format(name="mnre"),
         limitations=(
